@@ -1,0 +1,49 @@
+import { ENVD_VERSION } from '../agent/protocol.js';
+import type { SandboxRecord, Template } from '../core/types.js';
+import type { SandboxDetail, SandboxListItem } from './schemas.js';
+import type { Static } from 'typebox';
+import type { TemplateSchema } from './schemas.js';
+
+const CLIENT_ID = '6532622b';
+
+export function presentListItem(s: SandboxRecord, template: Template | undefined): SandboxListItem {
+  return {
+    sandboxID: s.id,
+    templateID: s.templateId,
+    clientID: CLIENT_ID,
+    envdVersion: ENVD_VERSION,
+    state: s.state,
+    cpuCount: s.vcpus,
+    memoryMB: s.memoryMib,
+    diskSizeMB: template ? Math.round(template.rootfsSizeBytes / 1048576) : 0,
+    metadata: s.metadata,
+    createdAt: s.createdAt,
+    startedAt: s.startedAt ?? s.createdAt,
+    endAt: s.endAt,
+    endedAt: s.endedAt,
+    endReason: s.endReason,
+    domain: null,
+  };
+}
+
+export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null): SandboxDetail {
+  return {
+    ...presentListItem(s, template),
+    envdAccessToken: s.agentToken,
+    envVars: s.envVars,
+    vmm: s.vmm ? { kind: s.vmm.kind, pid: s.vmm.pid } : null,
+    diskUsageBytes,
+    timings: s.timings ? { op: s.timings.op, steps: s.timings.steps.map(([step, ms]) => ({ step, ms })) } : null,
+  };
+}
+
+export function presentTemplate(t: Template): Static<typeof TemplateSchema> {
+  return {
+    templateID: t.id,
+    imageHash: t.imageHash,
+    cpuCount: t.vcpus,
+    memoryMB: t.memoryMib,
+    diskSizeMB: Math.round(t.rootfsSizeBytes / 1048576),
+    createdAt: t.createdAt,
+  };
+}

@@ -1,0 +1,94 @@
+import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { SandboxManager } from '../core/manager.js';
+import { HearthError } from '../core/errors.js';
+import { AGENT_PORT } from '../agent/protocol.js';
+
+/** envd routes that belong to the control plane only (envd.md §4.3). */
+const INTERNAL_PATHS = new Set(['/init', '/freeze', '/unfreeze', '/collapse', '/fsfreeze', '/fsthaw', '/upgrade']);
+
+/** Hop-by-hop headers are connection-specific and must not be forwarded (RFC 9110 §7.6.1). */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
+
+const upstreamAgent = new Agent({ keepAlive: true, maxSockets: 256 });
+
+export interface ProxyTarget { sandboxId: string; port: number; path: string }
+
+/**
+ * Which requests are envd traffic for a sandbox:
+ *  - path form  `/sandboxes/<id>/envd/<rest>` (what Hearth's SDK, CLI and dashboard use);
+ *  - header form `E2b-Sandbox-Id` + `E2b-Sandbox-Port` on any path (E2B SDKs with E2B_SANDBOX_URL=<hearthd>).
+ */
+export function proxyTargetOf(url: string, headers: IncomingMessage['headers']): ProxyTarget | null {
+  const m = /^\/sandboxes\/([a-z0-9]{1,64})\/envd(\/.*)?$/.exec(url.split('?')[0] ?? '');
+  if (m) {
+    const query = url.includes('?') ? url.slice(url.indexOf('?')) : '';
+    return { sandboxId: m[1]!, port: AGENT_PORT, path: (m[2] ?? '/') + query };
+  }
+  const id = headers['e2b-sandbox-id'];
+  if (typeof id === 'string' && id.length > 0) {
+    const portHeader = headers['e2b-sandbox-port'];
+    const port = typeof portHeader === 'string' && /^\d+$/.test(portHeader) ? Number(portHeader) : AGENT_PORT;
+    return { sandboxId: id, port, path: url };
+  }
+  return null;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) { res.destroy(); return; }
+  const data = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(data) });
+  res.end(data);
+}
+
+/**
+ * Streams a request to the sandbox's agent and the answer back, unbuffered
+ * (pipe keeps backpressure both ways, so a 200 MB output never sits in hearthd's
+ * memory). If the upstream breaks mid-answer the client socket is destroyed, not
+ * ended cleanly: E2B's SDK reads that as "sandbox killed while running".
+ */
+export function proxyToSandbox(manager: SandboxManager, target: ProxyTarget, req: IncomingMessage, res: ServerResponse): void {
+  const pathOnly = target.path.split('?')[0] ?? '/';
+  if (INTERNAL_PATHS.has(pathOnly)) {
+    sendJson(res, 404, { code: 404, path: pathOnly, message: 'This endpoint is reserved for the Hearth control plane and is not reachable through the sandbox URL' });
+    return;
+  }
+  if (target.port !== AGENT_PORT) {
+    sendJson(res, 502, { sandboxId: target.sandboxId, port: target.port, code: 502, message: 'Port forwarding to sandbox ports other than the agent is not available with this network backend' });
+    return;
+  }
+  let endpoint: { host: string; port: number };
+  try {
+    endpoint = manager.agentEndpoint(target.sandboxId).endpoint;
+  } catch (err) {
+    if (err instanceof HearthError && (err.code === 'not_found' || err.code === 'conflict')) {
+      sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox was not found', code: 502 });
+      return;
+    }
+    throw err;
+  }
+  const headers: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
+  }
+  if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
+  const up = httpRequest({
+    host: endpoint.host, port: endpoint.port, method: req.method, path: target.path, headers, agent: upstreamAgent,
+  });
+  up.on('response', (upRes) => {
+    const out: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(upRes.headers)) {
+      if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+    }
+    res.writeHead(upRes.statusCode ?? 502, out);
+    res.flushHeaders();
+    upRes.pipe(res);
+    upRes.on('aborted', () => res.destroy());
+    upRes.on('error', () => res.destroy());
+  });
+  up.on('error', () => {
+    if (res.headersSent) { res.destroy(); return; }
+    sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox is running but port is not open', port: target.port, code: 502 });
+  });
+  res.on('close', () => { if (!res.writableFinished) up.destroy(); });
+  req.pipe(up);
+}

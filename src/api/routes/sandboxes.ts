@@ -1,0 +1,73 @@
+import type { ServerResponse } from 'node:http';
+import type { FastifyInstance } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import type { SandboxManager } from '../../core/manager.js';
+import type { SandboxState } from '../../core/types.js';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { presentDetail, presentListItem } from '../present.js';
+import { ErrorSchema, ListQuery, NewSandbox, SandboxDetail, SandboxIdParams, SandboxListItem, TimeoutBody } from '../schemas.js';
+import type { Store } from '../../store/store.js';
+
+const STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'destroyed', 'failed'];
+const errors = { 400: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema, 500: ErrorSchema, 503: ErrorSchema };
+
+/** A signal that aborts when the client goes away before the answer. */
+function requestSignal(res: ServerResponse): AbortSignal {
+  const ac = new AbortController();
+  res.on('close', () => { if (!res.writableFinished) ac.abort(new Error('client disconnected')); });
+  return ac.signal;
+}
+
+export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, store: Store): void {
+  const r = app.withTypeProvider<TypeBoxTypeProvider>();
+
+  r.post('/sandboxes', {
+    schema: { summary: 'Create a sandbox (a running VM) from a template', tags: ['sandboxes'], body: NewSandbox, response: { 201: SandboxDetail, ...errors } },
+  }, async (req, reply) => {
+    const b = req.body;
+    const rec = await manager.create({
+      templateId: b.templateID,
+      ...(b.cpuCount !== undefined ? { vcpus: b.cpuCount } : {}),
+      ...(b.memoryMB !== undefined ? { memoryMib: b.memoryMB } : {}),
+      ...(b.timeout !== undefined ? { timeoutSec: b.timeout } : {}),
+      ...(b.envVars ? { envVars: b.envVars } : {}),
+      ...(b.metadata ? { metadata: b.metadata } : {}),
+    }, requestSignal(reply.raw));
+    return reply.status(201).send(presentDetail(rec, store.getTemplate(rec.templateId), await manager.diskUsage(rec.id)));
+  });
+
+  r.get('/sandboxes', {
+    schema: { summary: 'List sandboxes (default: every state but destroyed)', tags: ['sandboxes'], querystring: ListQuery, response: { 200: Type.Array(SandboxListItem), 400: ErrorSchema } },
+  }, async (req) => {
+    let states: SandboxState[] | undefined;
+    if (req.query.state) {
+      states = req.query.state.split(',') as SandboxState[];
+      const bad = states.find((s) => !STATES.includes(s));
+      if (bad) throw new InvalidArgumentError(`querystring/state: unknown state "${bad}" (one of ${STATES.join(', ')})`, 'state');
+    }
+    return manager.list(states).map((s) => presentListItem(s, store.getTemplate(s.templateId)));
+  });
+
+  r.get('/sandboxes/:sandboxID', {
+    schema: { summary: 'Get a sandbox, including recently ended ones and why they ended', tags: ['sandboxes'], params: SandboxIdParams, response: { 200: SandboxDetail, ...errors } },
+  }, async (req) => {
+    const s = manager.get(req.params.sandboxID);
+    return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(s.id));
+  });
+
+  r.delete('/sandboxes/:sandboxID', {
+    schema: { summary: 'Destroy a sandbox (idempotent)', tags: ['sandboxes'], params: SandboxIdParams, response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    // Cleanup must finish even if the client goes away: a fresh, bounded signal.
+    await manager.destroy(req.params.sandboxID, AbortSignal.timeout(120_000));
+    return reply.status(204).send(null);
+  });
+
+  r.post('/sandboxes/:sandboxID/timeout', {
+    schema: { summary: 'Set the sandbox to end `timeout` seconds from now (may shorten)', tags: ['sandboxes'], params: SandboxIdParams, body: TimeoutBody, response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    manager.setTimeout(req.params.sandboxID, req.body.timeout);
+    return reply.status(204).send(null);
+  });
+}

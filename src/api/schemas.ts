@@ -1,0 +1,79 @@
+import { Type, type Static } from 'typebox';
+
+/**
+ * One schema per shape: it validates input, types the handler, shapes the
+ * output and generates /openapi.json. Field names follow E2B's control-plane
+ * API (templateID, cpuCount, memoryMB, envVars…) so E2B clients need no mapping.
+ */
+
+export const ErrorSchema = Type.Object({
+  code: Type.Integer({ description: 'Equals the HTTP status' }),
+  message: Type.String(),
+  error_code: Type.Optional(Type.String({ description: 'Stable machine code: not_found, invalid_argument, conflict, …' })),
+}, { $id: 'Error' });
+
+export const SandboxIdParams = Type.Object({
+  sandboxID: Type.String({ pattern: '^[a-z0-9]{1,64}$', description: 'Sandbox id ([a-z0-9])' }),
+});
+
+const StringMap = Type.Record(Type.String({ maxLength: 256 }), Type.String({ maxLength: 16384 }), { maxProperties: 256 });
+
+export const NewSandbox = Type.Object({
+  templateID: Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][A-Za-z0-9._:/-]*$', description: 'Template id (default "base")' }),
+  timeout: Type.Optional(Type.Integer({ minimum: 1, description: 'Seconds until the sandbox is destroyed (default from config)' })),
+  cpuCount: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+  memoryMB: Type.Optional(Type.Integer({ minimum: 64, maximum: 1048576 })),
+  envVars: Type.Optional(StringMap),
+  metadata: Type.Optional(StringMap),
+  secure: Type.Optional(Type.Boolean({ description: 'Accepted for E2B compatibility; the agent token is always enforced' })),
+  allow_internet_access: Type.Optional(Type.Boolean({ description: 'Accepted for E2B compatibility' })),
+}, { additionalProperties: true });
+export type NewSandbox = Static<typeof NewSandbox>;
+
+const Timing = Type.Object({ op: Type.String(), steps: Type.Array(Type.Object({ step: Type.String(), ms: Type.Number() })) });
+
+const SandboxFields = {
+  sandboxID: Type.String(),
+  templateID: Type.String(),
+  clientID: Type.String({ description: 'Always "6532622b" (E2B compatibility)' }),
+  envdVersion: Type.String(),
+  state: Type.String({ description: 'creating | running | pausing | paused | resuming | destroying | destroyed | failed' }),
+  cpuCount: Type.Integer(),
+  memoryMB: Type.Integer(),
+  diskSizeMB: Type.Integer(),
+  metadata: StringMap,
+  createdAt: Type.String({ format: 'date-time' }),
+  startedAt: Type.String({ format: 'date-time', description: 'When it became running (createdAt while creating)' }),
+  endAt: Type.String({ format: 'date-time', description: 'When its timeout destroys it' }),
+  endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  endReason: Type.Union([Type.String(), Type.Null()], { description: 'Why it ended (destroyed, failed, timeout)' }),
+  domain: Type.Null(),
+};
+
+export const SandboxListItem = Type.Object(SandboxFields, { $id: 'ListedSandbox' });
+
+export const SandboxDetail = Type.Object({
+  ...SandboxFields,
+  envdAccessToken: Type.String({ description: 'X-Access-Token for the sandbox agent (envd)' }),
+  envVars: StringMap,
+  vmm: Type.Union([Type.Object({ kind: Type.String(), pid: Type.Integer() }), Type.Null()]),
+  diskUsageBytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Allocated blocks of the root disk (st_blocks*512)' }),
+  timings: Type.Union([Timing, Type.Null()]),
+}, { $id: 'SandboxDetail' });
+export type SandboxDetail = Static<typeof SandboxDetail>;
+export type SandboxListItem = Static<typeof SandboxListItem>;
+
+export const ListQuery = Type.Object({
+  state: Type.Optional(Type.String({ pattern: '^[a-z]+(,[a-z]+)*$', description: 'Comma-separated states (default: all but destroyed)' })),
+});
+
+export const TimeoutBody = Type.Object({ timeout: Type.Integer({ minimum: 0 }) });
+
+export const TemplateSchema = Type.Object({
+  templateID: Type.String(),
+  imageHash: Type.String(),
+  cpuCount: Type.Integer(),
+  memoryMB: Type.Integer(),
+  diskSizeMB: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }),
+}, { $id: 'Template' });

@@ -1,0 +1,85 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import type { SandboxManager } from '../core/manager.js';
+import type { Store } from '../store/store.js';
+import { errorBody, handleError } from './errors.js';
+import { proxyTargetOf, proxyToSandbox } from './proxy.js';
+import { sandboxRoutes } from './routes/sandboxes.js';
+import { ErrorSchema, TemplateSchema } from './schemas.js';
+import { presentTemplate } from './present.js';
+import { NotFoundError } from '../core/errors.js';
+
+export interface ApiDeps {
+  manager: SandboxManager;
+  store: Store;
+  log: FastifyBaseLogger;
+  /** What `hearth doctor` prints: host capabilities and the drivers chosen. */
+  doctor: () => Promise<unknown>;
+  version: string;
+}
+
+/** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
+const BODY_LIMIT = 1 << 20;
+
+export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.log,
+    bodyLimit: BODY_LIMIT,
+    disableRequestLogging: true,
+    // envd traffic is long-lived streaming; don't cut it (envd's own idle timeout is 640 s).
+    requestTimeout: 0,
+    connectionTimeout: 0,
+    keepAliveTimeout: 65_000,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'Hearth API', version: deps.version, description: 'Sandboxes (microVMs) for untrusted code. envd traffic for a sandbox goes to /sandboxes/{id}/envd/* (see docs/api.md).' },
+    },
+  });
+  app.addSchema(ErrorSchema);
+
+  // envd traffic bypasses Fastify's body parsing: it is streamed to the guest as is.
+  app.addHook('onRequest', (req, reply, done) => {
+    const target = proxyTargetOf(req.url, req.headers);
+    if (!target) { done(); return; }
+    void reply.hijack();
+    try {
+      proxyToSandbox(deps.manager, target, req.raw, reply.raw);
+    } catch (err) {
+      req.log.error({ err }, 'proxy failed');
+      if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });
+      reply.raw.end(JSON.stringify(errorBody(502, 'proxy error', 'host_failure')));
+    }
+  });
+
+  app.setErrorHandler(handleError);
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send(errorBody(404, `no route ${req.method} ${req.url.split('?')[0]}`, 'not_found'));
+  });
+
+  app.get('/health', { schema: { summary: 'Daemon liveness', tags: ['host'], response: { 200: Type.Object({ status: Type.String(), version: Type.String() }) } } },
+    async () => ({ status: 'ok', version: deps.version }));
+
+  app.get('/doctor', { schema: { summary: 'Host capabilities and the drivers in use', tags: ['host'] } }, async () => deps.doctor());
+
+  app.get('/templates', { schema: { summary: 'List templates', tags: ['templates'], response: { 200: Type.Array(TemplateSchema) } } },
+    async () => deps.store.listTemplates().map(presentTemplate));
+
+  app.get('/templates/:templateID', {
+    schema: { summary: 'Get a template', tags: ['templates'], params: Type.Object({ templateID: Type.String({ maxLength: 128 }) }), response: { 200: TemplateSchema, 404: ErrorSchema } },
+  }, async (req) => {
+    const t = deps.store.getTemplate(req.params.templateID);
+    if (!t) throw new NotFoundError(`template ${req.params.templateID} does not exist`);
+    return presentTemplate(t);
+  });
+
+  sandboxRoutes(app, deps.manager, deps.store);
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  await app.ready();
+  return app;
+}

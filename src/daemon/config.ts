@@ -1,0 +1,81 @@
+import { readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RootfsBackendKind } from '../storage/types.js';
+
+/**
+ * hearthd's configuration. Sources, later wins: defaults → `<dataDir>/config.json`
+ * → environment (HEARTH_*) → command-line flags.
+ */
+export interface HearthConfig {
+  dataDir: string;
+  host: string;
+  port: number;
+  /** Force a storage backend; otherwise chosen from host capabilities. */
+  storage?: RootfsBackendKind;
+  defaultTimeoutSec: number;
+  maxTimeoutSec: number;
+  bootTimeoutMs: number;
+  defaultVcpus: number;
+  defaultMemoryMib: number;
+  maxVcpus: number;
+  maxMemoryMib: number;
+  minMemoryMib: number;
+}
+
+export const DEFAULT_DATA_DIR = '/var/lib/hearth';
+export const DEFAULT_PORT = 3030;
+
+export function defaultConfig(): HearthConfig {
+  return {
+    dataDir: DEFAULT_DATA_DIR,
+    host: '127.0.0.1',
+    port: DEFAULT_PORT,
+    defaultTimeoutSec: 300,
+    maxTimeoutSec: 24 * 3600,
+    bootTimeoutMs: 90_000,
+    defaultVcpus: 1,
+    defaultMemoryMib: 512,
+    maxVcpus: 8,
+    maxMemoryMib: 16384,
+    minMemoryMib: 128,
+  };
+}
+
+const ENV: Record<string, keyof HearthConfig> = {
+  HEARTH_DATA_DIR: 'dataDir',
+  HEARTH_HOST: 'host',
+  HEARTH_PORT: 'port',
+  HEARTH_STORAGE: 'storage',
+  HEARTH_DEFAULT_TIMEOUT: 'defaultTimeoutSec',
+  HEARTH_BOOT_TIMEOUT_MS: 'bootTimeoutMs',
+  HEARTH_DEFAULT_MEMORY_MB: 'defaultMemoryMib',
+  HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
+};
+
+export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.ProcessEnv = process.env): HearthConfig {
+  const cfg = defaultConfig();
+  const dataDir = overrides.dataDir ?? env['HEARTH_DATA_DIR'] ?? cfg.dataDir;
+  const file = join(dataDir, 'config.json');
+  if (existsSync(file)) Object.assign(cfg, JSON.parse(readFileSync(file, 'utf8')) as Partial<HearthConfig>);
+  for (const [name, key] of Object.entries(ENV)) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    const current = cfg[key];
+    (cfg as unknown as Record<string, unknown>)[key] = typeof current === 'number' || key === 'port' ? parseNumber(name, v) : v;
+  }
+  Object.assign(cfg, Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
+  validate(cfg);
+  return cfg;
+}
+
+function parseNumber(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got "${v}"`);
+  return n;
+}
+
+function validate(cfg: HearthConfig): void {
+  if (!cfg.dataDir.startsWith('/')) throw new Error(`dataDir must be an absolute path, got "${cfg.dataDir}"`);
+  if (!Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) throw new Error(`port must be 0..65535, got ${cfg.port}`);
+  if (cfg.storage && !['dm', 'reflink', 'copy'].includes(cfg.storage)) throw new Error(`storage must be dm, reflink or copy, got "${cfg.storage}"`);
+}

@@ -1,0 +1,107 @@
+import { mkdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Logger as PinoLogger } from 'pino';
+import { buildApi } from '../api/server.js';
+import { AgentControl } from '../client/agent-rest.js';
+import { SandboxManager } from '../core/manager.js';
+import { FileRootfsBackend } from '../storage/file/file-backend.js';
+import { chooseRootfsBackend } from '../storage/select.js';
+import { UserModeSlots } from '../network/user/user-slots.js';
+import { QemuDriver } from '../vmm/qemu/driver.js';
+import { probeAccelerator } from '../vmm/probe.js';
+import { Store } from '../store/store.js';
+import { AGENT_PORT } from '../agent/protocol.js';
+import type { HearthConfig } from './config.js';
+import { runDoctor } from './doctor.js';
+import type { Template } from '../core/types.js';
+import { VERSION } from '../version.js';
+
+/** The parts of a built guest image a template needs (src/images produces it). */
+export interface BuiltImage {
+  hash: string;
+  kernelPath: string;
+  initrdPath: string | null;
+  rootfsPath: string;
+  kernelArgs: string;
+}
+
+export interface Daemon {
+  app: FastifyInstance;
+  manager: SandboxManager;
+  store: Store;
+  url: string;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_TEMPLATE = 'base';
+
+/** (Re)register the default template from the current image; a changed image gives a new version. */
+export async function registerTemplate(store: Store, id: string, image: BuiltImage, cfg: HearthConfig): Promise<Template> {
+  const existing = store.getTemplate(id);
+  const t: Template = {
+    id,
+    imageHash: image.hash,
+    kernelPath: image.kernelPath,
+    initrdPath: image.initrdPath,
+    rootfsPath: image.rootfsPath,
+    rootfsSizeBytes: (await stat(image.rootfsPath)).size,
+    kernelArgs: image.kernelArgs,
+    vcpus: cfg.defaultVcpus,
+    memoryMib: cfg.defaultMemoryMib,
+    createdAt: existing && existing.imageHash === image.hash ? existing.createdAt : new Date().toISOString(),
+  };
+  store.upsertTemplate(t);
+  return t;
+}
+
+/**
+ * Wire hearthd: store, drivers chosen from host probes, manager, API. Used by
+ * `hearthd` itself and by integration tests (which run it in-process).
+ */
+export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { image?: BuiltImage; listen?: boolean } = {}): Promise<Daemon> {
+  await mkdir(join(cfg.dataDir, 'sandboxes'), { recursive: true });
+  const store = new Store(join(cfg.dataDir, 'hearth.db'));
+  try {
+    if (opts.image) await registerTemplate(store, DEFAULT_TEMPLATE, opts.image, cfg);
+    const [accel, storageChoice] = await Promise.all([probeAccelerator(), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
+    log.info({ accel: accel.accel, reason: accel.reason }, `vmm: qemu with ${accel.accel}`);
+    log.info({ storage: storageChoice.chosen, reason: storageChoice.reason }, `storage: ${storageChoice.chosen}`);
+    if (storageChoice.chosen === 'dm') throw new Error('the dm storage backend is not available in this build');
+    const manager = new SandboxManager({
+      store,
+      log,
+      vmm: new QemuDriver({ accel: accel.accel }),
+      storage: new FileRootfsBackend(storageChoice.chosen, join(cfg.dataDir, 'sandboxes')),
+      network: new UserModeSlots([AGENT_PORT]),
+      agent: (endpoint, token) => new AgentControl(endpoint, token),
+      config: {
+        dataDir: cfg.dataDir,
+        agentPort: AGENT_PORT,
+        defaultTimeoutSec: cfg.defaultTimeoutSec,
+        maxTimeoutSec: cfg.maxTimeoutSec,
+        bootTimeoutMs: cfg.bootTimeoutMs,
+        limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib },
+      },
+    });
+    await manager.recover(AbortSignal.timeout(120_000));
+    manager.startExpiry();
+    const app = await buildApi({ manager, store, log, doctor: () => runDoctor(cfg), version: VERSION });
+    let url = '';
+    if (opts.listen !== false) {
+      url = await app.listen({ host: cfg.host, port: cfg.port });
+      log.info(`hearthd ${VERSION} listening on ${url} (data dir ${cfg.dataDir})`);
+    }
+    return {
+      app, manager, store, url,
+      async close() {
+        manager.close();
+        await app.close();
+        store.close();
+      },
+    };
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+}

@@ -1,0 +1,62 @@
+import { access, constants, readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { probeAccelerator, probeQemu } from '../vmm/probe.js';
+import { chooseRootfsBackend } from '../storage/select.js';
+import type { HearthConfig } from './config.js';
+
+const execFileP = promisify(execFile);
+
+export interface DoctorReport {
+  host: { kernel: string; cpus: number; memoryMib: number; root: boolean };
+  kvm: { device: boolean; runsGuests: boolean; detail: string };
+  qemu: { found: boolean; version: string | null; ignoreShared: boolean; detail: string };
+  firecracker: { found: boolean; version: string | null };
+  storage: { dataDir: string; deviceMapper: boolean; reflink: boolean };
+  userfaultfd: boolean;
+  netns: { available: boolean; detail: string };
+  chosen: { vmm: string; accel: string; storage: string; storageReason: string; network: string; networkReason: string };
+}
+
+async function versionOf(cmd: string, args: string[]): Promise<string | null> {
+  try {
+    const { stdout } = await execFileP(cmd, args, { timeout: 5000 });
+    return stdout.split('\n')[0]?.trim() ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** What the host can do and what Hearth will use; every answer comes from a real probe. */
+export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
+  const [accel, qemu, fc, storage, meminfo, kernel] = await Promise.all([
+    probeAccelerator(),
+    probeQemu(),
+    versionOf('firecracker', ['--version']),
+    chooseRootfsBackend(cfg.dataDir, cfg.storage),
+    readFile('/proc/meminfo', 'utf8'),
+    readFile('/proc/sys/kernel/osrelease', 'utf8'),
+  ]);
+  const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
+  const root = process.getuid?.() === 0;
+  const uffd = existsSync('/dev/userfaultfd') || await access('/proc/sys/vm/unprivileged_userfaultfd', constants.R_OK).then(() => true, () => false);
+  const netnsAvailable = root && existsSync('/proc/self/ns/net') && await versionOf('ip', ['-V']) !== null;
+  return {
+    host: { kernel: kernel.trim(), cpus: (await import('node:os')).cpus().length, memoryMib: Math.round(memKb / 1024), root },
+    kvm: { device: existsSync('/dev/kvm'), runsGuests: accel.accel === 'kvm', detail: accel.reason },
+    qemu: { found: qemu.found, version: qemu.version, ignoreShared: qemu.ignoreShared, detail: qemu.detail },
+    firecracker: { found: fc !== null, version: fc },
+    storage: { dataDir: cfg.dataDir, deviceMapper: storage.deviceMapper, reflink: storage.reflink },
+    userfaultfd: uffd,
+    netns: { available: netnsAvailable, detail: netnsAvailable ? 'root with iproute2: per-sandbox namespaces possible' : 'needs root and iproute2' },
+    chosen: {
+      vmm: 'qemu',
+      accel: accel.accel,
+      storage: storage.chosen,
+      storageReason: storage.reason,
+      network: 'user',
+      networkReason: 'QEMU user-mode networking (restrict=on) with loopback forwards',
+    },
+  };
+}

@@ -1,0 +1,43 @@
+import { constants } from 'node:fs';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import type { RootfsBackendKind } from './types.js';
+
+export interface StorageProbe {
+  deviceMapper: boolean;
+  reflink: boolean;
+  chosen: RootfsBackendKind;
+  reason: string;
+}
+
+/** Does `dir`'s filesystem support FICLONE? Tried for real with a small file. */
+export async function supportsReflink(dir: string): Promise<boolean> {
+  const tmp = await mkdtemp(join(dir, '.reflink-probe-'));
+  try {
+    await writeFile(join(tmp, 'a'), 'hearth');
+    await copyFile(join(tmp, 'a'), join(tmp, 'b'), constants.COPYFILE_FICLONE_FORCE);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * DESIGN §6: dm where device-mapper exists, else reflink, else copy;
+ * configuration overrides. The dm backend is not built yet, so a host with
+ * device-mapper but no reflinks uses copy and says so.
+ */
+export async function chooseRootfsBackend(dataDir: string, override?: RootfsBackendKind): Promise<StorageProbe> {
+  const deviceMapper = existsSync('/dev/mapper/control');
+  const reflink = await supportsReflink(dataDir);
+  if (override) {
+    if (override === 'reflink' && !reflink) throw new Error(`storage backend "reflink" was configured but ${dataDir} does not support reflinks (use XFS or btrfs)`);
+    if (override === 'dm') throw new Error('storage backend "dm" is not available in this build');
+    return { deviceMapper, reflink, chosen: override, reason: 'configured' };
+  }
+  if (reflink) return { deviceMapper, reflink, chosen: 'reflink', reason: `${dataDir} supports reflinks (FICLONE)` };
+  return { deviceMapper, reflink, chosen: 'copy', reason: `${dataDir} has no reflink support; full sparse copies` };
+}

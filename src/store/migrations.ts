@@ -1,0 +1,50 @@
+/**
+ * Schema migrations, applied in order at open. Append only: never edit a
+ * migration that has shipped; add a new one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE templates (
+    id TEXT PRIMARY KEY,
+    image_hash TEXT NOT NULL,
+    kernel_path TEXT NOT NULL,
+    initrd_path TEXT,
+    rootfs_path TEXT NOT NULL,
+    rootfs_size_bytes INTEGER NOT NULL,
+    kernel_args TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE sandboxes (
+    id TEXT PRIMARY KEY,
+    template_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    env_vars TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    end_at TEXT NOT NULL,
+    ended_at TEXT,
+    end_reason TEXT,
+    agent_token TEXT NOT NULL,
+    agent TEXT,
+    vmm TEXT,
+    disk TEXT,
+    network TEXT,
+    timings TEXT
+  );
+  CREATE INDEX sandboxes_state ON sandboxes(state);
+  CREATE TABLE journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    step TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  CREATE INDEX journal_sandbox ON journal(sandbox_id);
+  `,
+];

@@ -1,0 +1,198 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { SandboxRecord, SandboxState, Template } from '../core/types.js';
+import { MIGRATIONS } from './migrations.js';
+
+type Row = Record<string, unknown>;
+
+export interface JournalEntry {
+  id: number;
+  sandboxId: string;
+  op: string;
+  step: string;
+  startedAt: string;
+  updatedAt: string;
+}
+
+/**
+ * SQLite (WAL) store: templates, sandboxes, and the operation journal.
+ * Synchronous on purpose (better-sqlite3): each call is one short transaction,
+ * and a crash between two calls leaves the journal row that says where we were.
+ */
+export class Store {
+  readonly db: Database.Database;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  private migrate(): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      const sql = MIGRATIONS[v]!;
+      this.db.transaction(() => {
+        this.db.exec(sql);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  close(): void { this.db.close(); }
+
+  // ---- templates
+
+  upsertTemplate(t: Template): void {
+    this.db.prepare(`
+      INSERT INTO templates (id, image_hash, kernel_path, initrd_path, rootfs_path, rootfs_size_bytes, kernel_args, vcpus, memory_mib, created_at)
+      VALUES (@id, @imageHash, @kernelPath, @initrdPath, @rootfsPath, @rootfsSizeBytes, @kernelArgs, @vcpus, @memoryMib, @createdAt)
+      ON CONFLICT(id) DO UPDATE SET image_hash=excluded.image_hash, kernel_path=excluded.kernel_path,
+        initrd_path=excluded.initrd_path, rootfs_path=excluded.rootfs_path, rootfs_size_bytes=excluded.rootfs_size_bytes,
+        kernel_args=excluded.kernel_args, vcpus=excluded.vcpus, memory_mib=excluded.memory_mib
+    `).run(t);
+  }
+
+  getTemplate(id: string): Template | undefined {
+    const row = this.db.prepare('SELECT * FROM templates WHERE id = ?').get(id) as Row | undefined;
+    return row ? templateFromRow(row) : undefined;
+  }
+
+  listTemplates(): Template[] {
+    return (this.db.prepare('SELECT * FROM templates ORDER BY id').all() as Row[]).map(templateFromRow);
+  }
+
+  // ---- sandboxes
+
+  insertSandbox(s: SandboxRecord): void {
+    this.db.prepare(`
+      INSERT INTO sandboxes (id, template_id, state, vcpus, memory_mib, env_vars, metadata, created_at, started_at, end_at,
+        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings)
+      VALUES (@id, @templateId, @state, @vcpus, @memoryMib, @envVars, @metadata, @createdAt, @startedAt, @endAt,
+        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings)
+    `).run(sandboxToRow(s));
+  }
+
+  /** Writes every field of the record (the manager owns the whole row). */
+  updateSandbox(s: SandboxRecord): void {
+    const res = this.db.prepare(`
+      UPDATE sandboxes SET template_id=@templateId, state=@state, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
+        metadata=@metadata, created_at=@createdAt, started_at=@startedAt, end_at=@endAt, ended_at=@endedAt,
+        end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings
+      WHERE id=@id
+    `).run(sandboxToRow(s));
+    if (res.changes !== 1) throw new Error(`store: sandbox ${s.id} does not exist`);
+  }
+
+  getSandbox(id: string): SandboxRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM sandboxes WHERE id = ?').get(id) as Row | undefined;
+    return row ? sandboxFromRow(row) : undefined;
+  }
+
+  listSandboxes(filter: { states?: readonly SandboxState[] } = {}): SandboxRecord[] {
+    let rows: Row[];
+    if (filter.states && filter.states.length > 0) {
+      const marks = filter.states.map(() => '?').join(',');
+      rows = this.db.prepare(`SELECT * FROM sandboxes WHERE state IN (${marks}) ORDER BY created_at DESC, id`).all(...filter.states) as Row[];
+    } else {
+      rows = this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at DESC, id').all() as Row[];
+    }
+    return rows.map(sandboxFromRow);
+  }
+
+  deleteSandbox(id: string): void {
+    this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+  }
+
+  // ---- journal (DESIGN §3: a row before touching the host, updated per step, deleted at the end)
+
+  journalBegin(sandboxId: string, op: string, step: string): number {
+    const now = new Date().toISOString();
+    const res = this.db.prepare('INSERT INTO journal (sandbox_id, op, step, started_at, updated_at) VALUES (?, ?, ?, ?, ?)')
+      .run(sandboxId, op, step, now, now);
+    return Number(res.lastInsertRowid);
+  }
+
+  journalStep(id: number, step: string): void {
+    this.db.prepare('UPDATE journal SET step = ?, updated_at = ? WHERE id = ?').run(step, new Date().toISOString(), id);
+  }
+
+  journalEnd(id: number): void {
+    this.db.prepare('DELETE FROM journal WHERE id = ?').run(id);
+  }
+
+  listJournal(): JournalEntry[] {
+    return (this.db.prepare('SELECT * FROM journal ORDER BY id').all() as Row[]).map((r) => ({
+      id: r['id'] as number,
+      sandboxId: r['sandbox_id'] as string,
+      op: r['op'] as string,
+      step: r['step'] as string,
+      startedAt: r['started_at'] as string,
+      updatedAt: r['updated_at'] as string,
+    }));
+  }
+}
+
+function json<T>(v: unknown): T | null {
+  return typeof v === 'string' ? (JSON.parse(v) as T) : null;
+}
+
+function templateFromRow(r: Row): Template {
+  return {
+    id: r['id'] as string,
+    imageHash: r['image_hash'] as string,
+    kernelPath: r['kernel_path'] as string,
+    initrdPath: (r['initrd_path'] as string | null) ?? null,
+    rootfsPath: r['rootfs_path'] as string,
+    rootfsSizeBytes: r['rootfs_size_bytes'] as number,
+    kernelArgs: r['kernel_args'] as string,
+    vcpus: r['vcpus'] as number,
+    memoryMib: r['memory_mib'] as number,
+    createdAt: r['created_at'] as string,
+  };
+}
+
+function sandboxToRow(s: SandboxRecord): Row {
+  return {
+    ...s,
+    envVars: JSON.stringify(s.envVars),
+    metadata: JSON.stringify(s.metadata),
+    agent: s.agent ? JSON.stringify(s.agent) : null,
+    vmm: s.vmm ? JSON.stringify(s.vmm) : null,
+    disk: s.disk ? JSON.stringify(s.disk) : null,
+    network: s.network ? JSON.stringify(s.network) : null,
+    timings: s.timings ? JSON.stringify(s.timings) : null,
+  };
+}
+
+function sandboxFromRow(r: Row): SandboxRecord {
+  return {
+    id: r['id'] as string,
+    templateId: r['template_id'] as string,
+    state: r['state'] as SandboxState,
+    vcpus: r['vcpus'] as number,
+    memoryMib: r['memory_mib'] as number,
+    envVars: json<Record<string, string>>(r['env_vars']) ?? {},
+    metadata: json<Record<string, string>>(r['metadata']) ?? {},
+    createdAt: r['created_at'] as string,
+    startedAt: (r['started_at'] as string | null) ?? null,
+    endAt: r['end_at'] as string,
+    endedAt: (r['ended_at'] as string | null) ?? null,
+    endReason: (r['end_reason'] as string | null) ?? null,
+    agentToken: r['agent_token'] as string,
+    agent: json(r['agent']),
+    vmm: json(r['vmm']),
+    disk: json(r['disk']),
+    network: json(r['network']),
+    timings: json(r['timings']),
+  };
+}

@@ -1,0 +1,72 @@
+/**
+ * The VMM seam (DESIGN §4). One `Vmm` instance per running VM; drivers
+ * (qemu/, firecracker/) implement it. The core never imports a driver.
+ */
+
+export type VmmKind = 'qemu' | 'firecracker';
+
+/** How the VM's single NIC is wired on the host. */
+export type VmNetwork =
+  /** QEMU user-mode networking, restricted (no egress), with host→guest forwards on 127.0.0.1. */
+  | { kind: 'user'; forwards: { hostPort: number; guestPort: number }[]; guestCidr: string; gateway: string }
+  /** A tap device inside a network namespace (the VMM is started inside `netnsName`). */
+  | { kind: 'tap'; netnsName: string; tapName: string; mac: string };
+
+export interface VmConfig {
+  sandboxId: string;
+  vcpus: number;
+  memoryMib: number;
+  kernelPath: string;
+  initrdPath?: string;
+  /** Kernel command line (without root=, which the driver adds for its transport). */
+  kernelArgs: string;
+  /** Root disk: a file or block device, attached read-write as the first drive. */
+  rootfsPath: string;
+  /** Guest RAM lives in this file (QEMU memory-backend-file, share=on). */
+  memoryFilePath: string;
+  /** Directory for sockets, pid file and logs of this VM; created by the caller. */
+  runDir: string;
+  consoleLogPath: string;
+  network: VmNetwork;
+}
+
+export interface SnapshotFiles {
+  /** Directory holding the snapshot. */
+  dir: string;
+  /** Device/vCPU state (QEMU migration stream or Firecracker vmstate). */
+  statePath: string;
+  /** Guest memory file. */
+  memoryPath: string;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface Vmm {
+  readonly kind: VmmKind;
+  boot(cfg: VmConfig, signal: AbortSignal): Promise<void>;
+  restore(snap: SnapshotFiles, cfg: VmConfig, signal: AbortSignal): Promise<void>;
+  pause(signal: AbortSignal): Promise<void>;
+  resume(signal: AbortSignal): Promise<void>;
+  snapshot(dir: string, kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotFiles>;
+  /** SIGTERM (or a clean quit), then SIGKILL after a bound; resolves only after the process exited. */
+  stop(signal: AbortSignal): Promise<void>;
+  readonly pid: number;
+  readonly exited: Promise<ExitInfo>;
+}
+
+/** What a driver records so that a later daemon can find (adopt or reap) its VM. */
+export interface VmmHandle {
+  kind: VmmKind;
+  pid: number;
+  runDir: string;
+}
+
+export interface VmmDriver {
+  readonly kind: VmmKind;
+  create(): Vmm;
+  /** Re-attach to a VM started by an earlier daemon; null if it is gone. */
+  adopt(handle: VmmHandle): Promise<Vmm | null>;
+}

@@ -1,0 +1,86 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Cleanup } from '../../src/core/cleanup.js';
+import { KeyedLock } from '../../src/core/lock.js';
+import { canTransition, assertTransition } from '../../src/core/state.js';
+import { newSandboxId, randomId, SANDBOX_ID_PATTERN } from '../../src/core/ids.js';
+import { ConflictError } from '../../src/core/errors.js';
+
+test('cleanup runs priority undos first, then the rest in reverse order', async () => {
+  const order: string[] = [];
+  const c = new Cleanup();
+  c.add('slot', () => { order.push('slot'); });
+  c.add('disk', () => { order.push('disk'); });
+  c.addPriority('vmm', () => { order.push('vmm'); });
+  assert.deepEqual(await c.run(), []);
+  assert.deepEqual(order, ['vmm', 'disk', 'slot']);
+});
+
+test('cleanup keeps going after a failing undo and returns every error', async () => {
+  const order: string[] = [];
+  const c = new Cleanup();
+  c.add('a', () => { order.push('a'); });
+  c.add('b', () => { throw new Error('boom b'); });
+  c.add('c', async () => { throw new Error('boom c'); });
+  const errs = await c.run();
+  assert.deepEqual(order, ['a']);
+  assert.equal(errs.length, 2);
+  assert.match(errs[0]!.message, /cleanup c: boom c/);
+  assert.match(errs[1]!.message, /cleanup b: boom b/);
+});
+
+test('cleanup after commit does nothing, and runs at most once', async () => {
+  let n = 0;
+  const c = new Cleanup();
+  c.add('x', () => { n++; });
+  c.commit();
+  await c.run();
+  const d = new Cleanup();
+  d.add('y', () => { n += 10; });
+  await d.run();
+  await d.run();
+  assert.equal(n, 10);
+});
+
+test('keyed lock serializes operations on one key and not across keys', async () => {
+  const lock = new KeyedLock();
+  const log: string[] = [];
+  const slow = (tag: string, ms: number) => async () => { log.push(`${tag}+`); await new Promise((r) => setTimeout(r, ms)); log.push(`${tag}-`); };
+  await Promise.all([lock.run('a', 'x', slow('a1', 30)), lock.run('a', 'y', slow('a2', 1)), lock.run('b', 'z', slow('b1', 1))]);
+  assert.ok(log.indexOf('a1-') < log.indexOf('a2+'), `a2 started before a1 finished: ${log.join(',')}`);
+  assert.ok(log.indexOf('b1+') < log.indexOf('a1-'), 'b waited for a');
+  assert.equal(lock.isBusy('a'), false);
+});
+
+test('keyed lock tryRun refuses with a conflict while busy', async () => {
+  const lock = new KeyedLock();
+  let release!: () => void;
+  const p = lock.run('a', 'pause', () => new Promise<void>((r) => { release = r; }));
+  await assert.rejects(lock.tryRun('a', 'resume', async () => 1), (e: unknown) => e instanceof ConflictError && /pause in progress/.test(e.message));
+  release();
+  await p;
+  assert.equal(await lock.tryRun('a', 'resume', async () => 1), 1);
+});
+
+test('state machine allows the lifecycle of DESIGN §3 and nothing else', () => {
+  assert.ok(canTransition('creating', 'running'));
+  assert.ok(canTransition('running', 'pausing'));
+  assert.ok(canTransition('pausing', 'running'), 'a failed pause returns to running');
+  assert.ok(canTransition('resuming', 'paused'), 'a failed resume returns to paused');
+  assert.ok(canTransition('failed', 'destroying'));
+  assert.ok(!canTransition('destroyed', 'running'));
+  assert.ok(!canTransition('paused', 'running'), 'must go through resuming');
+  assert.throws(() => assertTransition('x', 'destroyed', 'destroying'), ConflictError);
+});
+
+test('sandbox ids are [a-z0-9], start with i, and do not repeat', () => {
+  const seen = new Set<string>();
+  for (let i = 0; i < 2000; i++) {
+    const id = newSandboxId();
+    assert.match(id, /^i[a-z0-9]{20}$/);
+    assert.match(id, SANDBOX_ID_PATTERN);
+    seen.add(id);
+  }
+  assert.equal(seen.size, 2000);
+  assert.equal(randomId(7).length, 7);
+});
