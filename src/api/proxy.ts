@@ -1,4 +1,5 @@
 import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { FastifyBaseLogger } from 'fastify';
 import type { SandboxManager } from '../core/manager.js';
 import { HearthError } from '../core/errors.js';
 import { AGENT_PORT } from '../agent/protocol.js';
@@ -46,7 +47,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
  * memory). If the upstream breaks mid-answer the client socket is destroyed, not
  * ended cleanly: E2B's SDK reads that as "sandbox killed while running".
  */
-export function proxyToSandbox(manager: SandboxManager, target: ProxyTarget, req: IncomingMessage, res: ServerResponse): void {
+export function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse): void {
   const pathOnly = target.path.split('?')[0] ?? '/';
   if (INTERNAL_PATHS.has(pathOnly)) {
     sendJson(res, 404, { code: 404, path: pathOnly, message: 'This endpoint is reserved for the Hearth control plane and is not reachable through the sandbox URL' });
@@ -85,7 +86,8 @@ export function proxyToSandbox(manager: SandboxManager, target: ProxyTarget, req
     upRes.on('aborted', () => res.destroy());
     upRes.on('error', () => res.destroy());
   });
-  up.on('error', () => {
+  up.on('error', (err) => {
+    log.warn({ sandbox: target.sandboxId, path: pathOnly, reusedSocket: up.reusedSocket, err: err.message }, 'envd proxy: upstream error');
     if (res.headersSent) { res.destroy(); return; }
     sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox is running but port is not open', port: target.port, code: 502 });
   });

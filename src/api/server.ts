@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
@@ -27,7 +27,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.log,
     bodyLimit: BODY_LIMIT,
-    disableRequestLogging: true,
+    // Per-request access logs off: lifecycle operations log their own steps.
+    logController: new LogController({ disableRequestLogging: true }),
     // envd traffic is long-lived streaming; don't cut it (envd's own idle timeout is 640 s).
     requestTimeout: 0,
     connectionTimeout: 0,
@@ -48,7 +49,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (!target) { done(); return; }
     void reply.hijack();
     try {
-      proxyToSandbox(deps.manager, target, req.raw, reply.raw);
+      proxyToSandbox(deps.manager, req.log, target, req.raw, reply.raw);
     } catch (err) {
       req.log.error({ err }, 'proxy failed');
       if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });

@@ -1,15 +1,9 @@
 import { TimeoutError, throwIfAborted } from '../core/errors.js';
 import type { AgentEndpoint } from '../core/types.js';
+import type { InitRequestBody } from '../agent/protocol.js';
 
 /** Body of envd's POST /init plus Hearth's ignorable extension. */
-export interface AgentInit {
-  envVars?: Record<string, string>;
-  accessToken?: string;
-  timestamp?: string;
-  defaultUser?: string;
-  defaultWorkdir?: string;
-  hearth?: { sandboxId?: string; entropy?: string };
-}
+export type AgentInit = InitRequestBody;
 
 /**
  * The host's control path to a guest agent: health and /init. Data-plane calls

@@ -32,7 +32,7 @@ async function versionOf(cmd: string, args: string[]): Promise<string | null> {
 export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
   const [accel, qemu, fc, storage, meminfo, kernel] = await Promise.all([
     probeAccelerator(),
-    probeQemu(),
+    probeQemu().then((q) => ({ found: true as const, ...q, detail: `${q.binary} ${q.version}` }), (e: unknown) => ({ found: false as const, version: null, ignoreShared: false, detail: String(e) })),
     versionOf('firecracker', ['--version']),
     chooseRootfsBackend(cfg.dataDir, cfg.storage),
     readFile('/proc/meminfo', 'utf8'),

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's second command: the whole test suite. Unit tests first (seconds),
+# then integration tests that boot real QEMU VMs (they build the default image
+# into /var/lib/hearth once if it is missing; HEARTH_IMAGE_DIR overrides).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+npm run --silent typecheck
+npm run --silent test:unit
+npm run --silent test:integration

@@ -1,0 +1,41 @@
+import { AGENT_PORT } from './protocol.js';
+
+/** Start-up configuration of the agent, read from the environment (see docs/agent.md). */
+export interface AgentConfig {
+  host: string;
+  port: number;
+  /** User for requests without Basic auth, until `/init` sets `defaultUser`. */
+  defaultUser: string;
+  defaultWorkdir: string | undefined;
+  /** Initial access token (normally set by `/init`); empty means none. */
+  accessToken: string | undefined;
+  /** cgroup (v2) directory user processes are moved into; skipped when it doesn't exist. */
+  userCgroupDir: string;
+  /** `date` binary used to set the clock from `/init` `timestamp`; empty disables clock setting. */
+  dateBin: string;
+  /** Where `/init` `hearth.entropy` bytes are written. */
+  urandomPath: string;
+  /** PATH given to user processes. */
+  processPath: string;
+}
+
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  const portText = env.HEARTH_AGENT_PORT;
+  const port = portText === undefined || portText === '' ? AGENT_PORT : Number(portText);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`HEARTH_AGENT_PORT must be a port number, got '${portText}'`);
+  }
+  return {
+    host: env.HEARTH_AGENT_HOST || '0.0.0.0',
+    port,
+    defaultUser: env.HEARTH_AGENT_DEFAULT_USER || 'user',
+    defaultWorkdir: env.HEARTH_AGENT_DEFAULT_WORKDIR || undefined,
+    accessToken: env.HEARTH_AGENT_ACCESS_TOKEN || undefined,
+    userCgroupDir: env.HEARTH_AGENT_USER_CGROUP ?? '/sys/fs/cgroup/hearth/user',
+    dateBin: env.HEARTH_AGENT_DATE_BIN ?? 'date',
+    urandomPath: env.HEARTH_AGENT_URANDOM ?? '/dev/urandom',
+    processPath: env.PATH || DEFAULT_PATH,
+  };
+}

@@ -1,0 +1,102 @@
+import { parseArgs } from 'node:util';
+import { Sandbox } from '../../sdk/index.js';
+import { age, parseKeyValues, printJson, printTable, UsageError } from '../output.js';
+
+const HELP = `Usage: hearth sandbox <command>
+
+  create [--template base] [--cpu N] [--memory MB] [--timeout SECONDS]
+         [--env KEY=VALUE]... [--meta KEY=VALUE]...   create a sandbox and print its id
+  ls [--all] [--state running,paused]                list sandboxes
+  get <id>                                           show one sandbox (also ended ones, with why)
+  rm <id>...                                         destroy sandboxes
+  timeout <id> <seconds>                             end the sandbox that many seconds from now
+
+Every command takes --json.`;
+
+export async function sandboxCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'create': return create(rest);
+    case 'ls': case 'list': return list(rest);
+    case 'get': case 'inspect': return get(rest);
+    case 'rm': case 'kill': case 'destroy': return rm(rest);
+    case 'timeout': return timeout(rest);
+    case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return sub ? 0 : 2;
+    default: throw new UsageError(`unknown command "sandbox ${sub}"\n\n${HELP}`);
+  }
+}
+
+function int(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v)) throw new UsageError(`${flag} expects a whole number, got "${v}"`);
+  return Number(v);
+}
+
+async function create(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: {
+    template: { type: 'string', short: 't', default: 'base' }, cpu: { type: 'string' }, memory: { type: 'string' },
+    timeout: { type: 'string' }, env: { type: 'string', short: 'e', multiple: true }, meta: { type: 'string', multiple: true },
+    json: { type: 'boolean' },
+  } });
+  const cpu = int(values.cpu, '--cpu');
+  const memoryMb = int(values.memory, '--memory');
+  const timeoutSec = int(values.timeout, '--timeout');
+  const t0 = performance.now();
+  const sbx = await Sandbox.create({
+    template: values.template,
+    envs: parseKeyValues(values.env, '--env'),
+    metadata: parseKeyValues(values.meta, '--meta'),
+    ...(cpu !== undefined ? { cpu } : {}),
+    ...(memoryMb !== undefined ? { memoryMb } : {}),
+    ...(timeoutSec !== undefined ? { timeoutMs: timeoutSec * 1000 } : {}),
+  });
+  if (values.json) { printJson(sbx.info); return 0; }
+  process.stdout.write(`${sbx.id}\n`);
+  process.stderr.write(`created in ${Math.round(performance.now() - t0)} ms (${(sbx.info.timings?.steps ?? []).map((s) => `${s.step} ${s.ms} ms`).join(', ')})\n`);
+  return 0;
+}
+
+async function list(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { all: { type: 'boolean', short: 'a' }, state: { type: 'string' }, json: { type: 'boolean' } } });
+  const states = values.state ? values.state.split(',') : values.all ? ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'destroyed', 'failed'] : undefined;
+  const items = await Sandbox.list(states ? { states } : {});
+  if (values.json) { printJson(items); return 0; }
+  printTable(items.map((s) => ({ id: s.sandboxID, state: s.state, template: s.templateID, cpu: s.cpuCount, memory: `${s.memoryMB}M`, age: age(s.createdAt), ends: s.endedAt ? `ended ${age(s.endedAt)} ago` : `in ${Math.max(0, Math.round((Date.parse(s.endAt) - Date.now()) / 1000))}s` })),
+    ['id', 'state', 'template', 'cpu', 'memory', 'age', 'ends']);
+  return 0;
+}
+
+async function get(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  const id = positionals[0];
+  if (!id) throw new UsageError('usage: hearth sandbox get <id> [--json]');
+  const info = await Sandbox.getInfo(id);
+  if (values.json) { printJson(info); return 0; }
+  const { envdAccessToken: _token, ...shown } = info;
+  for (const [k, v] of Object.entries(shown)) {
+    process.stdout.write(`${k.padEnd(16)}${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}\n`);
+  }
+  return 0;
+}
+
+async function rm(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  if (positionals.length === 0) throw new UsageError('usage: hearth sandbox rm <id>...');
+  const results: { id: string; ok: boolean; error?: string }[] = [];
+  for (const id of positionals) {
+    try { await Sandbox.kill(id); results.push({ id, ok: true }); } catch (err) { results.push({ id, ok: false, error: (err as Error).message }); }
+  }
+  if (values.json) printJson(results);
+  else for (const r of results) process[r.ok ? 'stdout' : 'stderr'].write(r.ok ? `${r.id} destroyed\n` : `${r.id}: ${r.error}\n`);
+  return results.every((r) => r.ok) ? 0 : 1;
+}
+
+async function timeout(argv: string[]): Promise<number> {
+  const { positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  const [id, secs] = positionals;
+  const n = int(secs, 'seconds');
+  if (!id || n === undefined) throw new UsageError('usage: hearth sandbox timeout <id> <seconds>');
+  const sbx = await Sandbox.connect(id);
+  await sbx.setTimeout(n * 1000);
+  return 0;
+}

@@ -1,0 +1,50 @@
+import { errorFromResponse, SandboxError } from './errors.js';
+
+export interface ConnectionOptions {
+  /** hearthd's URL; default $HEARTH_URL or http://127.0.0.1:3030. */
+  url?: string;
+  /** API key (sent as X-API-Key); default $HEARTH_API_KEY. */
+  apiKey?: string;
+  /** Abort the call. */
+  signal?: AbortSignal;
+}
+
+export function resolveUrl(opts: ConnectionOptions = {}): string {
+  return (opts.url ?? process.env['HEARTH_URL'] ?? 'http://127.0.0.1:3030').replace(/\/+$/, '');
+}
+
+/** The control-plane REST client: JSON in, JSON out, typed errors. */
+export class HearthApi {
+  readonly url: string;
+  private readonly apiKey: string | undefined;
+
+  constructor(opts: ConnectionOptions = {}) {
+    this.url = resolveUrl(opts);
+    this.apiKey = opts.apiKey ?? process.env['HEARTH_API_KEY'];
+  }
+
+  headers(extra: Record<string, string> = {}): Record<string, string> {
+    return { ...(this.apiKey ? { 'x-api-key': this.apiKey } : {}), ...extra };
+  }
+
+  async request<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.url}${path}`, {
+        method,
+        headers: this.headers(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        ...(signal ? { signal } : {}),
+      });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      throw new SandboxError(`cannot reach hearthd at ${this.url} (${(err as Error).cause ? String((err as { cause: unknown }).cause) : (err as Error).message}); is it running? Start it with \`hearth up\``);
+    }
+    if (res.status === 204) return undefined as T;
+    const text = await res.text();
+    let parsed: unknown;
+    try { parsed = text ? JSON.parse(text) : undefined; } catch { parsed = undefined; }
+    if (!res.ok) throw errorFromResponse(res.status, parsed as { message?: string; error_code?: string }, `${method} ${path}: HTTP ${res.status} ${text.slice(0, 200)}`);
+    return parsed as T;
+  }
+}

@@ -1,0 +1,166 @@
+import { create } from '@bufbuild/protobuf';
+import type { ProcessEvent } from '../gen/process/process_pb.js';
+import { Signal, StartRequestSchema } from '../gen/process/process_pb.js';
+import { CommandExitError } from './errors.js';
+import { mapConnectError, type EnvdClients } from './envd.js';
+
+export interface CommandResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  /** The agent's error text for a non-zero exit (e.g. "exit status 2"). */
+  error?: string;
+}
+
+export interface RunOptions {
+  envs?: Record<string, string>;
+  cwd?: string;
+  user?: string;
+  /** Kills the command after this long; default 60 000 ms; 0 means no limit. */
+  timeoutMs?: number;
+  onStdout?: (text: string) => void | Promise<void>;
+  onStderr?: (text: string) => void | Promise<void>;
+  /** Raw bytes as they arrive; awaited, so a slow consumer slows the command (backpressure). */
+  onData?: (stream: 'stdout' | 'stderr', bytes: Uint8Array) => void | Promise<void>;
+  /** Keep a stdin pipe open for sendStdin/closeStdin (default false: stdin is /dev/null). */
+  stdin?: boolean;
+  /** Return a handle once started instead of waiting for the end. */
+  background?: boolean;
+  /** Accumulate stdout/stderr in the result (default true; turn off for huge outputs). */
+  collect?: boolean;
+  tag?: string;
+  signal?: AbortSignal;
+}
+
+/** A started command: wait for it, feed it, or kill it. */
+export class CommandHandle {
+  private stdout = '';
+  private stderr = '';
+  private readonly done: Promise<CommandResult>;
+
+  constructor(
+    readonly pid: number,
+    private readonly clients: EnvdClients,
+    events: AsyncIterator<ProcessEvent | undefined>,
+    private readonly opts: RunOptions,
+  ) {
+    this.done = this.pump(events);
+    this.done.catch(() => undefined);
+  }
+
+  private async pump(events: AsyncIterator<ProcessEvent | undefined>): Promise<CommandResult> {
+    const collect = this.opts.collect !== false;
+    const dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+    try {
+      for (;;) {
+        const next = await events.next();
+        if (next.done) throw new Error('the command stream ended without an end event');
+        const ev = next.value?.event;
+        if (!ev) continue;
+        if (ev.case === 'data') {
+          const out = ev.value.output;
+          if (out.case !== 'stdout' && out.case !== 'stderr') continue;
+          const stream = out.case;
+          await this.opts.onData?.(stream, out.value);
+          if (collect || (stream === 'stdout' ? this.opts.onStdout : this.opts.onStderr)) {
+            const text = dec[stream].decode(out.value, { stream: true });
+            if (collect) { if (stream === 'stdout') this.stdout += text; else this.stderr += text; }
+            await (stream === 'stdout' ? this.opts.onStdout : this.opts.onStderr)?.(text);
+          }
+        } else if (ev.case === 'end') {
+          return { exitCode: ev.value.exitCode, stdout: this.stdout, stderr: this.stderr, ...(ev.value.error ? { error: ev.value.error } : {}) };
+        }
+      }
+    } catch (err) {
+      throw mapConnectError(err);
+    }
+  }
+
+  /** Resolves with the result; rejects with CommandExitError on a non-zero exit. */
+  async wait(): Promise<CommandResult> {
+    const r = await this.done;
+    if (r.exitCode !== 0) throw new CommandExitError(r.exitCode, r.stdout, r.stderr, r.error);
+    return r;
+  }
+
+  /** The result whatever the exit code. */
+  result(): Promise<CommandResult> { return this.done; }
+
+  async sendStdin(data: string | Uint8Array): Promise<void> {
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    await this.clients.process.sendInput({ process: { selector: { case: 'pid', value: this.pid } }, input: { input: { case: 'stdin', value: bytes } } })
+      .catch((e: unknown) => { throw mapConnectError(e); });
+  }
+
+  async closeStdin(): Promise<void> {
+    await this.clients.process.closeStdin({ process: { selector: { case: 'pid', value: this.pid } } }).catch((e: unknown) => { throw mapConnectError(e); });
+  }
+
+  /** SIGKILL; false if the process was already gone. */
+  async kill(signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL'): Promise<boolean> {
+    try {
+      await this.clients.process.sendSignal({ process: { selector: { case: 'pid', value: this.pid } }, signal: signal === 'SIGKILL' ? Signal.SIGKILL : Signal.SIGTERM });
+      return true;
+    } catch (err) {
+      const e = mapConnectError(err);
+      if (e.name === 'NotFoundError') return false;
+      throw e;
+    }
+  }
+}
+
+export class Commands {
+  constructor(private readonly clients: EnvdClients) {}
+
+  /**
+   * Run a command. A string runs under `/bin/bash -l -c` (as E2B does); an
+   * array runs that program with those arguments, no shell.
+   */
+  async run(cmd: string | string[], opts: RunOptions & { background: true }): Promise<CommandHandle>;
+  async run(cmd: string | string[], opts?: RunOptions): Promise<CommandResult>;
+  async run(cmd: string | string[], opts: RunOptions = {}): Promise<CommandResult | CommandHandle> {
+    const [bin, args] = typeof cmd === 'string' ? ['/bin/bash', ['-l', '-c', cmd]] : [cmd[0] ?? '', cmd.slice(1)];
+    const req = create(StartRequestSchema, {
+      process: { cmd: bin, args, envs: opts.envs ?? {}, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) },
+      stdin: opts.stdin ?? false,
+      ...(opts.tag !== undefined ? { tag: opts.tag } : {}),
+    });
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const stream = this.clients.process.start(req, { ...(timeoutMs > 0 ? { timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
+    const it = stream[Symbol.asyncIterator]();
+    let pid: number;
+    try {
+      const first = await it.next();
+      const ev = first.done ? undefined : first.value.event?.event;
+      if (ev?.case !== 'start') throw new Error('expected a start event first');
+      pid = ev.value.pid;
+    } catch (err) {
+      throw mapConnectError(err);
+    }
+    const events: AsyncIterator<ProcessEvent | undefined> = {
+      next: async () => {
+        const n = await it.next();
+        return n.done ? { done: true, value: undefined } : { done: false, value: n.value.event };
+      },
+    };
+    const handle = new CommandHandle(pid, this.clients, events, opts);
+    if (opts.background) return handle;
+    return handle.wait();
+  }
+
+  async list(): Promise<{ pid: number; cmd: string; args: string[]; tag?: string }[]> {
+    const res = await this.clients.process.list({}).catch((e: unknown) => { throw mapConnectError(e); });
+    return res.processes.map((p) => ({ pid: p.pid, cmd: p.config?.cmd ?? '', args: p.config?.args ?? [], ...(p.tag !== undefined ? { tag: p.tag } : {}) }));
+  }
+
+  async kill(pid: number): Promise<boolean> {
+    try {
+      await this.clients.process.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGKILL });
+      return true;
+    } catch (err) {
+      const e = mapConnectError(err);
+      if (e.name === 'NotFoundError') return false;
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,51 @@
+import { Code, ConnectError, createClient, type Client, type Interceptor } from '@connectrpc/connect';
+import { createConnectTransport } from '@connectrpc/connect-node';
+import { Process } from '../gen/process/process_pb.js';
+import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
+import {
+  AuthenticationError, InvalidArgumentError, NotFoundError, SandboxError, SandboxGoneError, TimeoutError, ConflictError, CapacityError,
+} from './errors.js';
+
+/** Where a sandbox's agent is reached: hearthd's envd proxy for that sandbox. */
+export interface EnvdTarget {
+  /** e.g. http://127.0.0.1:3030/sandboxes/<id>/envd */
+  baseUrl: string;
+  accessToken: string;
+}
+
+export interface EnvdClients {
+  process: Client<typeof Process>;
+  filesystem: Client<typeof Filesystem>;
+}
+
+/**
+ * Connect clients for a sandbox's agent. Hearth's SDK uses the binary protobuf
+ * codec (the agent speaks both; E2B's SDKs use JSON): output bytes are not
+ * base64-encoded in the guest, which matters under software emulation.
+ */
+export function envdClients(target: EnvdTarget, user?: string): EnvdClients {
+  const auth: Interceptor = (next) => async (req) => {
+    req.header.set('x-access-token', target.accessToken);
+    if (user) req.header.set('authorization', `Basic ${Buffer.from(`${user}:`).toString('base64')}`);
+    return next(req);
+  };
+  const transport = createConnectTransport({ baseUrl: target.baseUrl, httpVersion: '1.1', useBinaryFormat: true, interceptors: [auth] });
+  return { process: createClient(Process, transport), filesystem: createClient(Filesystem, transport) };
+}
+
+/** Connect codes to SDK errors, as E2B's SDK maps them (envd.md §2.7). */
+export function mapConnectError(err: unknown): Error {
+  if (!(err instanceof ConnectError)) return err instanceof Error ? err : new Error(String(err));
+  const msg = err.rawMessage;
+  switch (err.code) {
+    case Code.NotFound: return new NotFoundError(msg, 404, 'not_found');
+    case Code.InvalidArgument: return new InvalidArgumentError(msg, 400, 'invalid_argument');
+    case Code.Unauthenticated: return new AuthenticationError(msg, 401, 'unauthenticated');
+    case Code.AlreadyExists: return new ConflictError(msg, 409, 'already_exists');
+    case Code.ResourceExhausted: return new CapacityError(msg, 429, 'resource_exhausted');
+    case Code.DeadlineExceeded: return new TimeoutError(`${msg} (the command exceeded its timeout)`, 504, 'deadline_exceeded');
+    case Code.Canceled: return new TimeoutError(msg, 499, 'canceled');
+    case Code.Unavailable: return new SandboxGoneError(`the sandbox is not running (${msg})`, 502, 'unavailable');
+    default: return new SandboxError(`${Code[err.code]}: ${msg}`);
+  }
+}

@@ -1,0 +1,236 @@
+/**
+ * QEMU command line for a Hearth VM, built from a VmConfig as an argv array
+ * (never a shell string). docs/vmm-qemu.md explains every flag.
+ */
+import path from 'node:path';
+import { InvalidArgumentError } from '../../core/errors.js';
+import type { VmConfig } from '../types.js';
+import type { Accel } from '../probe.js';
+
+export type QemuMachine = 'microvm' | 'q35';
+export type DriveCache = 'none' | 'writeback' | 'unsafe' | 'directsync' | 'writethrough';
+export type DriveAio = 'threads' | 'native' | 'io_uring';
+
+export interface QemuCmdlineOptions {
+  accel: Accel;
+  /** Default 'microvm' (virtio-mmio described by ACPI); 'q35' uses virtio-pci. */
+  machine?: QemuMachine;
+  /** Host TSC rate, added as `tsc_early_khz=` for microvm under TCG (no PIT/HPET to calibrate against). */
+  tscKhz?: number;
+  /** Root drive cache mode (default 'writeback'; see docs/vmm-qemu.md). */
+  driveCache?: DriveCache;
+  driveAio?: DriveAio;
+  /** `-sandbox on,...` (seccomp). Default true. */
+  seccomp?: boolean;
+  /** Start with `-incoming defer` (restore). */
+  incoming?: boolean;
+  /** Start with vCPUs stopped (`-S`); restore uses it so that `cont` is explicit. */
+  paused?: boolean;
+}
+
+/** The CPU model per accelerator: the host's CPU under KVM, everything TCG can emulate otherwise. */
+export function cpuModel(accel: Accel): string {
+  return accel === 'kvm' ? 'host' : 'max';
+}
+
+/** Files of one VM inside its runDir. */
+export function runFiles(runDir: string): { qmpSocket: string; pidFile: string; stderrLog: string } {
+  return {
+    qmpSocket: path.join(runDir, 'qmp.sock'),
+    pidFile: path.join(runDir, 'qemu.pid'),
+    stderrLog: path.join(runDir, 'qemu.log'),
+  };
+}
+
+const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+/** The `-name` value: how reconciliation recognises a Hearth VM and its sandbox. */
+export function qemuVmName(sandboxId: string): string {
+  if (!SANDBOX_ID.test(sandboxId)) {
+    throw new InvalidArgumentError(`sandbox id ${JSON.stringify(sandboxId)} is not usable in a QEMU -name (letters, digits, . _ -)`, 'sandboxId');
+  }
+  return `hearth-${sandboxId}`;
+}
+
+/** Inverse of the command line: which sandbox (and runDir) a QEMU argv belongs to, if any. */
+export function parseQemuArgv(argv: string[]): { sandboxId: string; runDir?: string } | undefined {
+  const i = argv.indexOf('-name');
+  const name = i >= 0 ? argv[i + 1] : undefined;
+  if (!name) return undefined;
+  const guest = name.split(/(?<!,),(?!,)/)[0]!.replace(/^guest=/, '');
+  const m = /^hearth-([A-Za-z0-9][A-Za-z0-9_.-]*)$/.exec(guest);
+  if (!m) return undefined;
+  const p = argv.indexOf('-pidfile');
+  const pidFile = p >= 0 ? argv[p + 1] : undefined;
+  return { sandboxId: m[1]!, runDir: pidFile ? path.dirname(pidFile) : undefined };
+}
+
+/** QEMU option values separate key=value pairs by ','; a literal comma is written ',,'. */
+export function qemuEscape(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
+/** Kernel command line: the transport's needs first, then the caller's arguments. */
+export function kernelCmdline(cfg: VmConfig, opts: QemuCmdlineOptions): string {
+  const user = cfg.kernelArgs.trim();
+  const has = (key: string) => new RegExp(`(^|\\s)${key}=`).test(user);
+  const parts: string[] = [];
+  if (!has('console')) parts.push('console=ttyS0');
+  if (!has('root')) parts.push('root=/dev/vda');
+  if ((opts.machine ?? 'microvm') === 'microvm' && opts.accel === 'tcg' && opts.tscKhz && !has('tsc_early_khz')) {
+    parts.push(`tsc_early_khz=${Math.round(opts.tscKhz)}`);
+  }
+  if (user) parts.push(user);
+  return parts.join(' ');
+}
+
+function checkSocketPath(p: string): void {
+  // sun_path is 108 bytes including the terminating NUL.
+  if (Buffer.byteLength(p) > 107) {
+    throw new InvalidArgumentError(`QMP socket path is too long for a Unix socket (${Buffer.byteLength(p)} > 107 bytes): ${p}`, 'runDir');
+  }
+}
+
+/** Network address helpers for user-mode networking. */
+export function parseGuestCidr(cidr: string): { network: string; prefix: number; address?: string } {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr.trim());
+  if (!m) throw new InvalidArgumentError(`guestCidr ${JSON.stringify(cidr)} is not an IPv4 CIDR`, 'network.guestCidr');
+  const octets = m.slice(1, 5).map(Number);
+  const prefix = Number(m[5]);
+  if (octets.some((o) => o > 255) || prefix < 8 || prefix > 30) {
+    throw new InvalidArgumentError(`guestCidr ${JSON.stringify(cidr)} is out of range (prefix 8..30)`, 'network.guestCidr');
+  }
+  const ip = octets.reduce((a, o) => (a * 256) + o, 0);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  const net = (ip & mask) >>> 0;
+  const toStr = (n: number) => [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
+  return { network: toStr(net), prefix, address: ip !== net ? toStr(ip) : undefined };
+}
+
+function netdevArgs(cfg: VmConfig, machine: QemuMachine): string[] {
+  const nic = machine === 'microvm' ? 'virtio-net-device' : 'virtio-net-pci';
+  const n = cfg.network;
+  if (n.kind === 'user') {
+    const { network, prefix, address } = parseGuestCidr(n.guestCidr);
+    const opts = ['user', 'id=n0', 'restrict=on', `net=${network}/${prefix}`, `host=${n.gateway}`];
+    // A guestCidr naming a host address (10.0.2.15/24) is the guest's address: hand it out
+    // by DHCP and forward to it; a network (10.0.2.0/24) forwards to QEMU's default (.15).
+    if (address) opts.push(`dhcpstart=${address}`);
+    for (const f of n.forwards) {
+      if (!Number.isInteger(f.hostPort) || !Number.isInteger(f.guestPort) || f.hostPort < 1 || f.hostPort > 65535 || f.guestPort < 1 || f.guestPort > 65535) {
+        throw new InvalidArgumentError(`bad port forward ${JSON.stringify(f)}`, 'network.forwards');
+      }
+      opts.push(`hostfwd=tcp:127.0.0.1:${f.hostPort}-${address ?? ''}:${f.guestPort}`);
+    }
+    return ['-netdev', opts.join(','), '-device', `${nic},netdev=n0`];
+  }
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(n.tapName)) throw new InvalidArgumentError(`bad tap name ${JSON.stringify(n.tapName)}`, 'network.tapName');
+  if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(n.mac)) throw new InvalidArgumentError(`bad MAC ${JSON.stringify(n.mac)}`, 'network.mac');
+  return [
+    '-netdev', `tap,id=n0,ifname=${n.tapName},script=no,downscript=no`,
+    '-device', `${nic},netdev=n0,mac=${n.mac}`,
+  ];
+}
+
+/** The QEMU argv (without the binary). */
+export function buildQemuArgs(cfg: VmConfig, opts: QemuCmdlineOptions): string[] {
+  const machine = opts.machine ?? 'microvm';
+  if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > 64) throw new InvalidArgumentError(`vcpus must be 1..64, got ${cfg.vcpus}`, 'vcpus');
+  if (!Number.isInteger(cfg.memoryMib) || cfg.memoryMib < 64) throw new InvalidArgumentError(`memoryMib must be an integer >= 64, got ${cfg.memoryMib}`, 'memoryMib');
+  for (const [field, value] of [['kernelPath', cfg.kernelPath], ['rootfsPath', cfg.rootfsPath], ['memoryFilePath', cfg.memoryFilePath], ['runDir', cfg.runDir], ['consoleLogPath', cfg.consoleLogPath]] as const) {
+    if (!value || !path.isAbsolute(value)) throw new InvalidArgumentError(`${field} must be an absolute path, got ${JSON.stringify(value)}`, field);
+  }
+  if (cfg.initrdPath !== undefined && !path.isAbsolute(cfg.initrdPath)) throw new InvalidArgumentError(`initrdPath must be an absolute path`, 'initrdPath');
+  const files = runFiles(cfg.runDir);
+  checkSocketPath(files.qmpSocket);
+  const name = qemuVmName(cfg.sandboxId);
+  const dev = (microvmDev: string, pciDev: string) => (machine === 'microvm' ? microvmDev : pciDev);
+
+  const machineOpts = machine === 'microvm'
+    ? 'microvm,acpi=on,pit=off,pic=off,rtc=on,memory-backend=mem'
+    : 'q35,memory-backend=mem';
+  const args: string[] = [
+    '-name', `${name},process=${name}`,
+    '-machine', machineOpts,
+    '-accel', opts.accel,
+    '-cpu', cpuModel(opts.accel),
+    '-smp', String(cfg.vcpus),
+    '-m', `${cfg.memoryMib}M`,
+    '-object', `memory-backend-file,id=mem,size=${cfg.memoryMib}M,mem-path=${qemuEscape(cfg.memoryFilePath)},share=on`,
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+  ];
+  if (opts.seccomp ?? true) {
+    // spawn=deny is possible because snapshots never use exec: migration (see vmm.ts).
+    args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  }
+  args.push(
+    '-chardev', `file,id=con0,path=${qemuEscape(cfg.consoleLogPath)},append=on`,
+    '-serial', 'chardev:con0',
+    '-kernel', cfg.kernelPath,
+  );
+  if (cfg.initrdPath) args.push('-initrd', cfg.initrdPath);
+  args.push('-append', kernelCmdline(cfg, opts));
+  const cache = opts.driveCache ?? 'writeback';
+  const aio = opts.driveAio ?? 'threads';
+  args.push(
+    '-drive', `id=root,file=${qemuEscape(cfg.rootfsPath)},if=none,format=raw,cache=${cache},aio=${aio},discard=unmap`,
+    '-device', `${dev('virtio-blk-device', 'virtio-blk-pci')},drive=root`,
+    ...netdevArgs(cfg, machine),
+    '-device', dev('virtio-rng-device', 'virtio-rng-pci'),
+    '-chardev', `socket,id=qmp,path=${qemuEscape(files.qmpSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-pidfile', files.pidFile,
+  );
+  if (opts.paused) args.push('-S');
+  if (opts.incoming) args.push('-incoming', 'defer');
+  return args;
+}
+
+/**
+ * The program to spawn: QEMU itself, or (tap networking) QEMU entered into the
+ * slot's network namespace with nsenter, which execs QEMU in place so the
+ * spawned pid is QEMU's pid.
+ */
+export function spawnCommand(cfg: VmConfig, qemuBinary: string, qemuArgs: string[], netnsDir = '/run/netns'): { file: string; args: string[] } {
+  if (cfg.network.kind === 'tap') {
+    const ns = cfg.network.netnsName;
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(ns)) throw new InvalidArgumentError(`bad netns name ${JSON.stringify(ns)}`, 'network.netnsName');
+    return { file: 'nsenter', args: [`--net=${path.join(netnsDir, ns)}`, '--', qemuBinary, ...qemuArgs] };
+  }
+  return { file: qemuBinary, args: qemuArgs };
+}
+
+/** Parses a QEMU option string ("type,key=value,..." with ",," for a literal comma). */
+export function parseQemuOpts(s: string): { first?: string; opts: Record<string, string> } {
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === ',') {
+      if (s[i + 1] === ',') { cur += ','; i++; continue; }
+      parts.push(cur);
+      cur = '';
+    } else {
+      cur += c;
+    }
+  }
+  parts.push(cur);
+  const opts: Record<string, string> = {};
+  let first: string | undefined;
+  parts.forEach((p, idx) => {
+    const eq = p.indexOf('=');
+    if (eq < 0) { if (idx === 0) first = p; else opts[p] = 'on'; return; }
+    opts[p.slice(0, eq)] = p.slice(eq + 1);
+  });
+  return { first, opts };
+}
+
+/** The guest-RAM file named on a QEMU command line built by buildQemuArgs. */
+export function memoryPathFromArgv(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length - 1; i++) {
+    if (argv[i] !== '-object') continue;
+    const { first, opts } = parseQemuOpts(argv[i + 1]!);
+    if ((first === 'memory-backend-file' || opts['qom-type'] === 'memory-backend-file') && opts['id'] === 'mem') return opts['mem-path'];
+  }
+  return undefined;
+}

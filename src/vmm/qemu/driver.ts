@@ -1,0 +1,97 @@
+/**
+ * The QEMU VmmDriver: creates QemuVmm instances with host-derived settings
+ * (accelerator from a real probe, TSC rate for TCG) and adopts VMs left running
+ * by an earlier daemon.
+ */
+import { InvalidArgumentError } from '../../core/errors.js';
+import { DEFAULT_QEMU_BINARY, hostTscKhz, probeAccelerator, type Accel } from '../probe.js';
+import type { VmmDriver, VmmHandle } from '../types.js';
+import { memoryPathFromArgv, parseQemuArgv, type DriveAio, type DriveCache, type QemuMachine } from './cmdline.js';
+import { identifyQemu, QemuVmm, type QemuSettings } from './vmm.js';
+
+export interface QemuDriverOptions {
+  /** Default qemu-system-x86_64 (from PATH). */
+  qemuBinary?: string;
+  /** Force an accelerator; default: the (cached) result of probeAccelerator(). */
+  accel?: Accel;
+  /** Default 'microvm'. */
+  machine?: QemuMachine;
+  /** Host TSC kHz for `tsc_early_khz=` under TCG; default from /proc/cpuinfo. */
+  tscKhz?: number;
+  driveCache?: DriveCache;
+  driveAio?: DriveAio;
+  /** Seccomp sandbox (`-sandbox on,...,spawn=deny`); default true. */
+  seccomp?: boolean;
+  startTimeoutMs?: number;
+  snapshotTimeoutMs?: number;
+  restoreTimeoutMs?: number;
+  stopQuitMs?: number;
+  stopTermMs?: number;
+  stopKillMs?: number;
+  /** Default /run/netns (where `ip netns add` puts namespaces). */
+  netnsDir?: string;
+  onStep?: QemuSettings['onStep'];
+}
+
+export class QemuDriver implements VmmDriver {
+  readonly kind = 'qemu' as const;
+  private readonly settings: QemuSettings;
+  private tsc: Promise<number | undefined> | undefined;
+
+  constructor(private readonly opts: QemuDriverOptions = {}) {
+    const qemuBinary = opts.qemuBinary ?? DEFAULT_QEMU_BINARY;
+    this.settings = {
+      qemuBinary,
+      resolveCmdlineOptions: async (signal) => {
+        const accel = opts.accel ?? (await probeAccelerator({ qemuBinary, signal })).accel;
+        const tscKhz = accel === 'tcg' ? opts.tscKhz ?? await (this.tsc ??= hostTscKhz()) : undefined;
+        return {
+          accel,
+          machine: opts.machine ?? 'microvm',
+          tscKhz,
+          driveCache: opts.driveCache ?? 'writeback',
+          driveAio: opts.driveAio ?? 'threads',
+          seccomp: opts.seccomp ?? true,
+        };
+      },
+      startTimeoutMs: opts.startTimeoutMs ?? 10_000,
+      snapshotTimeoutMs: opts.snapshotTimeoutMs ?? 60_000,
+      restoreTimeoutMs: opts.restoreTimeoutMs ?? 60_000,
+      stopQuitMs: opts.stopQuitMs ?? 2_000,
+      stopTermMs: opts.stopTermMs ?? 3_000,
+      stopKillMs: opts.stopKillMs ?? 5_000,
+      netnsDir: opts.netnsDir ?? '/run/netns',
+      onStep: opts.onStep,
+    };
+  }
+
+  create(): QemuVmm {
+    return new QemuVmm(this.settings);
+  }
+
+  /**
+   * Re-attaches to a QEMU started by an earlier daemon. The pid must be alive
+   * and be QEMU whose `-pidfile` is in `handle.runDir` and whose `-name` is a
+   * Hearth name; otherwise the VM is gone (the pid may have been reused) and
+   * the result is null. Throws HostFailureError if the process is ours but its
+   * QMP socket does not answer (the caller decides whether to kill it).
+   */
+  async adopt(handle: VmmHandle): Promise<QemuVmm | null> {
+    if (handle.kind !== 'qemu') throw new InvalidArgumentError(`QemuDriver cannot adopt a ${handle.kind} VM`, 'kind');
+    if (!Number.isInteger(handle.pid) || handle.pid <= 0) return null;
+    const found = await identifyQemu(handle.pid, handle.runDir);
+    if (!found) return null;
+    const ident = parseQemuArgv(found.argv);
+    const memoryFilePath = memoryPathFromArgv(found.argv);
+    if (!ident || !memoryFilePath) return null;
+    const vmm = new QemuVmm(this.settings);
+    await vmm.attach(handle.pid, found.startTime, ident.sandboxId, handle.runDir, memoryFilePath);
+    return vmm;
+  }
+
+  /** The handle to persist for a running VM (VmmHandle). */
+  static handleOf(vmm: QemuVmm): VmmHandle {
+    if (!vmm.runDir || vmm.pid <= 0) throw new InvalidArgumentError('the VM has not been started', 'vmm');
+    return { kind: 'qemu', pid: vmm.pid, runDir: vmm.runDir };
+  }
+}

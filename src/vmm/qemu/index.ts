@@ -1,0 +1,8 @@
+export { QemuDriver, type QemuDriverOptions } from './driver.js';
+export { QemuVmm, identifyQemu, type QemuStatus } from './vmm.js';
+export { QmpClient, QmpCommandError, QmpClosedError, type QmpEvent, type QmpGreeting } from './qmp.js';
+export {
+  buildQemuArgs, kernelCmdline, spawnCommand, runFiles, qemuVmName, parseQemuArgv, parseQemuOpts,
+  memoryPathFromArgv, type QemuCmdlineOptions, type QemuMachine, type DriveCache, type DriveAio,
+} from './cmdline.js';
+export { listHearthQemuProcesses, type HearthQemuProcess } from './process.js';

@@ -1,0 +1,60 @@
+/**
+ * Integration-test harness: a real hearthd (in-process) with a temp data dir,
+ * the real default image (built once and cached in HEARTH_IMAGE_DIR, default
+ * /var/lib/hearth, the README's data dir, so CI's start step is reused), real
+ * QEMU VMs. `stop()` destroys every sandbox it can and checks nothing is left.
+ */
+import { mkdtemp, rm, readdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig, type HearthConfig } from '../../src/daemon/config.js';
+import { startDaemon, type Daemon } from '../../src/daemon/daemon.js';
+import { createLogger } from '../../src/core/log.js';
+import { ensureDefaultImage, lineProgress, type ImageInfo } from '../../src/images/index.js';
+import { AGENT_BUNDLE_PATH } from '../../src/paths.js';
+
+let imagePromise: Promise<ImageInfo> | undefined;
+
+export function testImage(): Promise<ImageInfo> {
+  if (!existsSync(AGENT_BUNDLE_PATH)) throw new Error(`${AGENT_BUNDLE_PATH} missing: run npm run build before the integration tests`);
+  imagePromise ??= ensureDefaultImage({
+    dataDir: process.env['HEARTH_IMAGE_DIR'] ?? '/var/lib/hearth',
+    ...(process.env['HEARTH_IMAGE_CACHE'] ? { cacheDir: process.env['HEARTH_IMAGE_CACHE'] } : {}),
+    agentBundlePath: AGENT_BUNDLE_PATH,
+    progress: lineProgress(process.stderr, 'test image'),
+  });
+  return imagePromise;
+}
+
+export interface TestDaemon extends Daemon {
+  cfg: HearthConfig;
+  /** Destroys every sandbox still live, closes the daemon, removes the data dir. */
+  stop(): Promise<void>;
+}
+
+export async function startTestDaemon(over: Partial<HearthConfig> = {}): Promise<TestDaemon> {
+  const image = await testImage();
+  const dataDir = await mkdtemp(join(process.env['HEARTH_TEST_TMP'] ?? tmpdir(), 'hearth-it-'));
+  const cfg = loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, ...over }, {});
+  const log = createLogger(process.env['HEARTH_TEST_LOG'] ?? 'warn');
+  const d = await startDaemon(cfg, log, { image });
+  return {
+    ...d,
+    cfg,
+    async stop() {
+      for (const s of d.manager.list()) {
+        if (s.state !== 'destroyed') await d.manager.destroy(s.id, AbortSignal.timeout(60_000)).catch(() => undefined);
+      }
+      await d.close();
+      const left = existsSync(join(dataDir, 'sandboxes')) ? await readdir(join(dataDir, 'sandboxes')) : [];
+      await rm(dataDir, { recursive: true, force: true });
+      if (left.length) throw new Error(`sandbox directories left behind: ${left.join(', ')}`);
+    },
+  };
+}
+
+/** Is a process with this pid alive? */
+export function alive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
