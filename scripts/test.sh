@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# One image cache for every suite (the default data dir's, which `scripts/start.sh` also fills).
+export HEARTH_TEST_CACHE="${HEARTH_TEST_CACHE:-/var/lib/hearth/cache}"
 npm run --silent typecheck
 npm run --silent test:unit
 npm run --silent test:integration

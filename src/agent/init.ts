@@ -72,6 +72,19 @@ function parseInit(raw: unknown): ParsedInit {
   return out;
 }
 
+/**
+ * ioctl(RNDRESEEDCRNG) on /dev/urandom. Node has no ioctl; perl (perl-base is
+ * Essential in Debian, so every image has it) does. 0x5207 = _IO('R', 0x07).
+ */
+function reseedCrng(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile('perl', ['-e', 'open(my $f, "<", "/dev/urandom") or die "open: $!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!";'], { timeout: 5000 }, (err, _o, stderr) => {
+      if (err) reject(new Error(`reseed failed: ${String(stderr).trim() || err.message}`));
+      else resolve();
+    });
+  });
+}
+
 function setClock(dateBin: string, ms: number): Promise<void> {
   return new Promise((resolve, reject) => {
     execFile(dateBin, ['-s', `@${(ms / 1000).toFixed(3)}`], { timeout: 5000 }, (err, _stdout, stderr) => {
@@ -135,8 +148,12 @@ export function createInitHandler(state: AgentState): (req: IncomingMessage, res
     if (p.entropy && p.entropy.length > 0) {
       try {
         await fsp.writeFile(state.config.urandomPath, p.entropy, { flag: 'a' });
+        // Writing only mixes the bytes into the input pool; the CRNG that /dev/urandom and
+        // getrandom() read from keeps its state (cloned with the snapshot) until its next
+        // reseed, up to a minute later. RNDRESEEDCRNG forces that reseed now.
+        if (state.config.urandomPath === '/dev/urandom') await reseedCrng();
       } catch (e) {
-        log.warn('cannot write entropy', { path: state.config.urandomPath, error: errorMessage(e) });
+        log.warn('cannot write entropy or reseed the CRNG', { path: state.config.urandomPath, error: errorMessage(e) });
       }
     }
     log.info('init', {

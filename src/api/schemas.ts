@@ -77,3 +77,41 @@ export const TemplateSchema = Type.Object({
   diskSizeMB: Type.Integer(),
   createdAt: Type.String({ format: 'date-time' }),
 }, { $id: 'Template' });
+
+export const PauseBody = Type.Object({
+  memory: Type.Optional(Type.Boolean({ description: 'Keep memory (default true). Filesystem-only pauses are not supported: false is refused.' })),
+});
+
+export const ResumeBody = Type.Object({
+  timeout: Type.Optional(Type.Integer({ minimum: 1, description: 'Seconds the resumed sandbox lives (default from config)' })),
+  autoPause: Type.Optional(Type.Boolean()),
+});
+
+export const ConnectBody = Type.Object({ timeout: Type.Integer({ minimum: 0 }) });
+
+export const SnapshotBody = Type.Object({
+  name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' })),
+});
+
+export const SnapshotInfo = Type.Object({
+  snapshotID: Type.String(),
+  names: Type.Array(Type.String()),
+  sandboxID: Type.Union([Type.String(), Type.Null()]),
+  templateID: Type.String(),
+  cpuCount: Type.Integer(),
+  memoryMB: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }),
+  sizeBytes: Type.Integer({ description: 'Allocated blocks of the snapshot files (st_blocks*512)' }),
+}, { $id: 'SnapshotInfo' });
+
+export const SnapshotIdParams = Type.Object({ snapshotID: Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' }) });
+
+export const ForkBody = Type.Object({
+  count: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, description: 'How many sandboxes (default 1)' })),
+  timeout: Type.Optional(Type.Integer({ minimum: 1, description: 'Seconds each fork lives (default from config)' })),
+});
+
+export const ForkResult = Type.Object({
+  sandbox: Type.Optional(SandboxDetail),
+  error: Type.Optional(Type.Object({ code: Type.Integer(), message: Type.String(), error_code: Type.String() })),
+});

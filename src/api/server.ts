@@ -7,6 +7,7 @@ import type { Store } from '../store/store.js';
 import { errorBody, handleError } from './errors.js';
 import { proxyTargetOf, proxyToSandbox } from './proxy.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
+import { snapshotRoutes } from './routes/snapshots.js';
 import { ErrorSchema, TemplateSchema } from './schemas.js';
 import { presentTemplate } from './present.js';
 import { NotFoundError } from '../core/errors.js';
@@ -79,6 +80,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
 
   sandboxRoutes(app, deps.manager, deps.store);
+  snapshotRoutes(app, deps.manager, deps.store);
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();

@@ -2,6 +2,7 @@
 import { sandboxCommand } from './commands/sandbox.js';
 import { execCommand } from './commands/exec.js';
 import { filesCommand } from './commands/files.js';
+import { snapshotCommand } from './commands/snapshot.js';
 import { doctorCommand, downCommand, imageCommand, upCommand } from './commands/daemon.js';
 import { UsageError } from './output.js';
 import { SandboxError } from '../sdk/errors.js';
@@ -19,6 +20,8 @@ Daemon:
 
 Sandboxes:
   sandbox create|ls|get|rm|timeout               manage sandboxes (hearth sandbox help)
+  sandbox pause|resume|snapshot|fork             pause/resume, capture, fork
+  snapshot ls|rm                                 named snapshots
   exec <id> -- <cmd> [args...]                   run a command; streams output; exits with its code
   files ls|stat|cat|get|put|mkdir|rm|mv          files in a sandbox (hearth files help)
 
@@ -35,6 +38,7 @@ async function main(argv: string[]): Promise<number> {
     case 'sandbox': case 'sandboxes': case 'sb': return sandboxCommand(rest);
     case 'exec': return execCommand(rest);
     case 'files': return filesCommand(rest);
+    case 'snapshot': case 'snapshots': return snapshotCommand(rest);
     case 'version': case '--version': case '-v': process.stdout.write(`${VERSION}\n`); return 0;
     case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return cmd ? 0 : 2;
     default: throw new UsageError(`unknown command "${cmd}"\n\n${HELP}`);

@@ -1,6 +1,5 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { Cleanup } from './cleanup.js';
 import {
   ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted,
@@ -10,42 +9,21 @@ import { KeyedLock } from './lock.js';
 import type { Logger } from './log.js';
 import { assertTransition } from './state.js';
 import { StepTimer } from './steps.js';
-import { LIVE_STATES, type AgentEndpoint, type SandboxRecord, type SandboxState, type Template } from './types.js';
+import { Semaphore } from './semaphore.js';
+import type { AgentEndpoint, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
 import type { Store } from '../store/store.js';
-import type { BaseImage, RootDisk, RootfsBackend } from '../storage/types.js';
-import type { NetworkSlots, Slot } from '../network/types.js';
-import type { Vmm, VmConfig, VmmDriver, VmNetwork } from '../vmm/types.js';
-import type { AgentInit } from '../client/agent-rest.js';
-import { removeTree } from '../util/fs.js';
+import { exists, removeTree } from '../util/fs.js';
+import {
+  FILES, pausedDir, sandboxDir, type LiveSandbox, type ManagerDeps,
+} from './flows/context.js';
+import { launch, type LaunchSource } from './flows/launch.js';
+import { pauseSandbox, resumeSandbox } from './flows/pause.js';
+import { captureSnapshot, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
 
-/** The agent control calls the manager needs; an interface so tests can inject faults. */
-export interface AgentControlApi {
-  waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never> }): Promise<number>;
-  init(body: AgentInit, signal: AbortSignal): Promise<void>;
-  health(signal: AbortSignal): Promise<boolean>;
-}
-
-export interface ManagerConfig {
-  dataDir: string;
-  agentPort: number;
-  defaultTimeoutSec: number;
-  maxTimeoutSec: number;
-  /** Bound on boot → agent answering. */
-  bootTimeoutMs: number;
-  limits: { maxVcpus: number; maxMemoryMib: number; minMemoryMib: number };
-}
-
-export interface ManagerDeps {
-  store: Store;
-  log: Logger;
-  vmm: VmmDriver;
-  storage: RootfsBackend;
-  network: NetworkSlots;
-  agent: (endpoint: AgentEndpoint, token: string | undefined) => AgentControlApi;
-  config: ManagerConfig;
-}
+export type { AgentControlApi, ManagerConfig, ManagerDeps, FileCloner } from './flows/context.js';
 
 export interface CreateSandboxInput {
+  /** A template id, or a named snapshot's id or name (E2B: a snapshot id is usable as templateID). */
   templateId: string;
   vcpus?: number;
   memoryMib?: number;
@@ -54,33 +32,33 @@ export interface CreateSandboxInput {
   timeoutSec?: number;
 }
 
-/** What a running sandbox holds on the host, in memory. */
-interface LiveSandbox {
-  vmm: Vmm;
-  slot: Slot;
-  disk: RootDisk;
-  /** Set while the manager itself stops the VMM, so its exit isn't reported as a crash. */
-  stopping: boolean;
-}
+export interface ForkResult { sandbox?: SandboxRecord; error?: { code: string; message: string } }
+
+/** States in which a sandbox holds (or may hold) host resources and is not paused. */
+const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming', 'destroying'];
 
 /**
  * The sandbox manager: the state machine of DESIGN §3. Every operation takes
  * the sandbox's lock, journals its steps, registers a compensation for each
- * resource it acquires, and runs cleanup with a fresh signal on failure.
- * It knows drivers only through the Vmm, RootfsBackend and NetworkSlots seams.
+ * resource it acquires, and runs cleanup with a fresh signal on failure. The
+ * flows themselves live in ./flows; drivers are reached only through the Vmm,
+ * RootfsBackend and NetworkSlots seams.
  */
 export class SandboxManager {
   private readonly live = new Map<string, LiveSandbox>();
   private readonly lock = new KeyedLock();
+  private readonly starts: Semaphore;
+  private readonly warming = new Map<string, Promise<SnapshotRecord>>();
   private readonly log: Logger;
   private expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: ManagerDeps) {
     this.log = deps.log;
+    this.starts = new Semaphore(deps.config.maxConcurrentStarts);
   }
 
   private get store(): Store { return this.deps.store; }
-  private sandboxDir(id: string): string { return join(this.deps.config.dataDir, 'sandboxes', id); }
+  private get config(): ManagerDeps['config'] { return this.deps.config; }
 
   // ---------------------------------------------------------------- queries
 
@@ -91,7 +69,7 @@ export class SandboxManager {
   }
 
   list(states?: readonly SandboxState[]): SandboxRecord[] {
-    return this.store.listSandboxes({ states: states ?? LIVE_STATES.concat('failed') });
+    return this.store.listSandboxes({ states: states ?? ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'failed'] });
   }
 
   /** Where to reach a running sandbox's agent (for the envd proxy). */
@@ -101,52 +79,76 @@ export class SandboxManager {
     return { endpoint: s.agent, token: s.agentToken };
   }
 
+  /** Allocated bytes of the sandbox's disk (and memory file when paused), from st_blocks. */
   async diskUsage(id: string): Promise<number | null> {
     const live = this.live.get(id);
-    if (!live) return null;
-    return (await this.deps.storage.usage(live.disk)).allocatedBytes;
+    if (live) return (await this.deps.storage.usage(live.disk)).allocatedBytes;
+    const rec = this.store.getSandbox(id);
+    if (rec?.state === 'paused') return dirUsage(pausedDir(this.config, id));
+    return null;
   }
+
+  template(id: string): Template {
+    const t = this.store.getTemplate(id);
+    if (!t) throw new NotFoundError(`template ${id} does not exist`);
+    return t;
+  }
+
+  getSnapshot(id: string): SnapshotRecord {
+    const s = this.store.getSnapshot(id) ?? this.store.findSnapshot(id);
+    if (!s || s.kind !== 'named') throw new NotFoundError(`snapshot ${id} does not exist`);
+    return s;
+  }
+
+  listSnapshots(filter: { sandboxId?: string } = {}): SnapshotRecord[] {
+    return this.store.listSnapshots({ kind: 'named', ...filter });
+  }
+
+  async snapshotUsage(id: string): Promise<number> { return dirUsage(this.getSnapshot(id).dir); }
 
   // ---------------------------------------------------------------- create
 
-  validateCreate(input: CreateSandboxInput): Required<Omit<CreateSandboxInput, 'templateId'>> & { template: Template } {
+  private resolveSource(input: CreateSandboxInput): { template: Template; snapshot: SnapshotRecord | null } {
     const template = this.store.getTemplate(input.templateId);
-    if (!template) throw new NotFoundError(`template ${input.templateId} does not exist`);
-    const { limits, defaultTimeoutSec, maxTimeoutSec } = this.deps.config;
-    const vcpus = input.vcpus ?? template.vcpus;
-    const memoryMib = input.memoryMib ?? template.memoryMib;
+    if (template) return { template, snapshot: null };
+    const snapshot = this.store.findSnapshot(input.templateId);
+    if (snapshot) return { template: this.template(snapshot.templateId), snapshot };
+    throw new NotFoundError(`template or snapshot ${input.templateId} does not exist`);
+  }
+
+  private validateShape(template: Template, snapshot: SnapshotRecord | null, input: CreateSandboxInput): { vcpus: number; memoryMib: number; timeoutSec: number } {
+    const { limits, defaultTimeoutSec, maxTimeoutSec } = this.config;
+    const vcpus = input.vcpus ?? snapshot?.vcpus ?? template.vcpus;
+    const memoryMib = input.memoryMib ?? snapshot?.memoryMib ?? template.memoryMib;
     if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > limits.maxVcpus) {
       throw new InvalidArgumentError(`cpuCount must be an integer from 1 to ${limits.maxVcpus}`, 'cpuCount');
     }
     if (!Number.isInteger(memoryMib) || memoryMib < limits.minMemoryMib || memoryMib > limits.maxMemoryMib) {
       throw new InvalidArgumentError(`memoryMB must be an integer from ${limits.minMemoryMib} to ${limits.maxMemoryMib}`, 'memoryMB');
     }
+    if (snapshot && (vcpus !== snapshot.vcpus || memoryMib !== snapshot.memoryMib)) {
+      throw new InvalidArgumentError(`snapshot ${snapshot.id} was taken with ${snapshot.vcpus} vCPU and ${snapshot.memoryMib} MiB; a sandbox started from it has the same shape`, 'memoryMB');
+    }
     const timeoutSec = input.timeoutSec ?? defaultTimeoutSec;
     if (!Number.isInteger(timeoutSec) || timeoutSec < 1 || timeoutSec > maxTimeoutSec) {
       throw new InvalidArgumentError(`timeout must be an integer number of seconds from 1 to ${maxTimeoutSec}`, 'timeout');
     }
-    return { template, vcpus, memoryMib, timeoutSec, envVars: input.envVars ?? {}, metadata: input.metadata ?? {} };
+    return { vcpus, memoryMib, timeoutSec };
   }
 
-  /**
-   * Create (DESIGN §3): slot → disk → VMM boot → wait for the agent → /init → running.
-   * On any failure every acquired resource is released in reverse order and the
-   * sandbox is kept as `failed` with the reason.
-   */
-  async create(input: CreateSandboxInput, signal: AbortSignal): Promise<SandboxRecord> {
-    const v = this.validateCreate(input);
+  private newRecord(template: Template, snapshot: SnapshotRecord | null, shape: { vcpus: number; memoryMib: number; timeoutSec: number }, input: CreateSandboxInput): SandboxRecord {
     const now = new Date();
-    const rec: SandboxRecord = {
+    return {
       id: newSandboxId(),
-      templateId: v.template.id,
+      templateId: template.id,
       state: 'creating',
-      vcpus: v.vcpus,
-      memoryMib: v.memoryMib,
-      envVars: v.envVars,
-      metadata: v.metadata,
+      vcpus: shape.vcpus,
+      memoryMib: shape.memoryMib,
+      envVars: input.envVars ?? snapshot?.envVars ?? {},
+      metadata: input.metadata ?? {},
       createdAt: now.toISOString(),
       startedAt: null,
-      endAt: new Date(now.getTime() + v.timeoutSec * 1000).toISOString(),
+      endAt: new Date(now.getTime() + shape.timeoutSec * 1000).toISOString(),
       endedAt: null,
       endReason: null,
       agentToken: newAgentToken(),
@@ -155,107 +157,340 @@ export class SandboxManager {
       disk: null,
       network: null,
       timings: null,
+      snapshotId: snapshot?.id ?? null,
+      pausedAt: null,
     };
-    this.store.insertSandbox(rec);
-    return this.lock.run(rec.id, 'create', () => this.doCreate(rec, v.template, signal));
   }
 
-  private async doCreate(rec: SandboxRecord, template: Template, signal: AbortSignal): Promise<SandboxRecord> {
-    const { store, log } = this;
-    const journal = store.journalBegin(rec.id, 'create', 'start');
-    const steps = new StepTimer('create', (step) => store.journalStep(journal, step));
+  /**
+   * Create a running sandbox. From a template: restore its warm snapshot for
+   * this shape (built on first use, and by the daemon at start) — never a boot
+   * on the user's time when a snapshot can be had; from a named snapshot: restore it.
+   */
+  async create(input: CreateSandboxInput, signal: AbortSignal): Promise<SandboxRecord> {
+    throwIfAborted(signal);
+    const { template, snapshot } = this.resolveSource(input);
+    const shape = this.validateShape(template, snapshot, input);
+    let source: LaunchSource;
+    if (snapshot) {
+      source = { kind: 'restore', template, snapshot };
+    } else {
+      const warm = await this.templateSnapshot(template, shape.vcpus, shape.memoryMib, signal).catch((err: unknown) => {
+        this.log.warn({ template: template.id, err: errorMessage(err) }, 'no warm snapshot; cold boot');
+        return null;
+      });
+      source = warm ? { kind: 'restore', template, snapshot: warm } : { kind: 'boot', template };
+    }
+    const rec = this.newRecord(template, snapshot, shape, input);
+    this.store.insertSandbox(rec);
+    return this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, source, signal)));
+  }
+
+  private async doCreate(rec: SandboxRecord, source: LaunchSource, signal: AbortSignal): Promise<SandboxRecord> {
+    const journal = this.store.journalBegin(rec.id, 'create', 'start');
+    const steps = new StepTimer(source.kind === 'boot' ? 'create (boot)' : 'create (restore)', (step) => this.store.journalStep(journal, step));
     const cleanup = new Cleanup();
-    const dir = this.sandboxDir(rec.id);
     try {
-      await mkdir(dir, { recursive: true });
-      cleanup.add('sandbox dir', () => removeTree(dir));
-
-      const slot = await steps.run('slot', () => this.deps.network.acquire(signal), signal);
-      cleanup.add('network slot', () => this.deps.network.release(slot));
-      rec.network = slot.vmNetwork;
-
-      const disk = await steps.run('disk', () => this.deps.storage.create(rec.id, baseImageOf(template), signal), signal);
-      cleanup.add('root disk', () => this.deps.storage.remove(disk, AbortSignal.timeout(60_000)));
-      rec.disk = disk;
-
-      const vmm = this.deps.vmm.create();
-      const cfg = this.vmConfig(rec, template, slot, disk);
-      const live: LiveSandbox = { vmm, slot, disk, stopping: false };
-      // Registered before boot: a boot that fails half-way may still have left a process.
-      cleanup.addPriority('vmm', () => this.stopVmm(live));
-      await steps.run('boot', () => vmm.boot(cfg, signal), signal);
-      rec.vmm = { kind: vmm.kind, pid: vmm.pid, runDir: dir };
-      store.updateSandbox(rec);
-
-      const endpoint = slot.guestAddress(this.deps.config.agentPort);
-      await steps.run('agent', () => this.waitForAgent(rec, endpoint, vmm, cfg.consoleLogPath, signal), signal);
-      await steps.run('init', () => this.deps.agent(endpoint, undefined).init(this.initBody(rec), signal), signal);
-
-      rec.agent = endpoint;
+      const live = await launch(this.deps, rec, source, steps, cleanup, signal);
       rec.state = 'running';
       rec.startedAt = new Date().toISOString();
-      rec.timings = { op: 'create', steps: steps.steps };
-      store.updateSandbox(rec);
+      rec.timings = { op: steps.op, steps: steps.steps };
+      this.store.updateSandbox(rec);
       cleanup.commit();
       this.live.set(rec.id, live);
       this.watchExit(rec.id, live);
-      store.journalEnd(journal);
-      steps.log(log, rec.id, 'ok');
+      steps.log(this.log, rec.id, 'ok');
       return rec;
     } catch (err) {
-      steps.log(log, rec.id, 'failed');
+      steps.log(this.log, rec.id, 'failed');
       const cleanupErrors = await cleanup.run();
       const reason = `create failed at ${steps.steps.at(-1)?.[0] ?? 'start'}: ${errorMessage(err)}` +
         (cleanupErrors.length ? `; cleanup: ${cleanupErrors.map((e) => e.message).join('; ')}` : '');
+      rec.vmm = null; rec.disk = null; rec.network = null;
       this.markFailed(rec, reason);
-      store.journalEnd(journal);
-      log.error({ sandbox: rec.id, err: errorMessage(err), cleanupErrors: cleanupErrors.map((e) => e.message) }, reason);
+      this.log.error({ sandbox: rec.id, err: errorMessage(err), cleanupErrors: cleanupErrors.map((e) => e.message) }, reason);
       // Bad input and cancellation keep their own error; host trouble is reported with the sandbox id and step.
       if (err instanceof HearthError && err.code !== 'host_failure') throw err;
       throw new HostFailureError(`sandbox ${rec.id}: ${reason}`, { cause: err });
+    } finally {
+      this.store.journalEnd(journal);
     }
   }
 
-  private vmConfig(rec: SandboxRecord, template: Template, slot: Slot, disk: RootDisk): VmConfig {
-    const dir = this.sandboxDir(rec.id);
-    return {
-      sandboxId: rec.id,
-      vcpus: rec.vcpus,
-      memoryMib: rec.memoryMib,
-      kernelPath: template.kernelPath,
-      ...(template.initrdPath ? { initrdPath: template.initrdPath } : {}),
-      kernelArgs: `${template.kernelArgs} ${guestNetArgs(slot.vmNetwork)}`.trim(),
-      rootfsPath: disk.devicePath,
-      memoryFilePath: join(dir, 'memory'),
-      runDir: dir,
-      consoleLogPath: join(dir, 'console.log'),
-      network: slot.vmNetwork,
-    };
+  // ---------------------------------------------------------------- warm templates
+
+  /**
+   * The template's warm snapshot for a VM shape: boot once, wait for the agent,
+   * snapshot, throw the build VM away. Concurrent callers share one build.
+   */
+  templateSnapshot(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<SnapshotRecord> {
+    const found = this.store.findTemplateSnapshot(template.id, template.imageHash, vcpus, memoryMib);
+    if (found) return Promise.resolve(found);
+    const key = `${template.id}/${template.imageHash}/${vcpus}/${memoryMib}`;
+    let p = this.warming.get(key);
+    if (!p) {
+      p = this.buildTemplateSnapshot(template, vcpus, memoryMib).finally(() => this.warming.delete(key));
+      this.warming.set(key, p);
+    }
+    return abortable(p, signal);
   }
 
-  private initBody(rec: SandboxRecord): AgentInit {
-    return {
-      accessToken: rec.agentToken,
-      envVars: rec.envVars,
-      timestamp: new Date().toISOString(),
-      hearth: { sandboxId: rec.id, entropy: randomBytes(64).toString('base64') },
-    };
-  }
-
-  /** Wait for the agent, failing fast (with the console's last lines) if the VMM dies first. */
-  private async waitForAgent(rec: SandboxRecord, endpoint: AgentEndpoint, vmm: Vmm, consoleLog: string, signal: AbortSignal): Promise<void> {
-    const died = vmm.exited.then(async (info): Promise<never> => {
-      throw new HostFailureError(`VMM exited during boot (code ${info.code}, signal ${info.signal}); console: ${await tail(consoleLog)}`);
-    });
-    died.catch(() => undefined);
+  private async buildTemplateSnapshot(template: Template, vcpus: number, memoryMib: number): Promise<SnapshotRecord> {
+    const t0 = performance.now();
+    const signal = AbortSignal.timeout(this.config.bootTimeoutMs + 60_000);
+    const rec = this.newRecord(template, null, { vcpus, memoryMib, timeoutSec: 600 }, { templateId: template.id, metadata: { 'hearth.internal': 'template-build' } });
+    this.store.insertSandbox(rec);
+    const built = await this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'boot', template }, signal)));
     try {
-      await this.deps.agent(endpoint, rec.agentToken).waitUntilReady({ signal, timeoutMs: this.deps.config.bootTimeoutMs, giveUp: died });
-    } catch (err) {
-      if (err instanceof HearthError && err.code === 'timeout') {
-        throw new HostFailureError(`${err.message}; console: ${await tail(consoleLog)}`, { cause: err });
-      }
-      throw err;
+      const snap = await this.lock.run(built.id, 'snapshot', async () => {
+        const live = this.mustLive(built.id);
+        const dir = join(this.config.dataDir, 'templates', template.id, `${template.imageHash.slice(0, 16)}-${vcpus}c-${memoryMib}m`);
+        return captureSnapshot(this.deps, built, template, live, { kind: 'template', name: null, dir }, new StepTimer('template snapshot'), signal);
+      });
+      this.store.insertSnapshot({ ...snap, sandboxId: null });
+      this.log.info({ template: template.id, vcpus, memoryMib, ms: Math.round(performance.now() - t0) }, `template ${template.id} warm snapshot ready (${vcpus} vCPU, ${memoryMib} MiB)`);
+      return snap;
+    } finally {
+      await this.destroy(built.id, AbortSignal.timeout(60_000), 'template build finished').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'template build VM cleanup failed'));
     }
+  }
+
+  /** Resolves when no warm-template build is in flight (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.warming.size > 0) await Promise.allSettled([...this.warming.values()]);
+  }
+
+  /** Drop template snapshots made from an older image (their disks no longer match the template). */
+  async pruneTemplateSnapshots(): Promise<void> {
+    for (const s of this.store.listSnapshots({ kind: 'template' })) {
+      const t = this.store.getTemplate(s.templateId);
+      if (!t || t.imageHash !== s.imageHash || !(await snapshotComplete(s))) {
+        await removeSnapshotFiles(s);
+        this.store.deleteSnapshot(s.id);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- pause / resume
+
+  async pause(id: string, signal: AbortSignal): Promise<SandboxRecord> {
+    this.get(id);
+    return this.lock.tryRun(id, 'pause', async () => {
+      const rec = this.get(id);
+      if (rec.state === 'paused') throw new ConflictError(`sandbox ${id} is already paused`);
+      assertTransition(id, rec.state, 'pausing');
+      const live = this.mustLive(id);
+      rec.state = 'pausing';
+      this.store.updateSandbox(rec);
+      const journal = this.store.journalBegin(id, 'pause', 'start');
+      const steps = new StepTimer('pause', (s) => this.store.journalStep(journal, s));
+      try {
+        const out = await pauseSandbox(this.deps, rec, live, steps, signal);
+        if (out.ok) {
+          this.live.delete(id);
+          Object.assign(rec, { state: 'paused', pausedAt: new Date().toISOString(), vmm: null, agent: null, disk: null, network: null });
+          rec.timings = { op: 'pause', steps: steps.steps };
+          this.store.updateSandbox(rec);
+          steps.log(this.log, id, 'ok');
+          return rec;
+        }
+        steps.log(this.log, id, 'failed');
+        if (out.resumed) {
+          rec.state = 'running';
+          this.store.updateSandbox(rec);
+          throw new HostFailureError(`pause of ${id} failed; the sandbox was resumed and is still running: ${errorMessage(out.error)}`, { cause: out.error });
+        }
+        this.live.delete(id);
+        await removeTree(sandboxDir(this.config, id)).catch(() => undefined);
+        Object.assign(rec, { vmm: null, disk: null, network: null });
+        this.markFailed(rec, out.reason);
+        throw new HostFailureError(`sandbox ${id}: ${out.reason}`, { cause: out.error });
+      } finally {
+        this.store.journalEnd(journal);
+      }
+    });
+  }
+
+  async resume(id: string, signal: AbortSignal, timeoutSec?: number): Promise<SandboxRecord> {
+    this.get(id);
+    return this.lock.tryRun(id, 'resume', async () => {
+      const rec = this.get(id);
+      if (rec.state === 'running') throw new ConflictError(`sandbox ${id} is already running`);
+      assertTransition(id, rec.state, 'resuming');
+      const template = this.template(rec.templateId);
+      rec.state = 'resuming';
+      this.store.updateSandbox(rec);
+      const journal = this.store.journalBegin(id, 'resume', 'start');
+      const steps = new StepTimer('resume', (s) => this.store.journalStep(journal, s));
+      try {
+        const live = await this.starts.run(() => resumeSandbox(this.deps, rec, template, steps, signal));
+        rec.state = 'running';
+        rec.pausedAt = null;
+        rec.endAt = new Date(Date.now() + (timeoutSec ?? this.config.defaultTimeoutSec) * 1000).toISOString();
+        rec.timings = { op: 'resume', steps: steps.steps };
+        this.store.updateSandbox(rec);
+        this.live.set(id, live);
+        this.watchExit(id, live);
+        steps.log(this.log, id, 'ok');
+        return rec;
+      } catch (err) {
+        steps.log(this.log, id, 'failed');
+        Object.assign(rec, { state: 'paused', vmm: null, agent: null, disk: null, network: null });
+        this.store.updateSandbox(rec);
+        if (err instanceof HearthError && err.code !== 'host_failure') throw err;
+        throw new HostFailureError(`resume of ${id} failed; the sandbox is still paused and can be resumed again: ${errorMessage(err)}`, { cause: err });
+      } finally {
+        this.store.journalEnd(journal);
+      }
+    });
+  }
+
+  /** E2B's connect: resume if paused, and make sure the sandbox lives at least `timeoutSec` more. */
+  async connect(id: string, timeoutSec: number, signal: AbortSignal): Promise<{ rec: SandboxRecord; resumed: boolean }> {
+    const rec = this.get(id);
+    if (rec.state === 'paused') return { rec: await this.resume(id, signal, timeoutSec), resumed: true };
+    if (rec.state !== 'running') throw new NotFoundError(`sandbox ${id} is ${rec.state}`);
+    const wanted = Date.now() + timeoutSec * 1000;
+    if (Date.parse(rec.endAt) < wanted) {
+      rec.endAt = new Date(wanted).toISOString();
+      this.store.updateSandbox(rec);
+    }
+    return { rec, resumed: false };
+  }
+
+  // ---------------------------------------------------------------- snapshots and forks
+
+  async snapshot(id: string, name: string | null, signal: AbortSignal): Promise<SnapshotRecord> {
+    this.get(id);
+    return this.lock.tryRun(id, 'snapshot', async () => {
+      const rec = this.get(id);
+      if (rec.state !== 'running') throw new ConflictError(`sandbox ${id} is ${rec.state}; only a running sandbox can be snapshotted`);
+      return this.capture(rec, 'named', name, signal);
+    });
+  }
+
+  private async capture(rec: SandboxRecord, kind: 'named' | 'fork', name: string | null, signal: AbortSignal): Promise<SnapshotRecord> {
+    const journal = this.store.journalBegin(rec.id, 'snapshot', 'start');
+    const steps = new StepTimer('snapshot', (s) => this.store.journalStep(journal, s));
+    try {
+      const snap = await captureSnapshot(this.deps, rec, this.template(rec.templateId), this.mustLive(rec.id), { kind, name }, steps, signal);
+      this.store.insertSnapshot(snap);
+      steps.log(this.log, `${rec.id} → ${snap.id}`, 'ok');
+      return snap;
+    } catch (err) {
+      steps.log(this.log, rec.id, 'failed');
+      throw err;
+    } finally {
+      this.store.journalEnd(journal);
+    }
+  }
+
+  /**
+   * Snapshots are standalone copies (the file backends clone them into each
+   * sandbox), so deleting one never breaks a sandbox started from it.
+   */
+  async deleteSnapshot(id: string): Promise<void> {
+    const snap = this.getSnapshot(id);
+    if (this.deps.storage.kind === 'dm') {
+      const users = this.store.listSandboxes({ states: ['creating', 'running', 'pausing', 'paused', 'resuming'] }).filter((s) => s.snapshotId === snap.id);
+      if (users.length) throw new ConflictError(`snapshot ${snap.id} is the origin of running sandboxes: ${users.map((s) => s.id).join(', ')}`);
+    }
+    this.store.deleteSnapshot(snap.id);
+    await removeSnapshotFiles(snap);
+  }
+
+  /** N new sandboxes from the current state of a running one; the parent only freezes for the capture. */
+  async fork(id: string, count: number, timeoutSec: number | undefined, signal: AbortSignal): Promise<ForkResult[]> {
+    if (!Number.isInteger(count) || count < 1 || count > this.config.limits.maxForks) {
+      throw new InvalidArgumentError(`count must be an integer from 1 to ${this.config.limits.maxForks}`, 'count');
+    }
+    this.get(id);
+    const snap = await this.lock.tryRun(id, 'fork', async () => {
+      const rec = this.get(id);
+      if (rec.state !== 'running') throw new ConflictError(`sandbox ${id} is ${rec.state}; only a running sandbox can be forked`);
+      return this.capture(rec, 'fork', null, signal);
+    });
+    try {
+      const template = this.template(snap.templateId);
+      const parent = this.get(id);
+      return await Promise.all(Array.from({ length: count }, async (): Promise<ForkResult> => {
+        const rec = this.newRecord(template, snap, { vcpus: snap.vcpus, memoryMib: snap.memoryMib, timeoutSec: timeoutSec ?? this.config.defaultTimeoutSec },
+          { templateId: template.id, envVars: parent.envVars, metadata: { ...parent.metadata, 'hearth.forkOf': id } });
+        rec.snapshotId = null;
+        this.store.insertSandbox(rec);
+        try {
+          return { sandbox: await this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'restore', template, snapshot: snap }, signal))) };
+        } catch (err) {
+          return { error: { code: err instanceof HearthError ? err.code : 'internal', message: errorMessage(err) } };
+        }
+      }));
+    } finally {
+      this.store.deleteSnapshot(snap.id);
+      await removeSnapshotFiles(snap);
+    }
+  }
+
+  // ---------------------------------------------------------------- destroy
+
+  /** Idempotent; works on any state, including failed, paused and half-created. */
+  async destroy(id: string, signal: AbortSignal, reason = 'destroyed by request'): Promise<void> {
+    this.get(id);
+    await this.lock.run(id, 'destroy', async () => {
+      throwIfAborted(signal);
+      const rec = this.get(id);
+      if (rec.state === 'destroyed') return;
+      const prior = rec.state === 'failed' ? rec.endReason : null;
+      rec.state = 'destroying';
+      this.store.updateSandbox(rec);
+      const journal = this.store.journalBegin(id, 'destroy', 'start');
+      const steps = new StepTimer('destroy', (s) => this.store.journalStep(journal, s));
+      const errors = await this.release(rec, steps);
+      this.store.journalEnd(journal);
+      steps.log(this.log, id, errors.length ? 'failed' : 'ok');
+      rec.timings = { op: 'destroy', steps: steps.steps };
+      if (errors.length) {
+        this.markFailed(rec, `${reason}; release failed: ${errors.join('; ')}`);
+        throw new HostFailureError(`sandbox ${id}: could not release everything: ${errors.join('; ')}`);
+      }
+      Object.assign(rec, { state: 'destroyed', endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, vmm: null, disk: null, network: null, agent: null });
+      this.store.updateSandbox(rec);
+    });
+  }
+
+  /**
+   * Release every host resource of a sandbox in the order DESIGN §3 fixes:
+   * stop the VMM (and wait for its exit) → disk → slot → files. Every step runs
+   * even if an earlier one failed. Works from memory (a live sandbox) or from
+   * the record alone (failed, or left by a crashed daemon).
+   */
+  private async release(rec: SandboxRecord, steps: StepTimer): Promise<string[]> {
+    const errors: string[] = [];
+    const attempt = async (name: string, fn: () => Promise<unknown>): Promise<void> => {
+      try { await steps.run(name, fn); } catch (err) { errors.push(`${name}: ${errorMessage(err)}`); }
+    };
+    const live = this.live.get(rec.id);
+    if (live) {
+      live.stopping = true;
+      await attempt('vmm', () => live.vmm.stop(AbortSignal.timeout(30_000)));
+      await attempt('disk', () => this.deps.storage.remove(live.disk, AbortSignal.timeout(60_000)));
+      await attempt('slot', () => this.deps.network.release(live.slot));
+      this.live.delete(rec.id);
+    } else {
+      if (rec.vmm) {
+        const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
+        if (vmm) await attempt('vmm', () => vmm.stop(AbortSignal.timeout(30_000)));
+      }
+      if (rec.disk) { const disk = rec.disk; await attempt('disk', () => this.deps.storage.remove(disk, AbortSignal.timeout(60_000))); }
+      if (rec.network) { const net = rec.network; await attempt('slot', () => this.deps.network.release(this.deps.network.restore(net))); }
+    }
+    await attempt('files', () => removeTree(sandboxDir(this.config, rec.id)));
+    return errors;
+  }
+
+  private mustLive(id: string): LiveSandbox {
+    const live = this.live.get(id);
+    if (!live) throw new ConflictError(`sandbox ${id} has no running VM in this daemon`);
+    return live;
   }
 
   /** A VMM that exits on its own (guest panic, OOM kill) fails the sandbox and releases its resources. */
@@ -266,94 +501,12 @@ export class SandboxManager {
       this.log.warn({ sandbox: id, ...info }, reason);
       await this.lock.run(id, 'reap', async () => {
         if (this.live.get(id) !== live) return;
-        await this.releaseAll(id, live, reason, 'failed').catch((err: unknown) => this.log.error({ sandbox: id, err: errorMessage(err) }, 'reap failed'));
+        const rec = this.get(id);
+        const errors = await this.release(rec, new StepTimer('reap'));
+        Object.assign(rec, { vmm: null, disk: null, network: null });
+        this.markFailed(rec, errors.length ? `${reason}; release failed: ${errors.join('; ')}` : reason);
       });
     });
-  }
-
-  // ---------------------------------------------------------------- destroy
-
-  /** Idempotent; works on any state, including failed and half-created. */
-  async destroy(id: string, signal: AbortSignal, reason = 'destroyed by request'): Promise<void> {
-    this.get(id);
-    await this.lock.run(id, 'destroy', async () => {
-      throwIfAborted(signal);
-      const rec = this.get(id);
-      if (rec.state === 'destroyed') return;
-      const live = this.live.get(id);
-      if (live) {
-        await this.releaseAll(id, live, reason, 'destroyed');
-      } else {
-        await this.releaseRecorded(rec, reason);
-      }
-    });
-  }
-
-  /**
-   * Release every host resource of a sandbox in the order DESIGN §3 fixes:
-   * stop the VMM (and wait for exit) → disk → slot → files. Every step runs even
-   * if an earlier one failed; errors leave the sandbox `failed` with the reason.
-   */
-  private async releaseAll(id: string, live: LiveSandbox, reason: string, finalState: 'destroyed' | 'failed'): Promise<void> {
-    const rec = this.get(id);
-    if (rec.state !== 'destroying') {
-      assertTransition(id, rec.state === 'creating' ? 'creating' : rec.state, 'destroying');
-      rec.state = 'destroying';
-      this.store.updateSandbox(rec);
-    }
-    const journal = this.store.journalBegin(id, 'destroy', 'vmm');
-    const steps = new StepTimer('destroy', (step) => this.store.journalStep(journal, step));
-    const cleanup = new Cleanup();
-    cleanup.add('files', () => removeTree(this.sandboxDir(id)));
-    cleanup.add('network slot', () => this.deps.network.release(live.slot));
-    cleanup.add('root disk', () => this.deps.storage.remove(live.disk, AbortSignal.timeout(60_000)));
-    cleanup.addPriority('vmm', () => steps.run('vmm', () => this.stopVmm(live)));
-    const errors = await cleanup.run();
-    this.live.delete(id);
-    this.store.journalEnd(journal);
-    steps.log(this.log, id, errors.length ? 'failed' : 'ok');
-    const after = this.get(id);
-    after.timings = { op: 'destroy', steps: steps.steps };
-    after.agent = null;
-    if (errors.length) {
-      this.markFailed(after, `${reason}; release failed: ${errors.map((e) => e.message).join('; ')}`);
-      throw new HostFailureError(`sandbox ${id}: could not release everything: ${errors.map((e) => e.message).join('; ')}`);
-    }
-    after.state = finalState;
-    after.endedAt = new Date().toISOString();
-    after.endReason = reason;
-    after.vmm = null;
-    after.disk = null;
-    after.network = null;
-    this.store.updateSandbox(after);
-  }
-
-  /** Destroy a sandbox this daemon holds nothing in memory for (failed, or left by a crash). */
-  private async releaseRecorded(rec: SandboxRecord, reason: string, finalState: 'destroyed' | 'failed' = 'destroyed'): Promise<void> {
-    const errors: string[] = [];
-    if (rec.vmm) {
-      const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
-      if (vmm) await vmm.stop(AbortSignal.timeout(30_000)).catch((e: unknown) => errors.push(`vmm: ${errorMessage(e)}`));
-    }
-    if (rec.disk) await this.deps.storage.remove(rec.disk, AbortSignal.timeout(60_000)).catch((e: unknown) => errors.push(`disk: ${errorMessage(e)}`));
-    if (rec.network) await this.deps.network.release(this.deps.network.restore(rec.network)).catch((e: unknown) => errors.push(`slot: ${errorMessage(e)}`));
-    await removeTree(this.sandboxDir(rec.id)).catch((e: unknown) => errors.push(`files: ${errorMessage(e)}`));
-    if (errors.length) {
-      this.markFailed(rec, `${reason}; release failed: ${errors.join('; ')}`);
-      throw new HostFailureError(`sandbox ${rec.id}: could not release everything: ${errors.join('; ')}`);
-    }
-    const prior = rec.state === 'failed' ? rec.endReason : null;
-    rec.state = finalState;
-    rec.endedAt = new Date().toISOString();
-    rec.endReason = prior ? `${prior}; then ${reason}` : reason;
-    rec.vmm = null; rec.disk = null; rec.network = null; rec.agent = null;
-    this.store.updateSandbox(rec);
-  }
-
-  private async stopVmm(live: LiveSandbox): Promise<void> {
-    live.stopping = true;
-    // A fresh signal: cleanup must finish even when the request was cancelled.
-    await live.vmm.stop(AbortSignal.timeout(30_000));
   }
 
   private markFailed(rec: SandboxRecord, reason: string): void {
@@ -368,7 +521,7 @@ export class SandboxManager {
 
   /** Sets endAt = now + timeout (may shorten, as E2B's setTimeout does). */
   setTimeout(id: string, timeoutSec: number): SandboxRecord {
-    const { maxTimeoutSec } = this.deps.config;
+    const { maxTimeoutSec } = this.config;
     if (!Number.isInteger(timeoutSec) || timeoutSec < 0 || timeoutSec > maxTimeoutSec) {
       throw new InvalidArgumentError(`timeout must be an integer number of seconds from 0 to ${maxTimeoutSec}`, 'timeout');
     }
@@ -379,7 +532,7 @@ export class SandboxManager {
     return rec;
   }
 
-  /** Kill running sandboxes whose timeout passed (checked every second). */
+  /** Destroy running sandboxes whose timeout passed (checked every second). Paused ones don't expire. */
   startExpiry(intervalMs = 1000): void {
     this.expiryTimer = setInterval(() => {
       const now = Date.now();
@@ -397,15 +550,16 @@ export class SandboxManager {
   // ---------------------------------------------------------------- start-up
 
   /**
-   * After a daemon (re)start: adopt every running sandbox whose VMM is alive
-   * and whose agent answers; release and fail the rest. Half-done operations
-   * (journal rows) are undone: their sandboxes are released.
+   * After a daemon (re)start: adopt every running sandbox whose VMM is alive and
+   * whose agent answers; keep paused sandboxes whose files are complete; release
+   * and fail the rest. Operations caught half-way (a journal row left) are undone.
    */
-  async recover(signal: AbortSignal): Promise<{ adopted: string[]; failed: string[] }> {
+  async recover(signal: AbortSignal): Promise<{ adopted: string[]; paused: string[]; failed: string[] }> {
     const adopted: string[] = [];
+    const paused: string[] = [];
     const failed: string[] = [];
     const interrupted = new Map(this.store.listJournal().map((j) => [j.sandboxId, j]));
-    for (const rec of this.store.listSandboxes({ states: LIVE_STATES })) {
+    for (const rec of this.store.listSandboxes({ states: [...ACTIVE_STATES, 'paused'] })) {
       const j = interrupted.get(rec.id);
       if (rec.state === 'running' && !j && rec.vmm && rec.network && rec.disk && rec.agent) {
         const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
@@ -417,17 +571,40 @@ export class SandboxManager {
           continue;
         }
       }
-      const why = j ? `daemon stopped during ${j.op} (step ${j.step})` : `daemon restarted and the VM of this ${rec.state} sandbox was gone`;
-      try {
-        await this.releaseRecorded(rec, why, 'failed');
-      } catch (err) {
-        this.log.error({ sandbox: rec.id, err: errorMessage(err) }, 'recovery release failed');
+      const pausedComplete = await exists(join(pausedDir(this.config, rec.id), FILES.meta));
+      if (rec.state === 'paused' && pausedComplete) { paused.push(rec.id); continue; }
+      if ((rec.state === 'resuming' || rec.state === 'pausing') && pausedComplete) {
+        // Interrupted around a complete paused capture: release whatever runs, keep the paused files.
+        await this.releaseLeftovers(rec);
+        Object.assign(rec, { state: 'paused', vmm: null, disk: null, network: null, agent: null });
+        this.store.updateSandbox(rec);
+        paused.push(rec.id);
+        continue;
       }
+      const why = j ? `daemon stopped during ${j.op} (step ${j.step})`
+        : rec.state === 'paused' ? 'paused files are missing or incomplete'
+          : `daemon restarted and the VM of this ${rec.state} sandbox was gone`;
+      const errors = await this.release(rec, new StepTimer('recover'));
+      Object.assign(rec, { vmm: null, disk: null, network: null });
+      this.markFailed(rec, errors.length ? `${why}; release failed: ${errors.join('; ')}` : why);
       failed.push(rec.id);
     }
     for (const j of interrupted.values()) this.store.journalEnd(j.id);
-    this.log.info({ adopted, failed }, `recovery: adopted ${adopted.length}, failed ${failed.length}`);
-    return { adopted, failed };
+    await this.pruneTemplateSnapshots();
+    this.log.info({ adopted, paused, failed }, `recovery: adopted ${adopted.length}, paused ${paused.length}, failed ${failed.length}`);
+    return { adopted, paused, failed };
+  }
+
+  /** Stop a VMM and release the slot and disk a record names, leaving the paused dir alone. */
+  private async releaseLeftovers(rec: SandboxRecord): Promise<void> {
+    if (rec.vmm) {
+      const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
+      await vmm?.stop(AbortSignal.timeout(30_000)).catch(() => undefined);
+    }
+    if (rec.network) await this.deps.network.release(this.deps.network.restore(rec.network)).catch(() => undefined);
+    if (rec.disk && !(await exists(join(pausedDir(this.config, rec.id), FILES.rootfs)))) {
+      await this.deps.storage.detach(rec.disk, pausedDir(this.config, rec.id), AbortSignal.timeout(60_000)).catch(() => undefined);
+    }
   }
 
   /** Stop background work. Running VMs are left running: a restarted daemon adopts them. */
@@ -436,21 +613,20 @@ export class SandboxManager {
   }
 }
 
-function baseImageOf(t: Template): BaseImage {
-  return { id: t.id, path: t.rootfsPath, sizeBytes: t.rootfsSizeBytes };
-}
-
-/** Kernel command-line parameters the guest init reads to configure eth0. */
-export function guestNetArgs(net: VmNetwork): string {
-  if (net.kind === 'user') return `hearth.ip=${net.guestCidr} hearth.gw=${net.gateway}`;
-  return '';
-}
-
-async function tail(path: string, lines = 15): Promise<string> {
+async function dirUsage(dir: string): Promise<number> {
+  let total = 0;
   try {
-    const text = await readFile(path, 'utf8');
-    return text.trimEnd().split('\n').slice(-lines).join(' | ') || '(empty)';
-  } catch {
-    return '(no console log)';
-  }
+    for (const f of await readdir(dir)) total += (await stat(join(dir, f))).blocks * 512;
+  } catch { /* gone */ }
+  return total;
+}
+
+/** Wait for a shared promise, but let this caller give up on its own signal. */
+function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (e: unknown) => { signal.removeEventListener('abort', onAbort); reject(e); });
+  });
 }

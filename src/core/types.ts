@@ -58,6 +58,36 @@ export interface SandboxRecord {
   disk: RootDisk | null;
   /** The sandbox's network attachment, so a restarted daemon can restore its slot. */
   network: VmNetwork | null;
+  /** The named snapshot it was started from, if any. */
+  snapshotId: string | null;
+  /** When it was last paused (while paused). */
+  pausedAt: string | null;
   /** Step durations of the last lifecycle operation, in ms, in order. */
   timings: { op: string; steps: [string, number][] } | null;
+}
+
+/**
+ * A durable capture of a VM: device state + memory + disk, in `dir`
+ * (vmstate, memory, rootfs.ext4). `template` snapshots are a template's warm
+ * start (one per vCPU/memory shape); `named` ones are users'; `fork` ones live
+ * only for the duration of a fork.
+ */
+export type SnapshotKind = 'named' | 'template' | 'fork';
+
+export interface SnapshotRecord {
+  id: string;
+  name: string | null;
+  kind: SnapshotKind;
+  /** The sandbox it was taken from (null for template snapshots' build VMs once gone). */
+  sandboxId: string | null;
+  templateId: string;
+  /** The template image it descends from: a rebuilt image invalidates template snapshots. */
+  imageHash: string;
+  dir: string;
+  vcpus: number;
+  memoryMib: number;
+  /** The agent inside the snapshot holds this token; the first /init after restore must present it. */
+  agentToken: string;
+  envVars: Record<string, string>;
+  createdAt: string;
 }

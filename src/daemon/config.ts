@@ -15,6 +15,11 @@ export interface HearthConfig {
   defaultTimeoutSec: number;
   maxTimeoutSec: number;
   bootTimeoutMs: number;
+  restoreTimeoutMs: number;
+  maxConcurrentStarts: number;
+  maxForks: number;
+  /** Build the default template's warm snapshot when hearthd starts (else on first create). */
+  warmOnStart: boolean;
   defaultVcpus: number;
   defaultMemoryMib: number;
   maxVcpus: number;
@@ -33,6 +38,10 @@ export function defaultConfig(): HearthConfig {
     defaultTimeoutSec: 300,
     maxTimeoutSec: 24 * 3600,
     bootTimeoutMs: 90_000,
+    restoreTimeoutMs: 30_000,
+    maxConcurrentStarts: 2,
+    maxForks: 20,
+    warmOnStart: true,
     defaultVcpus: 1,
     defaultMemoryMib: 512,
     maxVcpus: 8,
@@ -48,6 +57,8 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_STORAGE: 'storage',
   HEARTH_DEFAULT_TIMEOUT: 'defaultTimeoutSec',
   HEARTH_BOOT_TIMEOUT_MS: 'bootTimeoutMs',
+  HEARTH_RESTORE_TIMEOUT_MS: 'restoreTimeoutMs',
+  HEARTH_MAX_CONCURRENT_STARTS: 'maxConcurrentStarts',
   HEARTH_DEFAULT_MEMORY_MB: 'defaultMemoryMib',
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
 };
@@ -61,7 +72,7 @@ export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.Pr
     const v = env[name];
     if (v === undefined || v === '') continue;
     const current = cfg[key];
-    (cfg as unknown as Record<string, unknown>)[key] = typeof current === 'number' || key === 'port' ? parseNumber(name, v) : v;
+    (cfg as unknown as Record<string, unknown>)[key] = typeof current === 'number' ? parseNumber(name, v) : typeof current === 'boolean' ? v === '1' || v === 'true' : v;
   }
   Object.assign(cfg, Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
   validate(cfg);

@@ -5,7 +5,7 @@ import type { Logger as PinoLogger } from 'pino';
 import { buildApi } from '../api/server.js';
 import { AgentControl } from '../client/agent-rest.js';
 import { SandboxManager } from '../core/manager.js';
-import { FileRootfsBackend } from '../storage/file/file-backend.js';
+import { FileRootfsBackend, cloneFile } from '../storage/file/file-backend.js';
 import { chooseRootfsBackend } from '../storage/select.js';
 import { UserModeSlots } from '../network/user/user-slots.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
@@ -68,6 +68,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     log.info({ accel: accel.accel, reason: accel.reason }, `vmm: qemu with ${accel.accel}`);
     log.info({ storage: storageChoice.chosen, reason: storageChoice.reason }, `storage: ${storageChoice.chosen}`);
     if (storageChoice.chosen === 'dm') throw new Error('the dm storage backend is not available in this build');
+    const cloneKind = storageChoice.reflink ? 'reflink' : 'copy';
     const manager = new SandboxManager({
       store,
       log,
@@ -75,17 +76,27 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       storage: new FileRootfsBackend(storageChoice.chosen, join(cfg.dataDir, 'sandboxes')),
       network: new UserModeSlots([AGENT_PORT]),
       agent: (endpoint, token) => new AgentControl(endpoint, token),
+      // Memory files: FICLONE where the data dir has reflinks, else a sparse copy.
+      cloneFile: (src, dst, signal) => cloneFile(cloneKind, src, dst, signal),
       config: {
         dataDir: cfg.dataDir,
         agentPort: AGENT_PORT,
         defaultTimeoutSec: cfg.defaultTimeoutSec,
         maxTimeoutSec: cfg.maxTimeoutSec,
         bootTimeoutMs: cfg.bootTimeoutMs,
-        limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib },
+        restoreTimeoutMs: cfg.restoreTimeoutMs,
+        maxConcurrentStarts: cfg.maxConcurrentStarts,
+        limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib, maxForks: cfg.maxForks },
       },
     });
     await manager.recover(AbortSignal.timeout(120_000));
     manager.startExpiry();
+    if (cfg.warmOnStart && opts.image) {
+      // In the background: the API is up at once; a create that comes first waits for this build.
+      const t = store.getTemplate(DEFAULT_TEMPLATE)!;
+      manager.templateSnapshot(t, t.vcpus, t.memoryMib, AbortSignal.timeout(cfg.bootTimeoutMs + 120_000))
+        .catch((err: unknown) => log.error({ err: String(err) }, 'warming the default template failed; creates will cold-boot'));
+    }
     const app = await buildApi({ manager, store, log, doctor: () => runDoctor(cfg), version: VERSION });
     let url = '';
     if (opts.listen !== false) {

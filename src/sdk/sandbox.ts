@@ -1,15 +1,20 @@
 import { HearthApi, type ConnectionOptions } from './api.js';
+import { errorFromResponse } from './errors.js';
 import { Commands } from './commands.js';
 import { envdClients, type EnvdTarget } from './envd.js';
 import { Files } from './files.js';
-import type { SandboxDetail, SandboxListItem } from '../api/schemas.js';
+import type { SandboxDetail, SandboxListItem, SnapshotInfo as SnapshotInfoSchema } from '../api/schemas.js';
+import type { Static } from 'typebox';
 
 export type SandboxInfo = SandboxDetail;
+export type SnapshotInfo = Static<typeof SnapshotInfoSchema>;
 export type SandboxSummary = SandboxListItem;
 
 export interface CreateOptions extends ConnectionOptions {
   /** Template id; default "base". */
   template?: string;
+  /** Start from a named snapshot (id or name) instead of a template. */
+  snapshot?: string;
   /** Sandbox lifetime; default from the daemon's config. */
   timeoutMs?: number;
   envs?: Record<string, string>;
@@ -35,7 +40,7 @@ export class Sandbox {
   static async create(opts: CreateOptions = {}): Promise<Sandbox> {
     const api = new HearthApi(opts);
     const info = await api.request<SandboxInfo>('POST', '/sandboxes', {
-      templateID: opts.template ?? 'base',
+      templateID: opts.snapshot ?? opts.template ?? 'base',
       ...(opts.timeoutMs !== undefined ? { timeout: Math.ceil(opts.timeoutMs / 1000) } : {}),
       ...(opts.envs ? { envVars: opts.envs } : {}),
       ...(opts.metadata ? { metadata: opts.metadata } : {}),
@@ -71,6 +76,44 @@ export class Sandbox {
 
   async setTimeout(timeoutMs: number, signal?: AbortSignal): Promise<void> {
     await this.api.request<void>('POST', `/sandboxes/${this.id}/timeout`, { timeout: Math.ceil(timeoutMs / 1000) }, signal);
+  }
+
+  /** Pause: the VM stops (no process, no CPU); memory and disk stay on the host. */
+  async pause(signal?: AbortSignal): Promise<void> {
+    await this.api.request<void>('POST', `/sandboxes/${this.id}/pause`, {}, signal);
+  }
+
+  /** Resume exactly where it was paused; processes keep their PIDs and memory. */
+  async resume(opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    await this.api.request<SandboxInfo>('POST', `/sandboxes/${this.id}/resume`,
+      opts.timeoutMs !== undefined ? { timeout: Math.ceil(opts.timeoutMs / 1000) } : {}, opts.signal);
+  }
+
+  /** Capture memory and disk as a named snapshot; the sandbox keeps running after a short freeze. */
+  async snapshot(name?: string, signal?: AbortSignal): Promise<SnapshotInfo> {
+    return this.api.request<SnapshotInfo>('POST', `/sandboxes/${this.id}/snapshots`, name ? { name } : {}, signal);
+  }
+
+  /** N new sandboxes from this one's current state. */
+  async fork(count = 1, opts: { timeoutMs?: number; signal?: AbortSignal; user?: string } = {}): Promise<Sandbox[]> {
+    const results = await this.api.request<{ sandbox?: SandboxInfo; error?: { message: string; error_code: string; code: number } }[]>(
+      'POST', `/sandboxes/${this.id}/fork`, { count, ...(opts.timeoutMs !== undefined ? { timeout: Math.ceil(opts.timeoutMs / 1000) } : {}) }, opts.signal);
+    const failed = results.filter((r) => r.error);
+    if (failed.length) {
+      // Don't leak the ones that did start.
+      await Promise.all(results.filter((r) => r.sandbox).map((r) => this.api.request<void>('DELETE', `/sandboxes/${r.sandbox!.sandboxID}`).catch(() => undefined)));
+      throw errorFromResponse(failed[0]!.error!.code, failed[0]!.error, `fork failed: ${failed[0]!.error!.message}`);
+    }
+    return results.map((r) => new Sandbox(r.sandbox!.sandboxID, this.api, r.sandbox!, opts.user));
+  }
+
+  static async listSnapshots(opts: ConnectionOptions & { sandboxId?: string } = {}): Promise<SnapshotInfo[]> {
+    const q = opts.sandboxId ? `?sandboxID=${encodeURIComponent(opts.sandboxId)}` : '';
+    return new HearthApi(opts).request<SnapshotInfo[]>('GET', `/snapshots${q}`, undefined, opts.signal);
+  }
+
+  static async deleteSnapshot(idOrName: string, opts: ConnectionOptions = {}): Promise<void> {
+    await new HearthApi(opts).request<void>('DELETE', `/snapshots/${encodeURIComponent(idOrName)}`, undefined, opts.signal);
   }
 
   /** Destroy the sandbox (idempotent). */

@@ -47,4 +47,23 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX journal_sandbox ON journal(sandbox_id);
   `,
+  `
+  ALTER TABLE sandboxes ADD COLUMN snapshot_id TEXT;
+  ALTER TABLE sandboxes ADD COLUMN paused_at TEXT;
+  CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    kind TEXT NOT NULL,
+    sandbox_id TEXT,
+    template_id TEXT NOT NULL,
+    image_hash TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    agent_token TEXT NOT NULL,
+    env_vars TEXT NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX snapshots_template ON snapshots(template_id, kind);
+  `,
 ];

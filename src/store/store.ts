@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { SandboxRecord, SandboxState, Template } from '../core/types.js';
+import type { SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template } from '../core/types.js';
 import { MIGRATIONS } from './migrations.js';
 
 type Row = Record<string, unknown>;
@@ -76,9 +76,9 @@ export class Store {
   insertSandbox(s: SandboxRecord): void {
     this.db.prepare(`
       INSERT INTO sandboxes (id, template_id, state, vcpus, memory_mib, env_vars, metadata, created_at, started_at, end_at,
-        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings)
+        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings, snapshot_id, paused_at)
       VALUES (@id, @templateId, @state, @vcpus, @memoryMib, @envVars, @metadata, @createdAt, @startedAt, @endAt,
-        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings)
+        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings, @snapshotId, @pausedAt)
     `).run(sandboxToRow(s));
   }
 
@@ -87,7 +87,8 @@ export class Store {
     const res = this.db.prepare(`
       UPDATE sandboxes SET template_id=@templateId, state=@state, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
         metadata=@metadata, created_at=@createdAt, started_at=@startedAt, end_at=@endAt, ended_at=@endedAt,
-        end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings
+        end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings,
+        snapshot_id=@snapshotId, paused_at=@pausedAt
       WHERE id=@id
     `).run(sandboxToRow(s));
     if (res.changes !== 1) throw new Error(`store: sandbox ${s.id} does not exist`);
@@ -111,6 +112,48 @@ export class Store {
 
   deleteSandbox(id: string): void {
     this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+  }
+
+  // ---- snapshots
+
+  insertSnapshot(s: SnapshotRecord): void {
+    this.db.prepare(`
+      INSERT INTO snapshots (id, name, kind, sandbox_id, template_id, image_hash, dir, vcpus, memory_mib, agent_token, env_vars, created_at)
+      VALUES (@id, @name, @kind, @sandboxId, @templateId, @imageHash, @dir, @vcpus, @memoryMib, @agentToken, @envVars, @createdAt)
+    `).run({ ...s, envVars: JSON.stringify(s.envVars) });
+  }
+
+  getSnapshot(id: string): SnapshotRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as Row | undefined;
+    return row ? snapshotFromRow(row) : undefined;
+  }
+
+  /** A named snapshot by id or by name (newest first when a name was reused). */
+  findSnapshot(idOrName: string): SnapshotRecord | undefined {
+    const row = this.db.prepare(`SELECT * FROM snapshots WHERE kind = 'named' AND (id = ? OR name = ?) ORDER BY created_at DESC LIMIT 1`)
+      .get(idOrName, idOrName) as Row | undefined;
+    return row ? snapshotFromRow(row) : undefined;
+  }
+
+  listSnapshots(filter: { kind?: SnapshotKind; sandboxId?: string; templateId?: string } = {}): SnapshotRecord[] {
+    const where: string[] = [];
+    const args: string[] = [];
+    if (filter.kind) { where.push('kind = ?'); args.push(filter.kind); }
+    if (filter.sandboxId) { where.push('sandbox_id = ?'); args.push(filter.sandboxId); }
+    if (filter.templateId) { where.push('template_id = ?'); args.push(filter.templateId); }
+    const sql = `SELECT * FROM snapshots ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id`;
+    return (this.db.prepare(sql).all(...args) as Row[]).map(snapshotFromRow);
+  }
+
+  /** The warm-start snapshot of a template for one VM shape, if built for the current image. */
+  findTemplateSnapshot(templateId: string, imageHash: string, vcpus: number, memoryMib: number): SnapshotRecord | undefined {
+    const row = this.db.prepare(`SELECT * FROM snapshots WHERE kind = 'template' AND template_id = ? AND image_hash = ? AND vcpus = ? AND memory_mib = ?
+      ORDER BY created_at DESC LIMIT 1`).get(templateId, imageHash, vcpus, memoryMib) as Row | undefined;
+    return row ? snapshotFromRow(row) : undefined;
+  }
+
+  deleteSnapshot(id: string): void {
+    this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }
 
   // ---- journal (DESIGN §3: a row before touching the host, updated per step, deleted at the end)
@@ -194,5 +237,24 @@ function sandboxFromRow(r: Row): SandboxRecord {
     disk: json(r['disk']),
     network: json(r['network']),
     timings: json(r['timings']),
+    snapshotId: (r['snapshot_id'] as string | null) ?? null,
+    pausedAt: (r['paused_at'] as string | null) ?? null,
+  };
+}
+
+function snapshotFromRow(r: Row): SnapshotRecord {
+  return {
+    id: r['id'] as string,
+    name: (r['name'] as string | null) ?? null,
+    kind: r['kind'] as SnapshotKind,
+    sandboxId: (r['sandbox_id'] as string | null) ?? null,
+    templateId: r['template_id'] as string,
+    imageHash: r['image_hash'] as string,
+    dir: r['dir'] as string,
+    vcpus: r['vcpus'] as number,
+    memoryMib: r['memory_mib'] as number,
+    agentToken: r['agent_token'] as string,
+    envVars: json<Record<string, string>>(r['env_vars']) ?? {},
+    createdAt: r['created_at'] as string,
   };
 }

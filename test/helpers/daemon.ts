@@ -29,20 +29,32 @@ export function testImage(): Promise<ImageInfo> {
 
 export interface TestDaemon extends Daemon {
   cfg: HearthConfig;
+  /** Close this daemon without touching its sandboxes and start a new one on the same data dir. */
+  restart(): Promise<TestDaemon>;
   /** Destroys every sandbox still live, closes the daemon, removes the data dir. */
   stop(): Promise<void>;
 }
 
 export async function startTestDaemon(over: Partial<HearthConfig> = {}): Promise<TestDaemon> {
-  const image = await testImage();
   const dataDir = await mkdtemp(join(process.env['HEARTH_TEST_TMP'] ?? tmpdir(), 'hearth-it-'));
-  const cfg = loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, ...over }, {});
+  return daemonOn(loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, ...over }, {}));
+}
+
+async function daemonOn(cfg: HearthConfig): Promise<TestDaemon> {
+  const image = await testImage();
+  const dataDir = cfg.dataDir;
   const log = createLogger(process.env['HEARTH_TEST_LOG'] ?? 'warn');
   const d = await startDaemon(cfg, log, { image });
   return {
     ...d,
     cfg,
+    async restart() {
+      await d.manager.settled();
+      await d.close();
+      return daemonOn(cfg);
+    },
     async stop() {
+      await d.manager.settled();
       for (const s of d.manager.list()) {
         if (s.state !== 'destroyed') await d.manager.destroy(s.id, AbortSignal.timeout(60_000)).catch(() => undefined);
       }

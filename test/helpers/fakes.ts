@@ -8,8 +8,9 @@ import type { BaseImage, RootDisk, RootfsBackend } from '../../src/storage/types
 import type { NetworkSlots, Slot } from '../../src/network/types.js';
 import type { AgentControlApi } from '../../src/core/manager.js';
 import { HostFailureError, TimeoutError } from '../../src/core/errors.js';
+import { copyFile, readFile, writeFile } from 'node:fs/promises';
 
-export type FaultPoint = 'boot' | 'stop' | 'disk.create' | 'disk.remove' | 'slot.acquire' | 'agent.ready' | 'agent.init';
+export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'agent.ready' | 'agent.init';
 
 /** Records every host action in order and fails the ones named in `faults`. */
 export class World {
@@ -19,6 +20,8 @@ export class World {
   readonly disks = new Set<string>();
   readonly slots = new Set<number>();
   nextPid = 1000;
+  /** Every /init: the token presented and the token set. */
+  readonly tokens: { presented: string | undefined; set: string | undefined }[] = [];
   /** Called for every fault point reached, before the fault check (tests abort requests here). */
   onPoint: (point: FaultPoint) => void = () => undefined;
   fail(point: FaultPoint): void {
@@ -27,22 +30,38 @@ export class World {
   }
 }
 
-class FakeVmm implements Vmm {
+export class FakeVmm implements Vmm {
   readonly kind = 'qemu' as const;
   pid = 0;
+  paused = false;
+  cfg: VmConfig | undefined;
   private resolveExit!: (i: ExitInfo) => void;
   readonly exited = new Promise<ExitInfo>((r) => { this.resolveExit = r; });
   constructor(private readonly w: World) {}
-  async boot(cfg: VmConfig): Promise<void> {
+  private async start(cfg: VmConfig, how: 'boot' | 'restore'): Promise<void> {
+    this.cfg = cfg;
     this.pid = this.w.nextPid++;
     this.w.liveVms.add(this.pid);
-    this.w.events.push(`boot ${cfg.sandboxId}`);
-    this.w.fail('boot');
+    this.w.events.push(`${how} ${cfg.sandboxId}`);
+    this.w.fail(how);
+    if (how === 'boot') await writeFile(cfg.memoryFilePath, 'RAM');
   }
-  async restore(_s: SnapshotFiles, cfg: VmConfig): Promise<void> { await this.boot(cfg); }
-  async pause(): Promise<void> { this.w.events.push('pause'); }
-  async resume(): Promise<void> { this.w.events.push('resume'); }
-  async snapshot(dir: string): Promise<SnapshotFiles> { return { dir, statePath: `${dir}/vmstate`, memoryPath: `${dir}/memory` }; }
+  async boot(cfg: VmConfig): Promise<void> { await this.start(cfg, 'boot'); }
+  async restore(s: SnapshotFiles, cfg: VmConfig): Promise<void> {
+    // Like QEMU: the caller must have placed the memory file, and the state must exist.
+    await readFile(cfg.memoryFilePath);
+    await readFile(s.statePath);
+    await this.start(cfg, 'restore');
+  }
+  async pause(): Promise<void> { this.w.events.push('pause'); this.paused = true; }
+  async resume(): Promise<void> { this.w.events.push('resume'); this.w.fail('resume'); this.paused = false; }
+  async snapshot(dir: string): Promise<SnapshotFiles> {
+    this.paused = true;
+    this.w.events.push('snapshot');
+    this.w.fail('snapshot');
+    await writeFile(`${dir}/vmstate`, 'STATE');
+    return { dir, statePath: `${dir}/vmstate`, memoryPath: this.cfg!.memoryFilePath };
+  }
   async stop(): Promise<void> {
     this.w.events.push(`stop ${this.pid}`);
     this.w.fail('stop');
@@ -73,9 +92,20 @@ export class FakeStorage implements RootfsBackend {
     this.w.events.push(`disk+ ${sandboxId}`);
     return { sandboxId, backend: 'copy', devicePath: `/fake/${sandboxId}`, files: [] };
   }
-  async detach(): Promise<void> {}
-  async attach(sandboxId: string): Promise<RootDisk> { return { sandboxId, backend: 'copy', devicePath: `/fake/${sandboxId}`, files: [] }; }
-  async flatten(): Promise<void> {}
+  async detach(d: RootDisk, intoDir: string): Promise<void> {
+    this.w.events.push(`detach ${d.sandboxId}`);
+    this.w.fail('disk.detach');
+    this.w.disks.delete(d.sandboxId);
+    await writeFile(`${intoDir}/rootfs.ext4`, 'DISK');
+  }
+  async attach(sandboxId: string, _b: BaseImage, fromDir: string): Promise<RootDisk> {
+    this.w.events.push(`attach ${sandboxId}`);
+    this.w.fail('disk.attach');
+    await readFile(`${fromDir}/rootfs.ext4`);
+    this.w.disks.add(sandboxId);
+    return { sandboxId, backend: 'copy', devicePath: `/fake/${sandboxId}`, files: [] };
+  }
+  async flatten(_d: RootDisk, out: string): Promise<void> { this.w.fail('disk.flatten'); await writeFile(out, 'DISK'); }
   async remove(d: RootDisk): Promise<void> {
     this.w.events.push(`disk- ${d.sandboxId}`);
     this.w.fail('disk.remove');
@@ -103,14 +133,23 @@ export class FakeSlots implements NetworkSlots {
   }
 }
 
-export function fakeAgent(w: World): () => AgentControlApi {
-  return () => ({
+/** Copies files for real (the manager clones memory files with it). */
+export function fakeCloner(w: World): (src: string, dst: string) => Promise<void> {
+  return async (src, dst) => { w.fail('clone'); await copyFile(src, dst); };
+}
+
+export function fakeAgent(w: World): (endpoint: unknown, token: string | undefined) => AgentControlApi {
+  return (_e, token) => ({
     async waitUntilReady() {
       w.events.push('agent ready?');
       if (w.faults.has('agent.ready')) throw new TimeoutError('injected: agent did not answer');
       return 1;
     },
-    async init() { w.events.push('agent init'); w.fail('agent.init'); },
+    async init(body) {
+      w.events.push(`agent init${token ? ' (token presented)' : ''}`);
+      w.fail('agent.init');
+      w.tokens.push({ presented: token, set: body.accessToken });
+    },
     async health() { return !w.faults.has('agent.ready'); },
   });
 }

@@ -1,13 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
 import { silentLogger } from '../../src/core/log.js';
 import { AbortedError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
-import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, type FaultPoint } from '../helpers/fakes.js';
+import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner, type FaultPoint } from '../helpers/fakes.js';
 
 function setup() {
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-mgr-'));
@@ -19,8 +19,9 @@ function setup() {
   });
   const driver = new FakeDriver(w);
   const deps = {
-    store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w),
-    config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128 } },
+    store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),
+    config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2,
+      limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128, maxForks: 10 } },
   };
   const m = new SandboxManager(deps);
   const nothingLeft = () => {
@@ -34,15 +35,37 @@ function setup() {
 
 const signal = () => new AbortController().signal;
 
-test('create boots after slot and disk, then waits for the agent and inits it', async () => {
+test('the first create builds the template\'s warm snapshot once; every create then restores it', async () => {
   const t = setup();
   try {
-    const s = await t.m.create({ templateId: 'base', envVars: { A: '1' } }, signal());
-    assert.equal(s.state, 'running');
-    assert.deepEqual(t.w.events, ['slot+ 1', `disk+ ${s.id}`, `boot ${s.id}`, 'agent ready?', 'agent init']);
-    assert.deepEqual(s.timings?.steps.map(([n]) => n), ['slot', 'disk', 'boot', 'agent', 'init']);
-    assert.equal(t.store.getSandbox(s.id)?.state, 'running');
+    const [a, b] = await Promise.all([t.m.create({ templateId: 'base' }, signal()), t.m.create({ templateId: 'base' }, signal())]);
+    assert.equal(t.w.events.filter((e) => e.startsWith('boot')).length, 1, `one build boot: ${t.w.events.join(', ')}`);
+    for (const s of [a, b]) {
+      assert.equal(s.state, 'running');
+      assert.ok(t.w.events.includes(`restore ${s.id}`));
+      assert.deepEqual(s.timings?.steps.map(([n]) => n), ['slot', 'disk', 'memory', 'restore', 'agent', 'init']);
+    }
+    // The build VM was thrown away; its snapshot's agent holds the build's token, which the first /init presents.
+    assert.equal(t.store.listSandboxes({ states: ['destroyed'] }).length, 1);
+    const restores = t.w.tokens.slice(1);
+    assert.ok(restores.every((x) => x.presented !== undefined && x.presented !== x.set));
+    t.w.events.length = 0;
+    const c = await t.m.create({ templateId: 'base', envVars: { A: '1' } }, signal());
+    assert.deepEqual(t.w.events, ['slot+ 4', `disk+ ${c.id}`, `restore ${c.id}`, 'agent ready?', 'agent init (token presented)']);
     assert.deepEqual(t.store.listJournal(), []);
+  } finally { t.done(); }
+});
+
+test('a template whose warm snapshot cannot be built still creates by cold boot', async () => {
+  const t = setup();
+  try {
+    t.w.faults.add('snapshot');
+    const s = await t.m.create({ templateId: 'base' }, signal());
+    assert.equal(s.state, 'running');
+    assert.deepEqual(s.timings?.steps.map(([n]) => n), ['slot', 'disk', 'boot', 'agent', 'init']);
+    await t.m.settled();
+    await t.m.destroy(s.id, signal());
+    t.nothingLeft();
   } finally { t.done(); }
 });
 
@@ -51,9 +74,11 @@ for (const fault of ['slot.acquire', 'disk.create', 'boot', 'agent.ready', 'agen
     const t = setup();
     try {
       t.w.faults.add(fault);
+      if (fault === 'boot') t.w.faults.add('restore');
       await assert.rejects(t.m.create({ templateId: 'base' }, signal()), HostFailureError);
+      await t.m.settled();
       t.nothingLeft();
-      const [rec] = t.store.listSandboxes();
+      const [rec] = t.store.listSandboxes().filter((x) => x.metadata['hearth.internal'] === undefined);
       assert.equal(rec?.state, 'failed');
       assert.match(rec?.endReason ?? '', /create failed at/);
       assert.equal(existsSync(join(t.dataDir, 'sandboxes', rec!.id)), false, 'sandbox dir left behind');
@@ -71,9 +96,10 @@ test('a cancelled create still cleans up everything it acquired', async () => {
     ac.abort();
     await assert.rejects(t.m.create({ templateId: 'base' }, ac.signal), AbortedError);
     t.nothingLeft();
-    // Cancelled in the middle: the client goes away while the VM boots.
+    // Cancelled in the middle: the client goes away while its VM is restored.
+    await t.m.create({ templateId: 'base' }, signal()).then((s) => t.m.destroy(s.id, signal()));
     const mid = new AbortController();
-    t.w.onPoint = (p) => { if (p === 'boot') mid.abort(); };
+    t.w.onPoint = (p) => { if (p === 'restore') mid.abort(); };
     await assert.rejects(t.m.create({ templateId: 'base' }, mid.signal), AbortedError);
     t.nothingLeft();
     assert.ok(t.w.events.some((e) => e.startsWith('stop')), 'the booted VM was not stopped');
@@ -98,6 +124,7 @@ test('destroy stops the VMM before removing its disk, and is idempotent', async 
     t.w.events.length = 0;
     await t.m.destroy(s.id, signal());
     assert.deepEqual(t.w.events.map((e) => e.split(' ')[0]), ['stop', 'disk-', 'slot-']);
+    await t.m.settled();
     t.nothingLeft();
     const rec = t.m.get(s.id);
     assert.equal(rec.state, 'destroyed');
@@ -129,7 +156,7 @@ test('a VMM that dies on its own fails the sandbox and releases its resources', 
   const t = setup();
   try {
     const s = await t.m.create({ templateId: 'base' }, signal());
-    t.driver.vms[0]!.crash();
+    t.driver.vms.find((v) => v.pid === s.vmm!.pid)!.crash();
     for (let i = 0; i < 50 && t.m.get(s.id).state !== 'failed'; i++) await new Promise((r) => setTimeout(r, 10));
     const rec = t.m.get(s.id);
     assert.equal(rec.state, 'failed');
@@ -168,5 +195,177 @@ test('timeouts destroy running sandboxes once endAt passes', async () => {
     assert.equal(t.m.get(s.id).state, 'destroyed');
     assert.match(t.m.get(s.id).endReason ?? '', /timeout reached/);
     t.nothingLeft();
+  } finally { t.done(); }
+});
+
+// ---------------------------------------------------------------- pause, resume, snapshots, forks
+
+async function running(t: ReturnType<typeof setup>) {
+  const s = await t.m.create({ templateId: 'base', envVars: { K: 'v' } }, signal());
+  await t.m.settled();
+  t.w.events.length = 0;
+  return s;
+}
+
+const pausedFiles = (t: ReturnType<typeof setup>, id: string) => ['rootfs.ext4', 'memory', 'vmstate', 'meta.json'].map((f) => existsSync(join(t.dataDir, 'sandboxes', id, 'paused', f)));
+
+test('pause follows the hard-won order: snapshot → stop → detach disk → move files → release slot', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    const p = await t.m.pause(s.id, signal());
+    assert.equal(p.state, 'paused');
+    assert.deepEqual(t.w.events.map((e) => e.split(' ')[0]), ['snapshot', 'stop', 'detach', 'slot-']);
+    assert.deepEqual(pausedFiles(t, s.id), [true, true, true, true]);
+    assert.deepEqual([...t.w.liveVms], [], 'a paused sandbox has no VMM process');
+    assert.deepEqual([...t.w.slots], []);
+    await assert.rejects(t.m.pause(s.id, signal()), /already paused/);
+  } finally { t.done(); }
+});
+
+test('a failed snapshot write resumes the vCPUs: the sandbox stays running and usable', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    t.w.faults.add('snapshot');
+    await assert.rejects(t.m.pause(s.id, signal()), /resumed and is still running/);
+    const vm = t.driver.vms.find((v) => v.pid === s.vmm!.pid)!;
+    assert.equal(vm.paused, false, 'vCPUs must be running again');
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.ok(t.w.liveVms.has(vm.pid));
+    t.w.faults.clear();
+    assert.equal((await t.m.pause(s.id, signal())).state, 'paused', 'a later pause works');
+  } finally { t.done(); }
+});
+
+for (const fault of ['stop', 'disk.detach'] as FaultPoint[]) {
+  test(`a pause whose ${fault} fails is a hard error: everything released, sandbox failed with the reason`, async () => {
+    const t = setup();
+    try {
+      const s = await running(t);
+      t.w.faults.add(fault);
+      await assert.rejects(t.m.pause(s.id, signal()), HostFailureError);
+      const rec = t.m.get(s.id);
+      assert.equal(rec.state, 'failed');
+      assert.match(rec.endReason ?? '', new RegExp(`injected ${fault.replace('.', '\\.')} failure`));
+      assert.deepEqual([...t.w.slots], [], 'slot released');
+      assert.deepEqual([...t.w.disks], [], 'disk released');
+      assert.equal(existsSync(join(t.dataDir, 'sandboxes', s.id)), false, 'no files left');
+      assert.deepEqual(t.store.listJournal(), []);
+    } finally { t.done(); }
+  });
+}
+
+test('resume restores from the paused files, re-inits the agent, and removes the paused copy', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    await t.m.pause(s.id, signal());
+    t.w.events.length = 0;
+    const r = await t.m.resume(s.id, signal());
+    assert.equal(r.state, 'running');
+    assert.deepEqual(t.w.events.map((e) => e.split(' ')[0]), ['slot+', 'attach', 'restore', 'agent', 'agent']);
+    assert.equal(existsSync(join(t.dataDir, 'sandboxes', s.id, 'paused')), false);
+    assert.equal(t.w.tokens.at(-1)?.presented, s.agentToken, 'resume presents the sandbox\'s own token');
+    await assert.rejects(t.m.resume(s.id, signal()), /already running/);
+  } finally { t.done(); }
+});
+
+test('a resume that fails waiting for the agent stops the VMM, moves the disk back, keeps it paused; the retry works', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    await t.m.pause(s.id, signal());
+    t.w.faults.add('agent.ready');
+    await assert.rejects(t.m.resume(s.id, signal()), /still paused/);
+    assert.equal(t.m.get(s.id).state, 'paused');
+    assert.deepEqual(pausedFiles(t, s.id), [true, true, true, true], 'paused files intact');
+    assert.deepEqual([...t.w.liveVms], []);
+    assert.deepEqual([...t.w.slots], []);
+    assert.deepEqual(t.store.listJournal(), []);
+    t.w.faults.clear();
+    assert.equal((await t.m.resume(s.id, signal())).state, 'running');
+  } finally { t.done(); }
+});
+
+test('a cancelled resume never skips cleanup', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    await t.m.pause(s.id, signal());
+    const ac = new AbortController();
+    t.w.onPoint = (p) => { if (p === 'restore') ac.abort(); };
+    await assert.rejects(t.m.resume(s.id, ac.signal), AbortedError);
+    t.w.onPoint = () => undefined;
+    assert.equal(t.m.get(s.id).state, 'paused');
+    assert.deepEqual([...t.w.liveVms], []);
+    assert.deepEqual([...t.w.slots], []);
+    assert.equal((await t.m.resume(s.id, signal())).state, 'running');
+  } finally { t.done(); }
+});
+
+test('a named snapshot captures a running sandbox that keeps running; sandboxes start from it by id or name', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    const snap = await t.m.snapshot(s.id, 'my-snap', signal());
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.ok(t.w.events.includes('resume'), 'the parent is resumed after the freeze');
+    for (const f of ['vmstate', 'memory', 'rootfs.ext4']) assert.ok(existsSync(join(snap.dir, f)), f);
+    const child = await t.m.create({ templateId: 'my-snap' }, signal());
+    assert.equal(child.snapshotId, snap.id);
+    assert.deepEqual(child.envVars, { K: 'v' }, 'env vars come with the snapshot');
+    assert.equal(t.w.tokens.at(-1)?.presented, s.agentToken, 'the snapshot\'s agent holds the parent\'s token');
+    assert.notEqual(child.agentToken, s.agentToken);
+    await assert.rejects(t.m.create({ templateId: 'my-snap', memoryMib: 1024 }, signal()), InvalidArgumentError);
+    await t.m.deleteSnapshot(snap.id);
+    assert.equal(existsSync(snap.dir), false);
+    await assert.rejects(t.m.create({ templateId: 'my-snap' }, signal()), NotFoundError);
+    assert.equal(t.m.get(child.id).state, 'running', 'a sandbox started from a deleted snapshot is unaffected');
+  } finally { t.done(); }
+});
+
+test('a failed snapshot leaves no directory and the sandbox running', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    t.w.faults.add('disk.flatten');
+    await assert.rejects(t.m.snapshot(s.id, 'x', signal()), /disk.flatten/);
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.ok(t.w.events.includes('resume'));
+    assert.deepEqual(t.m.listSnapshots(), []);
+    assert.equal(existsSync(join(t.dataDir, 'snapshots')) ? readdirSync(join(t.dataDir, 'snapshots')).length : 0, 0);
+  } finally { t.done(); }
+});
+
+test('fork makes N independent sandboxes and removes its temporary snapshot', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    const results = await t.m.fork(s.id, 3, undefined, signal());
+    assert.equal(results.length, 3);
+    assert.ok(results.every((r) => r.sandbox?.state === 'running'));
+    assert.equal(new Set(results.map((r) => r.sandbox!.id)).size, 3);
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.equal(t.store.listSnapshots({ kind: 'fork' }).length, 0);
+    await assert.rejects(t.m.fork(s.id, 0, undefined, signal()), InvalidArgumentError);
+  } finally { t.done(); }
+});
+
+test('recovery keeps paused sandboxes whose files are complete and fails those whose files are gone', async () => {
+  const t = setup();
+  try {
+    const a = await running(t);
+    const b = await running(t);
+    await t.m.pause(a.id, signal());
+    await t.m.pause(b.id, signal());
+    rmSync(join(t.dataDir, 'sandboxes', b.id, 'paused', 'meta.json'));
+    t.m.close();
+    const fresh = new SandboxManager(t.deps);
+    const res = await fresh.recover(signal());
+    assert.deepEqual(res.paused, [a.id]);
+    assert.deepEqual(res.failed, [b.id]);
+    assert.equal((await fresh.resume(a.id, signal())).state, 'running');
+    fresh.close();
   } finally { t.done(); }
 });

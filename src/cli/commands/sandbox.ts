@@ -10,6 +10,11 @@ const HELP = `Usage: hearth sandbox <command>
   get <id>                                           show one sandbox (also ended ones, with why)
   rm <id>...                                         destroy sandboxes
   timeout <id> <seconds>                             end the sandbox that many seconds from now
+  pause <id>                                         pause (memory and disk kept, no CPU)
+  resume <id> [--timeout SECONDS]                    resume exactly where it was
+  snapshot <id> [--name NAME]                        capture memory + disk as a named snapshot
+  fork <id> [--count N]                              N new sandboxes from its current state
+  create --snapshot <id|name>                        start a sandbox from a snapshot
 
 Every command takes --json.`;
 
@@ -21,6 +26,10 @@ export async function sandboxCommand(argv: string[]): Promise<number> {
     case 'get': case 'inspect': return get(rest);
     case 'rm': case 'kill': case 'destroy': return rm(rest);
     case 'timeout': return timeout(rest);
+    case 'pause': return simple(rest, 'pause', async (s) => { await s.pause(); return { sandboxID: s.id, state: 'paused' }; });
+    case 'resume': return resume(rest);
+    case 'snapshot': return snapshot(rest);
+    case 'fork': return fork(rest);
     case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return sub ? 0 : 2;
     default: throw new UsageError(`unknown command "sandbox ${sub}"\n\n${HELP}`);
   }
@@ -34,7 +43,7 @@ function int(v: string | undefined, flag: string): number | undefined {
 
 async function create(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: {
-    template: { type: 'string', short: 't', default: 'base' }, cpu: { type: 'string' }, memory: { type: 'string' },
+    template: { type: 'string', short: 't', default: 'base' }, snapshot: { type: 'string' }, cpu: { type: 'string' }, memory: { type: 'string' },
     timeout: { type: 'string' }, env: { type: 'string', short: 'e', multiple: true }, meta: { type: 'string', multiple: true },
     json: { type: 'boolean' },
   } });
@@ -44,6 +53,7 @@ async function create(argv: string[]): Promise<number> {
   const t0 = performance.now();
   const sbx = await Sandbox.create({
     template: values.template,
+    ...(values.snapshot ? { snapshot: values.snapshot } : {}),
     envs: parseKeyValues(values.env, '--env'),
     metadata: parseKeyValues(values.meta, '--meta'),
     ...(cpu !== undefined ? { cpu } : {}),
@@ -98,5 +108,44 @@ async function timeout(argv: string[]): Promise<number> {
   if (!id || n === undefined) throw new UsageError('usage: hearth sandbox timeout <id> <seconds>');
   const sbx = await Sandbox.connect(id);
   await sbx.setTimeout(n * 1000);
+  return 0;
+}
+
+/** Runs `fn` on one sandbox and prints its result (a line, or JSON). */
+async function simple(argv: string[], verb: string, fn: (s: Sandbox) => Promise<Record<string, unknown>>): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  const id = positionals[0];
+  if (!id) throw new UsageError(`usage: hearth sandbox ${verb} <id> [--json]`);
+  const t0 = performance.now();
+  const out = await fn(await Sandbox.connect(id));
+  if (values.json) printJson(out);
+  else process.stderr.write(`${verb} ${id}: done in ${Math.round(performance.now() - t0)} ms\n`);
+  return 0;
+}
+
+async function resume(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { timeout: { type: 'string' }, json: { type: 'boolean' } } });
+  const secs = int(values.timeout, '--timeout');
+  return simple([...positionals, ...(values.json ? ['--json'] : [])], 'resume', async (s) => {
+    await s.resume(secs !== undefined ? { timeoutMs: secs * 1000 } : {});
+    return { sandboxID: s.id, state: 'running' };
+  });
+}
+
+async function snapshot(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { name: { type: 'string' }, json: { type: 'boolean' } } });
+  const id = positionals[0];
+  if (!id) throw new UsageError('usage: hearth sandbox snapshot <id> [--name NAME] [--json]');
+  const info = await (await Sandbox.connect(id)).snapshot(values.name);
+  if (values.json) printJson(info); else process.stdout.write(`${info.snapshotID}\n`);
+  return 0;
+}
+
+async function fork(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { count: { type: 'string', short: 'n' }, json: { type: 'boolean' } } });
+  const id = positionals[0];
+  if (!id) throw new UsageError('usage: hearth sandbox fork <id> [--count N] [--json]');
+  const forks = await (await Sandbox.connect(id)).fork(int(values.count, '--count') ?? 1);
+  if (values.json) printJson(forks.map((f) => f.info)); else for (const f of forks) process.stdout.write(`${f.id}\n`);
   return 0;
 }

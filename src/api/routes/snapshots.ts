@@ -1,0 +1,99 @@
+import type { FastifyInstance } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import type { SandboxManager } from '../../core/manager.js';
+import { ConflictError, InvalidArgumentError, type ErrorCode } from '../../core/errors.js';
+import type { SnapshotRecord } from '../../core/types.js';
+import type { Store } from '../../store/store.js';
+import { presentDetail } from '../present.js';
+import { STATUS_OF } from '../errors.js';
+import {
+  ConnectBody, ErrorSchema, ForkBody, ForkResult, PauseBody, ResumeBody, SandboxDetail, SandboxIdParams, SnapshotBody, SnapshotIdParams, SnapshotInfo,
+} from '../schemas.js';
+
+const errors = { 400: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema, 500: ErrorSchema };
+
+async function presentSnapshot(manager: SandboxManager, s: SnapshotRecord): Promise<import('typebox').Static<typeof SnapshotInfo>> {
+  return {
+    snapshotID: s.id,
+    names: s.name ? [s.name] : [],
+    sandboxID: s.sandboxId,
+    templateID: s.templateId,
+    cpuCount: s.vcpus,
+    memoryMB: s.memoryMib,
+    createdAt: s.createdAt,
+    sizeBytes: await manager.snapshotUsage(s.id),
+  };
+}
+
+/** Pause, resume (and E2B's connect), named snapshots, forks. */
+export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, store: Store): void {
+  const r = app.withTypeProvider<TypeBoxTypeProvider>();
+  const detail = async (id: string) => presentDetail(manager.get(id), store.getTemplate(manager.get(id).templateId), await manager.diskUsage(id));
+
+  r.post('/sandboxes/:sandboxID/pause', {
+    schema: { summary: 'Pause: memory and disk kept on the host, no VMM process, no CPU', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(PauseBody), response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    if (req.body?.memory === false) throw new InvalidArgumentError('body/memory: filesystem-only pauses are not supported; omit it or send true', 'memory');
+    await manager.pause(req.params.sandboxID, AbortSignal.timeout(300_000));
+    return reply.status(204).send(null);
+  });
+
+  r.post('/sandboxes/:sandboxID/resume', {
+    schema: { summary: 'Resume a paused sandbox exactly where it was', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(ResumeBody), response: { 201: SandboxDetail, ...errors } },
+  }, async (req, reply) => {
+    await manager.resume(req.params.sandboxID, AbortSignal.timeout(300_000), req.body?.timeout);
+    return reply.status(201).send(await detail(req.params.sandboxID));
+  });
+
+  r.post('/sandboxes/:sandboxID/connect', {
+    schema: { summary: 'Resume if paused; make sure it lives at least `timeout` more seconds (200 running, 201 resumed)', tags: ['sandboxes'], params: SandboxIdParams, body: ConnectBody, response: { 200: SandboxDetail, 201: SandboxDetail, ...errors } },
+  }, async (req, reply) => {
+    const { resumed } = await manager.connect(req.params.sandboxID, req.body.timeout, AbortSignal.timeout(300_000));
+    return reply.status(resumed ? 201 : 200).send(await detail(req.params.sandboxID));
+  });
+
+  r.post('/sandboxes/:sandboxID/snapshots', {
+    schema: { summary: 'Capture a running sandbox (memory + disk); it keeps running after a short freeze', tags: ['snapshots'], params: SandboxIdParams, body: SnapshotBody, response: { 201: SnapshotInfo, ...errors } },
+  }, async (req, reply) => {
+    const snap = await manager.snapshot(req.params.sandboxID, req.body.name ?? null, AbortSignal.timeout(300_000));
+    return reply.status(201).send(await presentSnapshot(manager, snap));
+  });
+
+  r.get('/snapshots', {
+    schema: { summary: 'List named snapshots', tags: ['snapshots'], querystring: Type.Object({ sandboxID: Type.Optional(Type.String({ pattern: '^[a-z0-9]{1,64}$' })) }), response: { 200: Type.Array(SnapshotInfo) } },
+  }, async (req) => Promise.all(manager.listSnapshots(req.query.sandboxID ? { sandboxId: req.query.sandboxID } : {}).map((s) => presentSnapshot(manager, s))));
+
+  r.get('/snapshots/:snapshotID', {
+    schema: { summary: 'Get a snapshot by id or name', tags: ['snapshots'], params: SnapshotIdParams, response: { 200: SnapshotInfo, ...errors } },
+  }, async (req) => presentSnapshot(manager, manager.getSnapshot(req.params.snapshotID)));
+
+  r.delete('/snapshots/:snapshotID', {
+    schema: { summary: 'Delete a snapshot (sandboxes started from it are unaffected)', tags: ['snapshots'], params: SnapshotIdParams, response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    await manager.deleteSnapshot(req.params.snapshotID);
+    return reply.status(204).send(null);
+  });
+
+  // E2B's SDK deletes snapshots through the templates API.
+  r.delete('/templates/:snapshotID', {
+    schema: { summary: 'Delete a snapshot (E2B compatibility); templates themselves cannot be deleted', tags: ['snapshots'], params: SnapshotIdParams, response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    if (store.getTemplate(req.params.snapshotID)) throw new ConflictError(`${req.params.snapshotID} is a template; templates cannot be deleted through the API`);
+    await manager.deleteSnapshot(req.params.snapshotID);
+    return reply.status(204).send(null);
+  });
+
+  r.post('/sandboxes/:sandboxID/fork', {
+    schema: { summary: 'N new sandboxes from the current state of a running one', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(ForkBody), response: { 201: Type.Array(ForkResult), ...errors } },
+  }, async (req, reply) => {
+    const results = await manager.fork(req.params.sandboxID, req.body?.count ?? 1, req.body?.timeout, AbortSignal.timeout(600_000));
+    const out = await Promise.all(results.map(async (res) => {
+      if (res.sandbox) return { sandbox: await detail(res.sandbox.id) };
+      const code = (res.error?.code ?? 'internal') as ErrorCode;
+      const status = STATUS_OF[code] ?? 500;
+      return { error: { code: status, message: res.error?.message ?? 'fork failed', error_code: code } };
+    }));
+    return reply.status(201).send(out);
+  });
+}

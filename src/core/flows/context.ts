@@ -1,0 +1,115 @@
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { Store } from '../../store/store.js';
+import type { RootfsBackend, RootDisk } from '../../storage/types.js';
+import type { NetworkSlots, Slot } from '../../network/types.js';
+import type { Vmm, VmConfig, VmmDriver, VmNetwork } from '../../vmm/types.js';
+import type { AgentInit } from '../../client/agent-rest.js';
+import type { Logger } from '../log.js';
+import type { AgentEndpoint, SandboxRecord, Template } from '../types.js';
+
+/** The agent control calls the manager needs; an interface so tests can inject faults. */
+export interface AgentControlApi {
+  waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never> }): Promise<number>;
+  init(body: AgentInit, signal: AbortSignal): Promise<void>;
+  health(signal: AbortSignal): Promise<boolean>;
+}
+
+/** How memory files are copied for restores and snapshots: reflink (O(1)) or a sparse copy. */
+export type FileCloner = (src: string, dst: string, signal: AbortSignal) => Promise<void>;
+
+export interface ManagerConfig {
+  dataDir: string;
+  agentPort: number;
+  defaultTimeoutSec: number;
+  maxTimeoutSec: number;
+  /** Bound on boot → agent answering. */
+  bootTimeoutMs: number;
+  /** Bound on restore → agent answering. */
+  restoreTimeoutMs: number;
+  /** Most sandboxes started at once (boots and restores); more wait their turn. */
+  maxConcurrentStarts: number;
+  limits: { maxVcpus: number; maxMemoryMib: number; minMemoryMib: number; maxForks: number };
+}
+
+export interface ManagerDeps {
+  store: Store;
+  log: Logger;
+  vmm: VmmDriver;
+  storage: RootfsBackend;
+  network: NetworkSlots;
+  cloneFile: FileCloner;
+  agent: (endpoint: AgentEndpoint, token: string | undefined) => AgentControlApi;
+  config: ManagerConfig;
+}
+
+/** What a running sandbox holds on the host, in memory. */
+export interface LiveSandbox {
+  vmm: Vmm;
+  slot: Slot;
+  disk: RootDisk;
+  /** Set while the manager itself stops the VMM, so its exit isn't reported as a crash. */
+  stopping: boolean;
+}
+
+/** File names inside a sandbox directory and inside snapshot directories. */
+export const FILES = {
+  memory: 'memory',
+  vmstate: 'vmstate',
+  rootfs: 'rootfs.ext4',
+  console: 'console.log',
+  meta: 'meta.json',
+  pausedDir: 'paused',
+} as const;
+
+export function sandboxDir(cfg: ManagerConfig, id: string): string { return join(cfg.dataDir, 'sandboxes', id); }
+export function pausedDir(cfg: ManagerConfig, id: string): string { return join(sandboxDir(cfg, id), FILES.pausedDir); }
+export function snapshotsDir(cfg: ManagerConfig): string { return join(cfg.dataDir, 'snapshots'); }
+
+/** The VM configuration of a sandbox in its slot, on its disk. */
+export function vmConfig(cfg: ManagerConfig, rec: SandboxRecord, template: Template, slot: Slot, disk: RootDisk): VmConfig {
+  const dir = sandboxDir(cfg, rec.id);
+  return {
+    sandboxId: rec.id,
+    vcpus: rec.vcpus,
+    memoryMib: rec.memoryMib,
+    kernelPath: template.kernelPath,
+    ...(template.initrdPath ? { initrdPath: template.initrdPath } : {}),
+    kernelArgs: `${template.kernelArgs} ${guestNetArgs(slot.vmNetwork)}`.trim(),
+    rootfsPath: disk.devicePath,
+    memoryFilePath: join(dir, FILES.memory),
+    runDir: dir,
+    consoleLogPath: join(dir, FILES.console),
+    network: slot.vmNetwork,
+  };
+}
+
+/** Kernel command-line parameters the guest init reads to configure eth0. */
+export function guestNetArgs(net: VmNetwork): string {
+  if (net.kind === 'user') return `hearth.ip=${net.guestCidr} hearth.gw=${net.gateway}`;
+  return '';
+}
+
+/**
+ * The /init body after every create and restore: the sandbox's token and env,
+ * the host's clock (a restored guest's clock is as old as its snapshot), and
+ * fresh entropy (clones of one snapshot must not share random state).
+ */
+export function initBody(rec: SandboxRecord): AgentInit {
+  return {
+    accessToken: rec.agentToken,
+    envVars: rec.envVars,
+    timestamp: new Date().toISOString(),
+    hearth: { sandboxId: rec.id, entropy: randomBytes(64).toString('base64') },
+  };
+}
+
+export async function consoleTail(path: string, lines = 15): Promise<string> {
+  try {
+    const text = await readFile(path, 'utf8');
+    return text.trimEnd().split('\n').slice(-lines).join(' | ') || '(empty)';
+  } catch {
+    return '(no console log)';
+  }
+}
