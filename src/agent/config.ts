@@ -17,7 +17,12 @@ export interface AgentConfig {
   urandomPath: string;
   /** PATH given to user processes. */
   processPath: string;
+  /** The hearth-pty helper binary for PTY sessions (native/pty/hearth-pty.c). */
+  ptyHelper: string;
 }
+
+/** Where the image installs the PTY helper (src/images/rootfs.ts PTY_HELPER_GUEST_PATH). */
+export const DEFAULT_PTY_HELPER = '/usr/local/lib/hearth/hearth-pty';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -37,5 +42,6 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): AgentConfig
     dateBin: env.HEARTH_AGENT_DATE_BIN ?? 'date',
     urandomPath: env.HEARTH_AGENT_URANDOM ?? '/dev/urandom',
     processPath: env.PATH || DEFAULT_PATH,
+    ptyHelper: env.HEARTH_AGENT_PTY_HELPER ?? DEFAULT_PTY_HELPER,
   };
 }

@@ -25,7 +25,7 @@ import {
   PATH_METRICS,
   UNAUTHORIZED_MESSAGE,
 } from './protocol.js';
-import { UnsupportedPtyBackend } from './pty.js';
+import { PtyBackend } from './pty.js';
 import { AgentState } from './state.js';
 
 /** envd's idle timeout for keep-alive connections (streams themselves have no timeout). */
@@ -54,7 +54,7 @@ export function createAgent(config: AgentConfig): Agent {
   const processes = createProcessService({
     state,
     pipeBackend: new PipeBackend({ cgroup }),
-    ptyBackend: new UnsupportedPtyBackend(),
+    ptyBackend: new PtyBackend({ helperPath: config.ptyHelper, userCgroupDir: config.userCgroupDir }),
   });
   const filesystem = createFilesystemService(state);
   const metrics = new MetricsCollector();

@@ -47,7 +47,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
  * memory). If the upstream breaks mid-answer the client socket is destroyed, not
  * ended cleanly: E2B's SDK reads that as "sandbox killed while running".
  */
-export function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse): void {
+export async function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const pathOnly = target.path.split('?')[0] ?? '/';
   if (INTERNAL_PATHS.has(pathOnly)) {
     sendJson(res, 404, { code: 404, path: pathOnly, message: 'This endpoint is reserved for the Hearth control plane and is not reachable through the sandbox URL' });
@@ -59,13 +59,17 @@ export function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLogger, 
   }
   let endpoint: { host: string; port: number };
   try {
-    endpoint = manager.agentEndpoint(target.sandboxId).endpoint;
+    // Resumes a paused sandbox with autoResume; the request body waits in the socket
+    // meanwhile (paused; `pipe` below resumes it).
+    req.pause();
+    endpoint = (await manager.reachable(target.sandboxId, AbortSignal.timeout(120_000))).endpoint;
   } catch (err) {
     if (err instanceof HearthError && (err.code === 'not_found' || err.code === 'conflict')) {
       sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox was not found', code: 502 });
       return;
     }
-    throw err;
+    sendJson(res, 502, { sandboxId: target.sandboxId, message: `The sandbox could not be reached: ${err instanceof Error ? err.message : String(err)}`, code: 502 });
+    return;
   }
   const headers: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(req.headers)) {

@@ -27,6 +27,13 @@ export const NewSandbox = Type.Object({
   metadata: Type.Optional(StringMap),
   secure: Type.Optional(Type.Boolean({ description: 'Accepted for E2B compatibility; the agent token is always enforced' })),
   allow_internet_access: Type.Optional(Type.Boolean({ description: 'Accepted for E2B compatibility' })),
+  autoPause: Type.Optional(Type.Boolean({ description: 'E2B: pause instead of destroy at the timeout' })),
+  autoResume: Type.Optional(Type.Object({ enabled: Type.Boolean() }, { description: 'E2B: traffic through the proxy resumes a paused sandbox' })),
+  lifecycle: Type.Optional(Type.Object({
+    onTimeout: Type.Optional(Type.Union([Type.Literal('kill'), Type.Literal('pause')])),
+    autoResume: Type.Optional(Type.Boolean()),
+    autoExtend: Type.Optional(Type.Boolean({ description: 'Proxied traffic pushes the end to at least now + timeout' })),
+  }, { additionalProperties: false })),
 }, { additionalProperties: true });
 export type NewSandbox = Static<typeof NewSandbox>;
 
@@ -56,6 +63,7 @@ export const SandboxDetail = Type.Object({
   ...SandboxFields,
   envdAccessToken: Type.String({ description: 'X-Access-Token for the sandbox agent (envd)' }),
   envVars: StringMap,
+  lifecycle: Type.Object({ onTimeout: Type.String(), autoResume: Type.Boolean(), autoExtend: Type.Boolean() }),
   vmm: Type.Union([Type.Object({ kind: Type.String(), pid: Type.Integer() }), Type.Null()]),
   diskUsageBytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Allocated blocks of the root disk (st_blocks*512)' }),
   timings: Type.Union([Timing, Type.Null()]),

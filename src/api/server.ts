@@ -8,9 +8,17 @@ import { errorBody, handleError } from './errors.js';
 import { proxyTargetOf, proxyToSandbox } from './proxy.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
+import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
 import { ErrorSchema, TemplateSchema } from './schemas.js';
 import { presentTemplate } from './present.js';
 import { NotFoundError } from '../core/errors.js';
+import { isPublicPath, verifyApiKey } from './auth.js';
+
+/** The dashboard's own pages and assets (the data it shows comes from the API, which checks keys). */
+function isDashboardPath(url: string): boolean {
+  const path = url.split('?')[0] ?? '';
+  return path === '/' || path.startsWith('/ui') || path.startsWith('/assets/');
+}
 
 export interface ApiDeps {
   manager: SandboxManager;
@@ -19,6 +27,8 @@ export interface ApiDeps {
   /** What `hearth doctor` prints: host capabilities and the drivers chosen. */
   doctor: () => Promise<unknown>;
   version: string;
+  /** Require X-API-Key on API routes (always on a non-loopback listener). */
+  requireApiKey: boolean;
 }
 
 /** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
@@ -49,22 +59,33 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const target = proxyTargetOf(req.url, req.headers);
     if (!target) { done(); return; }
     void reply.hijack();
-    try {
-      proxyToSandbox(deps.manager, req.log, target, req.raw, reply.raw);
-    } catch (err) {
+    proxyToSandbox(deps.manager, req.log, target, req.raw, reply.raw).catch((err: unknown) => {
       req.log.error({ err }, 'proxy failed');
       if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });
-      reply.raw.end(JSON.stringify(errorBody(502, 'proxy error', 'host_failure')));
-    }
+      reply.raw.end(JSON.stringify(errorBody(502, `proxy error: ${String(err)}`, 'host_failure')));
+    });
+  });
+
+  // API keys (envd traffic was routed above: it is authenticated by the sandbox's token).
+  app.addHook('onRequest', (req, reply, done) => {
+    if (!deps.requireApiKey || isPublicPath(req.url) || !req.url.startsWith('/') || isDashboardPath(req.url)) { done(); return; }
+    const key = req.headers['x-api-key'];
+    if (verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) { done(); return; }
+    void reply.status(401).send(errorBody(401, 'missing or invalid API key: send X-API-Key (create one with `hearth keys create`)', 'unauthenticated'));
   });
 
   app.setErrorHandler(handleError);
-  app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send(errorBody(404, `no route ${req.method} ${req.url.split('?')[0]}`, 'not_found'));
+  app.setNotFoundHandler(async (req, reply) => {
+    if (await serveDashboardFallback(req, reply)) return reply; // dashboard: unknown non-API HTML GETs get the SPA
+    return reply.status(404).send(errorBody(404, `no route ${req.method} ${req.url.split('?')[0]}`, 'not_found'));
   });
 
   app.get('/health', { schema: { summary: 'Daemon liveness', tags: ['host'], response: { 200: Type.Object({ status: Type.String(), version: Type.String() }) } } },
     async () => ({ status: 'ok', version: deps.version }));
+
+  app.get('/admin/reconcile', { schema: { summary: 'The last reconciliation report (orphans reaped, sandboxes adopted or failed at start)', tags: ['host'] } },
+    async () => deps.manager.lastReconcileReport() ?? { at: null });
+  app.post('/admin/reconcile', { schema: { summary: 'Reconcile now', tags: ['host'] } }, async () => deps.manager.reconcile());
 
   app.get('/doctor', { schema: { summary: 'Host capabilities and the drivers in use', tags: ['host'] } }, async () => deps.doctor());
 
@@ -81,6 +102,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   sandboxRoutes(app, deps.manager, deps.store);
   snapshotRoutes(app, deps.manager, deps.store);
+  webRoutes(app); // dashboard at / and /ui/* (docs/dashboard.md)
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();

@@ -1,8 +1,10 @@
 /** `hearth`: the command-line interface. */
 import { sandboxCommand } from './commands/sandbox.js';
 import { execCommand } from './commands/exec.js';
+import { shellCommand } from './commands/shell.js';
 import { filesCommand } from './commands/files.js';
 import { snapshotCommand } from './commands/snapshot.js';
+import { keysCommand } from './commands/keys.js';
 import { doctorCommand, downCommand, imageCommand, upCommand } from './commands/daemon.js';
 import { UsageError } from './output.js';
 import { SandboxError } from '../sdk/errors.js';
@@ -17,12 +19,14 @@ Daemon:
   down                                           stop hearthd (sandboxes keep running)
   doctor                                         what this host can do and what Hearth uses
   image build                                    build (or reuse) the default guest image
+  keys create|ls|rm                              API keys (required when hearthd listens beyond loopback)
 
 Sandboxes:
   sandbox create|ls|get|rm|timeout               manage sandboxes (hearth sandbox help)
   sandbox pause|resume|snapshot|fork             pause/resume, capture, fork
   snapshot ls|rm                                 named snapshots
   exec <id> -- <cmd> [args...]                   run a command; streams output; exits with its code
+  shell <id> [-- <cmd> [args...]]                interactive terminal (login shell); exits with its code
   files ls|stat|cat|get|put|mkdir|rm|mv          files in a sandbox (hearth files help)
 
 Environment: HEARTH_URL (default http://127.0.0.1:3030), HEARTH_DATA_DIR, HEARTH_PORT.
@@ -37,8 +41,10 @@ async function main(argv: string[]): Promise<number> {
     case 'image': return imageCommand(rest);
     case 'sandbox': case 'sandboxes': case 'sb': return sandboxCommand(rest);
     case 'exec': return execCommand(rest);
+    case 'shell': return shellCommand(rest);
     case 'files': return filesCommand(rest);
     case 'snapshot': case 'snapshots': return snapshotCommand(rest);
+    case 'keys': return keysCommand(rest);
     case 'version': case '--version': case '-v': process.stdout.write(`${VERSION}\n`); return 0;
     case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return cmd ? 0 : 2;
     default: throw new UsageError(`unknown command "${cmd}"\n\n${HELP}`);

@@ -2,7 +2,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Cleanup } from './cleanup.js';
 import {
-  ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted,
+  CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted,
 } from './errors.js';
 import { newAgentToken, newSandboxId } from './ids.js';
 import { KeyedLock } from './lock.js';
@@ -10,7 +10,7 @@ import type { Logger } from './log.js';
 import { assertTransition } from './state.js';
 import { StepTimer } from './steps.js';
 import { Semaphore } from './semaphore.js';
-import type { AgentEndpoint, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
+import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
 import type { Store } from '../store/store.js';
 import { exists, removeTree } from '../util/fs.js';
 import {
@@ -30,6 +30,18 @@ export interface CreateSandboxInput {
   envVars?: Record<string, string>;
   metadata?: Record<string, string>;
   timeoutSec?: number;
+  lifecycle?: Partial<Pick<Lifecycle, 'onTimeout' | 'autoResume' | 'autoExtend'>>;
+  /** A retried create with the same key returns the first one's sandbox instead of making another. */
+  idempotencyKey?: string;
+}
+
+export interface ReconcileReport {
+  at: string;
+  recovered?: { adopted: string[]; paused: string[]; failed: string[] };
+  killedVms: { sandboxId: string; pid: number }[];
+  removedSandboxDirs: string[];
+  removedSnapshotDirs: string[];
+  errors: string[];
 }
 
 export interface ForkResult { sandbox?: SandboxRecord; error?: { code: string; message: string } }
@@ -51,6 +63,8 @@ export class SandboxManager {
   private readonly warming = new Map<string, Promise<SnapshotRecord>>();
   private readonly log: Logger;
   private expiryTimer: NodeJS.Timeout | undefined;
+  private reconcileTimer: NodeJS.Timeout | undefined;
+  private lastReconcile: ReconcileReport | null = null;
 
   constructor(private readonly deps: ManagerDeps) {
     this.log = deps.log;
@@ -77,6 +91,30 @@ export class SandboxManager {
     const s = this.get(id);
     if (s.state !== 'running' || !s.agent) throw new ConflictError(`sandbox ${id} is ${s.state}, not running`);
     return { endpoint: s.agent, token: s.agentToken };
+  }
+
+  /**
+   * For the proxies: the agent address of a running sandbox; a paused one with
+   * `autoResume` is resumed first; activity extends `endAt` when `autoExtend`.
+   */
+  async reachable(id: string, signal: AbortSignal): Promise<{ endpoint: AgentEndpoint; token: string }> {
+    let s = this.get(id);
+    if (s.state === 'paused' && s.lifecycle.autoResume) s = await this.resume(id, signal).catch((err: unknown) => {
+      // Another request may have resumed it meanwhile.
+      if (err instanceof ConflictError && this.get(id).state === 'running') return this.get(id);
+      throw err;
+    });
+    if (s.state === 'running' && s.lifecycle.autoExtend) this.extend(s, s.lifecycle.timeoutSec);
+    return this.agentEndpoint(id);
+  }
+
+  /** endAt = max(endAt, now + seconds). */
+  private extend(rec: SandboxRecord, seconds: number): void {
+    const wanted = Date.now() + seconds * 1000;
+    if (Date.parse(rec.endAt) < wanted - 1000) {
+      rec.endAt = new Date(wanted).toISOString();
+      this.store.updateSandbox(rec);
+    }
   }
 
   /** Allocated bytes of the sandbox's disk (and memory file when paused), from st_blocks. */
@@ -159,6 +197,12 @@ export class SandboxManager {
       timings: null,
       snapshotId: snapshot?.id ?? null,
       pausedAt: null,
+      lifecycle: {
+        onTimeout: input.lifecycle?.onTimeout ?? 'kill',
+        autoResume: input.lifecycle?.autoResume ?? false,
+        autoExtend: input.lifecycle?.autoExtend ?? false,
+        timeoutSec: shape.timeoutSec,
+      },
     };
   }
 
@@ -174,6 +218,8 @@ export class SandboxManager {
     let source: LaunchSource;
     if (snapshot) {
       source = { kind: 'restore', template, snapshot };
+    } else if (!this.config.warmTemplates) {
+      source = { kind: 'boot', template };
     } else {
       const warm = await this.templateSnapshot(template, shape.vcpus, shape.memoryMib, signal).catch((err: unknown) => {
         this.log.warn({ template: template.id, err: errorMessage(err) }, 'no warm snapshot; cold boot');
@@ -182,8 +228,23 @@ export class SandboxManager {
       source = warm ? { kind: 'restore', template, snapshot: warm } : { kind: 'boot', template };
     }
     const rec = this.newRecord(template, snapshot, shape, input);
+    if (input.idempotencyKey) {
+      const existing = this.store.claimIdempotencyKey(input.idempotencyKey, rec.id);
+      // Wait for the first request's create to finish, then answer with its sandbox.
+      if (existing) return this.lock.run(existing, 'idempotent create', async () => this.get(existing));
+    }
+    this.checkCapacity(shape.memoryMib);
     this.store.insertSandbox(rec);
     return this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, source, signal)));
+  }
+
+  /** Refuse (503) rather than overcommit host memory past the configured ratio. Paused sandboxes use none. */
+  private checkCapacity(memoryMib: number, count = 1): void {
+    const used = this.store.listSandboxes({ states: ACTIVE_STATES }).reduce((sum, s) => sum + s.memoryMib, 0);
+    const cap = this.config.capacityMemoryMib;
+    if (used + memoryMib * count > cap) {
+      throw new CapacityError(`host capacity reached: running sandboxes use ${used} MiB of guest memory and this needs ${memoryMib * count} MiB more; the limit is ${cap} MiB (host RAM × overcommit ratio). Pause or destroy sandboxes, or raise memoryOvercommit`);
+    }
   }
 
   private async doCreate(rec: SandboxRecord, source: LaunchSource, signal: AbortSignal): Promise<SandboxRecord> {
@@ -317,6 +378,7 @@ export class SandboxManager {
       const rec = this.get(id);
       if (rec.state === 'running') throw new ConflictError(`sandbox ${id} is already running`);
       assertTransition(id, rec.state, 'resuming');
+      this.checkCapacity(rec.memoryMib);
       const template = this.template(rec.templateId);
       rec.state = 'resuming';
       this.store.updateSandbox(rec);
@@ -326,7 +388,7 @@ export class SandboxManager {
         const live = await this.starts.run(() => resumeSandbox(this.deps, rec, template, steps, signal));
         rec.state = 'running';
         rec.pausedAt = null;
-        rec.endAt = new Date(Date.now() + (timeoutSec ?? this.config.defaultTimeoutSec) * 1000).toISOString();
+        rec.endAt = new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString();
         rec.timings = { op: 'resume', steps: steps.steps };
         this.store.updateSandbox(rec);
         this.live.set(id, live);
@@ -350,11 +412,7 @@ export class SandboxManager {
     const rec = this.get(id);
     if (rec.state === 'paused') return { rec: await this.resume(id, signal, timeoutSec), resumed: true };
     if (rec.state !== 'running') throw new NotFoundError(`sandbox ${id} is ${rec.state}`);
-    const wanted = Date.now() + timeoutSec * 1000;
-    if (Date.parse(rec.endAt) < wanted) {
-      rec.endAt = new Date(wanted).toISOString();
-      this.store.updateSandbox(rec);
-    }
+    this.extend(rec, timeoutSec);
     return { rec, resumed: false };
   }
 
@@ -404,7 +462,7 @@ export class SandboxManager {
     if (!Number.isInteger(count) || count < 1 || count > this.config.limits.maxForks) {
       throw new InvalidArgumentError(`count must be an integer from 1 to ${this.config.limits.maxForks}`, 'count');
     }
-    this.get(id);
+    this.checkCapacity(this.get(id).memoryMib, count);
     const snap = await this.lock.tryRun(id, 'fork', async () => {
       const rec = this.get(id);
       if (rec.state !== 'running') throw new ConflictError(`sandbox ${id} is ${rec.state}; only a running sandbox can be forked`);
@@ -537,7 +595,12 @@ export class SandboxManager {
     this.expiryTimer = setInterval(() => {
       const now = Date.now();
       for (const s of this.store.listSandboxes({ states: ['running'] })) {
-        if (Date.parse(s.endAt) <= now && !this.lock.isBusy(s.id)) {
+        if (Date.parse(s.endAt) > now || this.lock.isBusy(s.id)) continue;
+        if (s.lifecycle.onTimeout === 'pause') {
+          this.log.info({ sandbox: s.id }, 'timeout reached; pausing (onTimeout: pause)');
+          this.pause(s.id, AbortSignal.timeout(300_000))
+            .catch((err: unknown) => this.log.error({ sandbox: s.id, err: errorMessage(err) }, 'timeout pause failed'));
+        } else {
           this.log.info({ sandbox: s.id }, 'timeout reached; destroying');
           this.destroy(s.id, AbortSignal.timeout(60_000), `timeout reached at ${s.endAt}`)
             .catch((err: unknown) => this.log.error({ sandbox: s.id, err: errorMessage(err) }, 'timeout destroy failed'));
@@ -595,6 +658,59 @@ export class SandboxManager {
     return { adopted, paused, failed };
   }
 
+  /**
+   * Compare the host with the store and remove what has no owner: Hearth VMs
+   * under this data dir that no live sandbox holds, sandbox directories of
+   * sandboxes that ended, snapshot directories without a row, staging leftovers.
+   * Runs after recover() at start and then periodically; the last report is kept.
+   */
+  async reconcile(): Promise<ReconcileReport> {
+    const report: ReconcileReport = { at: new Date().toISOString(), killedVms: [], removedSandboxDirs: [], removedSnapshotDirs: [], errors: [] };
+    const sandboxesRoot = join(this.config.dataDir, 'sandboxes');
+    const mine = (runDir: string | undefined): boolean => runDir !== undefined && runDir.startsWith(`${sandboxesRoot}/`);
+    for (const vm of (await this.deps.vmm.list?.()) ?? []) {
+      if (!mine(vm.runDir) || this.live.has(vm.sandboxId) || this.lock.isBusy(vm.sandboxId)) continue;
+      const rec = this.store.getSandbox(vm.sandboxId);
+      if (rec && ACTIVE_STATES.includes(rec.state) && rec.vmm?.pid === vm.pid) continue;
+      try {
+        const vmm = await this.deps.vmm.adopt({ kind: this.deps.vmm.kind, pid: vm.pid, runDir: vm.runDir! });
+        await vmm?.stop(AbortSignal.timeout(30_000));
+        report.killedVms.push({ sandboxId: vm.sandboxId, pid: vm.pid });
+      } catch (err) {
+        report.errors.push(`vm ${vm.pid}: ${errorMessage(err)}`);
+      }
+    }
+    for (const id of await readdir(sandboxesRoot).catch(() => [] as string[])) {
+      if (this.live.has(id) || this.lock.isBusy(id)) continue;
+      const rec = this.store.getSandbox(id);
+      if (rec && rec.state !== 'destroyed' && rec.state !== 'failed') continue;
+      await removeTree(join(sandboxesRoot, id)).then(() => report.removedSandboxDirs.push(id), (err: unknown) => report.errors.push(`dir ${id}: ${errorMessage(err)}`));
+    }
+    const known = new Set(this.store.listSnapshots().map((s) => s.dir));
+    const snapRoot = join(this.config.dataDir, 'snapshots');
+    for (const name of await readdir(snapRoot).catch(() => [] as string[])) {
+      const dir = join(snapRoot, name);
+      const staging = name.endsWith('.staging');
+      // A staging dir belongs to a capture in flight only while its sandbox's lock is held.
+      if (known.has(dir) || (staging && [...this.live.keys()].some((id) => this.lock.isBusy(id)))) continue;
+      await removeTree(dir).then(() => report.removedSnapshotDirs.push(name), (err: unknown) => report.errors.push(`snapshot dir ${name}: ${errorMessage(err)}`));
+    }
+    this.lastReconcile = report;
+    if (report.killedVms.length || report.removedSandboxDirs.length || report.removedSnapshotDirs.length || report.errors.length) {
+      this.log.warn(report, `reconcile: killed ${report.killedVms.length} orphan VMs, removed ${report.removedSandboxDirs.length} sandbox dirs and ${report.removedSnapshotDirs.length} snapshot dirs`);
+    }
+    return report;
+  }
+
+  lastReconcileReport(): ReconcileReport | null { return this.lastReconcile; }
+
+  startReconciler(intervalMs = 60_000): void {
+    this.reconcileTimer = setInterval(() => {
+      this.reconcile().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'reconcile failed'));
+    }, intervalMs);
+    this.reconcileTimer.unref();
+  }
+
   /** Stop a VMM and release the slot and disk a record names, leaving the paused dir alone. */
   private async releaseLeftovers(rec: SandboxRecord): Promise<void> {
     if (rec.vmm) {
@@ -610,6 +726,7 @@ export class SandboxManager {
   /** Stop background work. Running VMs are left running: a restarted daemon adopts them. */
   close(): void {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
   }
 }
 

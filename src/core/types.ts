@@ -32,6 +32,17 @@ export interface Template {
   createdAt: string;
 }
 
+export interface Lifecycle {
+  /** At `endAt`: destroy (default) or pause. */
+  onTimeout: 'kill' | 'pause';
+  /** A request through the envd/port proxy resumes a paused sandbox first. */
+  autoResume: boolean;
+  /** Activity (proxied requests) pushes `endAt` to at least now + timeoutSec. */
+  autoExtend: boolean;
+  /** The sandbox's timeout, kept for resumes and auto-extension. */
+  timeoutSec: number;
+}
+
 export interface AgentEndpoint {
   host: string;
   port: number;
@@ -58,6 +69,8 @@ export interface SandboxRecord {
   disk: RootDisk | null;
   /** The sandbox's network attachment, so a restarted daemon can restore its slot. */
   network: VmNetwork | null;
+  /** What happens at the timeout and on traffic. */
+  lifecycle: Lifecycle;
   /** The named snapshot it was started from, if any. */
   snapshotId: string | null;
   /** When it was last paused (while paused). */

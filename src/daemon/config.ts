@@ -20,8 +20,14 @@ export interface HearthConfig {
   maxForks: number;
   /** Build the default template's warm snapshot when hearthd starts (else on first create). */
   warmOnStart: boolean;
+  /** Restore sandboxes from a template's warm snapshot instead of booting them. */
+  warmTemplates: boolean;
   defaultVcpus: number;
   defaultMemoryMib: number;
+  /** Require API keys even on loopback (they are always required on other addresses). */
+  requireApiKey: boolean;
+  /** Guest memory of running sandboxes may reach host RAM × this ratio; creates beyond get 503. */
+  memoryOvercommit: number;
   maxVcpus: number;
   maxMemoryMib: number;
   minMemoryMib: number;
@@ -42,8 +48,11 @@ export function defaultConfig(): HearthConfig {
     maxConcurrentStarts: 2,
     maxForks: 20,
     warmOnStart: true,
+    warmTemplates: true,
     defaultVcpus: 1,
     defaultMemoryMib: 512,
+    memoryOvercommit: 1.5,
+    requireApiKey: false,
     maxVcpus: 8,
     maxMemoryMib: 16384,
     minMemoryMib: 128,
@@ -61,6 +70,8 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_MAX_CONCURRENT_STARTS: 'maxConcurrentStarts',
   HEARTH_DEFAULT_MEMORY_MB: 'defaultMemoryMib',
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
+  HEARTH_MEMORY_OVERCOMMIT: 'memoryOvercommit',
+  HEARTH_REQUIRE_API_KEY: 'requireApiKey',
 };
 
 export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.ProcessEnv = process.env): HearthConfig {

@@ -1,5 +1,6 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
 import { buildApi } from '../api/server.js';
@@ -16,6 +17,7 @@ import type { HearthConfig } from './config.js';
 import { runDoctor } from './doctor.js';
 import type { Template } from '../core/types.js';
 import { VERSION } from '../version.js';
+import { isLoopback } from '../api/auth.js';
 
 /** The parts of a built guest image a template needs (src/images produces it). */
 export interface BuiltImage {
@@ -85,19 +87,25 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         maxTimeoutSec: cfg.maxTimeoutSec,
         bootTimeoutMs: cfg.bootTimeoutMs,
         restoreTimeoutMs: cfg.restoreTimeoutMs,
+        warmTemplates: cfg.warmTemplates,
         maxConcurrentStarts: cfg.maxConcurrentStarts,
         limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib, maxForks: cfg.maxForks },
+        capacityMemoryMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit),
       },
     });
-    await manager.recover(AbortSignal.timeout(120_000));
+    const recovered = await manager.recover(AbortSignal.timeout(120_000));
+    const report = await manager.reconcile();
+    report.recovered = recovered;
     manager.startExpiry();
-    if (cfg.warmOnStart && opts.image) {
+    manager.startReconciler();
+    if (cfg.warmOnStart && cfg.warmTemplates && opts.image) {
       // In the background: the API is up at once; a create that comes first waits for this build.
       const t = store.getTemplate(DEFAULT_TEMPLATE)!;
       manager.templateSnapshot(t, t.vcpus, t.memoryMib, AbortSignal.timeout(cfg.bootTimeoutMs + 120_000))
         .catch((err: unknown) => log.error({ err: String(err) }, 'warming the default template failed; creates will cold-boot'));
     }
-    const app = await buildApi({ manager, store, log, doctor: () => runDoctor(cfg), version: VERSION });
+    const app = await buildApi({ manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host) });
+    if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
     let url = '';
     if (opts.listen !== false) {
       url = await app.listen({ host: cfg.host, port: cfg.port });

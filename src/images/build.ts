@@ -20,6 +20,7 @@ import { kernelArgsFor } from './kernel-args.js';
 import { ensureKernel } from './kernel.js';
 import { hostNodeRuntime } from './node-runtime.js';
 import { silentProgress, type Progress } from './progress.js';
+import { compilePtyHelper, ptyHelperRecipe } from './pty-helper.js';
 import { IMAGE_BUILDER_VERSION, recipeHash, uuidFromHash, type ImageRecipe } from './recipe.js';
 import {
   DEFAULT_HOSTNAME,
@@ -157,6 +158,7 @@ export async function ensureDefaultImage(opts: EnsureDefaultImageOptions): Promi
       busyboxSha256: initramfs.busyboxSha256,
       guestFiles: await hashGuestFiles(opts.guestDir ?? GUEST_DIR),
       agentSha256: sha256(agent),
+      ptyHelper: await ptyHelperRecipe({ run, signal }),
       node: nodeRuntime
         ? { source: 'host', version: nodeRuntime.version, sha256: nodeRuntime.sha256, modules: nodeRuntime.modules.map((m) => `${m.name}@${m.version}`) }
         : { source: 'debian' },
@@ -185,11 +187,15 @@ export async function ensureDefaultImage(opts: EnsureDefaultImageOptions): Promi
       progress.stage('image: kernel and initramfs');
       await linkOrCopy(kernel.vmlinuxPath, join(tmp, FILES.kernel));
       await linkOrCopy(initramfs.path, join(tmp, FILES.initrd));
+      progress.stage('image: compile the PTY helper (gcc -static)');
+      const ptyHelperPath = join(tmp, 'hearth-pty');
+      await compilePtyHelper(ptyHelperPath, { run, signal });
       await buildRootfs({
         base,
         stagingDir: join(tmp, 'staging'),
         outPath: join(tmp, FILES.rootfs),
         agentBundlePath: opts.agentBundlePath,
+        ptyHelperPath,
         sizeMiB,
         hostname,
         imageMeta: { id, hash, kernel: kernel.version, agentSha256: recipe.agentSha256 },
@@ -201,6 +207,7 @@ export async function ensureDefaultImage(opts: EnsureDefaultImageOptions): Promi
         progress,
         run,
       });
+      await rm(ptyHelperPath, { force: true });
       throwIfAborted(signal);
       progress.stage('image: manifest');
       const manifest: ImageManifest = {

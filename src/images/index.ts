@@ -18,6 +18,7 @@ export {
   BUSYBOX_GUEST_PATH,
 } from './rootfs.js';
 export { hostNodeRuntime } from './node-runtime.js';
+export { PTY_HELPER_GUEST_PATH, PTY_HELPER_SOURCE, compilePtyHelper, ptyHelperRecipe } from './pty-helper.js';
 export type { NodeRuntime } from './node-runtime.js';
 export { BASE_KERNEL_ARGS, kernelArgsFor, defaultKernelArgs } from './kernel-args.js';
 export { hostTscKhz } from './tsc.js';

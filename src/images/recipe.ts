@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the build code changes what it produces for the same inputs. */
-export const IMAGE_BUILDER_VERSION = 1;
+export const IMAGE_BUILDER_VERSION = 2;
 
 export interface ImageRecipe {
   builderVersion: number;
@@ -19,6 +19,8 @@ export interface ImageRecipe {
   guestFiles: Record<string, string>;
   /** sha256 of the agent bundle. */
   agentSha256: string;
+  /** The PTY helper (native/pty/hearth-pty.c): source sha256 and compiler. Absent in builder version 1. */
+  ptyHelper?: { sourceSha256: string; compiler: string };
   /** Which Node the guest's /usr/local/bin/node is (see node-runtime.ts). */
   node: { source: 'debian' } | { source: 'host'; version: string; sha256: string; modules: string[] };
   rootfsSizeMiB: number;

@@ -17,6 +17,7 @@ import { atomicWriteFile, exists, publishDir, readJson, reapStaleTemps, removeTr
 export { removeTree, reapStaleTemps, mountsUnder } from './fsutil.js';
 import { ROOTFS_GUEST_FILES, readGuestFile } from './guest-files.js';
 import { NODE_MODULE_BINS, type NodeRuntime } from './node-runtime.js';
+import { PTY_HELPER_GUEST_PATH } from './pty-helper.js';
 import { silentProgress, type Progress } from './progress.js';
 import { run as defaultRun, type Runner } from './run.js';
 
@@ -266,6 +267,8 @@ export interface BuildRootfsOptions {
   /** The ext4 image to write. */
   outPath: string;
   agentBundlePath: string;
+  /** The compiled hearth-pty helper (installed at PTY_HELPER_GUEST_PATH); omitted: no PTY sessions. */
+  ptyHelperPath?: string;
   sizeMiB: number;
   hostname?: string;
   /** Written to /etc/hearth/image.json in the guest. */
@@ -403,6 +406,7 @@ export async function buildRootfs(opts: BuildRootfsOptions): Promise<{ path: str
   await put(staging, '/etc/fstab', '# Hearth: hearth-init mounts everything; the root is mounted by the initramfs.\n');
   await put(staging, '/etc/machine-id', '');
   await put(staging, AGENT_GUEST_PATH, await readFile(opts.agentBundlePath), 0o644);
+  if (opts.ptyHelperPath) await put(staging, PTY_HELPER_GUEST_PATH, await readFile(opts.ptyHelperPath), 0o755);
   for (const f of ROOTFS_GUEST_FILES) await put(staging, f.guestPath, await readGuestFile(f.name, opts.guestDir), f.mode);
   await put(staging, '/etc/hearth/image.json', JSON.stringify(opts.imageMeta ?? {}, null, 2) + '\n');
   if (opts.busyboxPath) await put(staging, BUSYBOX_GUEST_PATH, await readFile(opts.busyboxPath), 0o755);

@@ -2,4 +2,5 @@ export { Sandbox, type CreateOptions, type SandboxInfo, type SandboxSummary, typ
 export { HearthApi, type ConnectionOptions } from './api.js';
 export { Commands, CommandHandle, type CommandResult, type RunOptions } from './commands.js';
 export { Files, type FileEntry, type WriteData } from './files.js';
+export { Pty, PtyHandle, type PtyCreateOptions, type PtyConnectOptions, type PtyResult, type PtySize } from './pty.js';
 export * from './errors.js';

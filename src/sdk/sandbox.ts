@@ -3,6 +3,7 @@ import { errorFromResponse } from './errors.js';
 import { Commands } from './commands.js';
 import { envdClients, type EnvdTarget } from './envd.js';
 import { Files } from './files.js';
+import { Pty } from './pty.js';
 import type { SandboxDetail, SandboxListItem, SnapshotInfo as SnapshotInfoSchema } from '../api/schemas.js';
 import type { Static } from 'typebox';
 
@@ -23,18 +24,23 @@ export interface CreateOptions extends ConnectionOptions {
   memoryMb?: number;
   /** Default user for commands and files (default: the template's, "user"). */
   user?: string;
+  /** At the timeout: destroy (default) or pause; resume on traffic; extend on activity. */
+  lifecycle?: { onTimeout?: 'kill' | 'pause'; autoResume?: boolean; autoExtend?: boolean };
 }
 
 /** A running sandbox: a microVM you can run commands in and move files to and from. */
 export class Sandbox {
   readonly commands: Commands;
   readonly files: Files;
+  /** Interactive terminals (PTY sessions). */
+  readonly pty: Pty;
 
   private constructor(readonly id: string, private readonly api: HearthApi, readonly info: SandboxInfo, user?: string) {
     const target: EnvdTarget = { baseUrl: `${api.url}/sandboxes/${id}/envd`, accessToken: info.envdAccessToken };
     const clients = envdClients(target, user);
     this.commands = new Commands(clients);
     this.files = new Files(clients, target, user);
+    this.pty = new Pty(clients, (u) => envdClients(target, u));
   }
 
   static async create(opts: CreateOptions = {}): Promise<Sandbox> {
@@ -46,6 +52,7 @@ export class Sandbox {
       ...(opts.metadata ? { metadata: opts.metadata } : {}),
       ...(opts.cpu !== undefined ? { cpuCount: opts.cpu } : {}),
       ...(opts.memoryMb !== undefined ? { memoryMB: opts.memoryMb } : {}),
+      ...(opts.lifecycle ? { lifecycle: opts.lifecycle } : {}),
     }, opts.signal);
     return new Sandbox(info.sandboxID, api, info, opts.user);
   }

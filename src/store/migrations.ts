@@ -66,4 +66,19 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX snapshots_template ON snapshots(template_id, kind);
   `,
+  `
+  ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;
+  CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT
+  );
+  CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  `,
 ];

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template } from '../core/types.js';
+import type { Lifecycle, SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template } from '../core/types.js';
 import { MIGRATIONS } from './migrations.js';
 
 type Row = Record<string, unknown>;
@@ -76,9 +76,9 @@ export class Store {
   insertSandbox(s: SandboxRecord): void {
     this.db.prepare(`
       INSERT INTO sandboxes (id, template_id, state, vcpus, memory_mib, env_vars, metadata, created_at, started_at, end_at,
-        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings, snapshot_id, paused_at)
+        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings, snapshot_id, paused_at, lifecycle)
       VALUES (@id, @templateId, @state, @vcpus, @memoryMib, @envVars, @metadata, @createdAt, @startedAt, @endAt,
-        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings, @snapshotId, @pausedAt)
+        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings, @snapshotId, @pausedAt, @lifecycle)
     `).run(sandboxToRow(s));
   }
 
@@ -88,7 +88,7 @@ export class Store {
       UPDATE sandboxes SET template_id=@templateId, state=@state, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
         metadata=@metadata, created_at=@createdAt, started_at=@startedAt, end_at=@endAt, ended_at=@endedAt,
         end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings,
-        snapshot_id=@snapshotId, paused_at=@pausedAt
+        snapshot_id=@snapshotId, paused_at=@pausedAt, lifecycle=@lifecycle
       WHERE id=@id
     `).run(sandboxToRow(s));
     if (res.changes !== 1) throw new Error(`store: sandbox ${s.id} does not exist`);
@@ -156,6 +156,36 @@ export class Store {
     this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }
 
+  // ---- API keys (only hashes are stored)
+
+  insertApiKey(k: { id: string; name: string; hash: string }): void {
+    this.db.prepare('INSERT INTO api_keys (id, name, hash, created_at) VALUES (?, ?, ?, ?)').run(k.id, k.name, k.hash, new Date().toISOString());
+  }
+
+  listApiKeys(): { id: string; name: string; hash: string; createdAt: string; lastUsedAt: string | null }[] {
+    return (this.db.prepare('SELECT * FROM api_keys ORDER BY created_at').all() as Row[]).map((r) => ({
+      id: r['id'] as string, name: r['name'] as string, hash: r['hash'] as string,
+      createdAt: r['created_at'] as string, lastUsedAt: (r['last_used_at'] as string | null) ?? null,
+    }));
+  }
+
+  touchApiKey(id: string): void {
+    this.db.prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(new Date().toISOString(), id);
+  }
+
+  deleteApiKey(id: string): boolean {
+    return this.db.prepare('DELETE FROM api_keys WHERE id = ?').run(id).changes === 1;
+  }
+
+  // ---- idempotency keys (create)
+
+  /** Claims `key` for `sandboxId`; returns the sandbox that already holds it, if any. Atomic. */
+  claimIdempotencyKey(key: string, sandboxId: string): string | null {
+    const res = this.db.prepare('INSERT OR IGNORE INTO idempotency (key, sandbox_id, created_at) VALUES (?, ?, ?)').run(key, sandboxId, new Date().toISOString());
+    if (res.changes === 1) return null;
+    return (this.db.prepare('SELECT sandbox_id FROM idempotency WHERE key = ?').get(key) as { sandbox_id: string }).sandbox_id;
+  }
+
   // ---- journal (DESIGN §3: a row before touching the host, updated per step, deleted at the end)
 
   journalBegin(sandboxId: string, op: string, step: string): number {
@@ -213,6 +243,7 @@ function sandboxToRow(s: SandboxRecord): Row {
     vmm: s.vmm ? JSON.stringify(s.vmm) : null,
     disk: s.disk ? JSON.stringify(s.disk) : null,
     network: s.network ? JSON.stringify(s.network) : null,
+    lifecycle: JSON.stringify(s.lifecycle),
     timings: s.timings ? JSON.stringify(s.timings) : null,
   };
 }
@@ -239,6 +270,7 @@ function sandboxFromRow(r: Row): SandboxRecord {
     timings: json(r['timings']),
     snapshotId: (r['snapshot_id'] as string | null) ?? null,
     pausedAt: (r['paused_at'] as string | null) ?? null,
+    lifecycle: json<Lifecycle>(r['lifecycle']) ?? { onTimeout: 'kill', autoResume: false, autoExtend: false, timeoutSec: 300 },
   };
 }
 

@@ -69,4 +69,6 @@ export interface VmmDriver {
   create(): Vmm;
   /** Re-attach to a VM started by an earlier daemon; null if it is gone. */
   adopt(handle: VmmHandle): Promise<Vmm | null>;
+  /** Every VM of this kind on the host that carries Hearth's name (for reaping orphans). */
+  list?(): Promise<{ sandboxId: string; pid: number; runDir?: string }[]>;
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
 import { silentLogger } from '../../src/core/log.js';
-import { AbortedError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
+import { AbortedError, CapacityError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
 import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner, type FaultPoint } from '../helpers/fakes.js';
 
 function setup() {
@@ -20,8 +20,8 @@ function setup() {
   const driver = new FakeDriver(w);
   const deps = {
     store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),
-    config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2,
-      limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128, maxForks: 10 } },
+    config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2, warmTemplates: true,
+      limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128, maxForks: 10 }, capacityMemoryMib: 4096 },
   };
   const m = new SandboxManager(deps);
   const nothingLeft = () => {
@@ -367,5 +367,49 @@ test('recovery keeps paused sandboxes whose files are complete and fails those w
     assert.deepEqual(res.failed, [b.id]);
     assert.equal((await fresh.resume(a.id, signal())).state, 'running');
     fresh.close();
+  } finally { t.done(); }
+});
+
+test('onTimeout: pause pauses at the timeout instead of destroying; autoResume resumes on the next request', async () => {
+  const t = setup();
+  try {
+    const s = await t.m.create({ templateId: 'base', timeoutSec: 60, lifecycle: { onTimeout: 'pause', autoResume: true } }, signal());
+    await t.m.settled();
+    t.m.setTimeout(s.id, 0);
+    t.m.startExpiry(20);
+    for (let i = 0; i < 100 && t.m.get(s.id).state !== 'paused'; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(t.m.get(s.id).state, 'paused');
+    assert.equal(t.m.get(s.id).endReason, null);
+    const { endpoint } = await t.m.reachable(s.id, signal());
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.ok(endpoint.port > 0);
+    assert.ok(Date.parse(t.m.get(s.id).endAt) > Date.now() + 50_000, 'a resumed sandbox gets its timeout again');
+  } finally { t.done(); }
+});
+
+test('without autoResume a paused sandbox is not reachable; autoExtend pushes the end on activity', async () => {
+  const t = setup();
+  try {
+    const a = await t.m.create({ templateId: 'base', timeoutSec: 100 }, signal());
+    await t.m.pause(a.id, signal());
+    await assert.rejects(t.m.reachable(a.id, signal()), /not running/);
+    const b = await t.m.create({ templateId: 'base', timeoutSec: 100, lifecycle: { autoExtend: true } }, signal());
+    t.m.setTimeout(b.id, 5);
+    await t.m.reachable(b.id, signal());
+    assert.ok(Date.parse(t.m.get(b.id).endAt) > Date.now() + 90_000, 'activity extended the end');
+  } finally { t.done(); }
+});
+
+test('creates beyond host capacity are refused with a clear message; paused sandboxes free capacity', async () => {
+  const t = setup();
+  try {
+    const a = await t.m.create({ templateId: 'base', memoryMib: 2048 }, signal());
+    await t.m.create({ templateId: 'base', memoryMib: 2048 }, signal());
+    await assert.rejects(t.m.create({ templateId: 'base', memoryMib: 256 }, signal()), (e: unknown) => e instanceof CapacityError && /host capacity reached/.test(e.message));
+    await assert.rejects(t.m.fork(a.id, 2, undefined, signal()), CapacityError);
+    await t.m.pause(a.id, signal());
+    assert.equal((await t.m.create({ templateId: 'base', memoryMib: 256 }, signal())).state, 'running');
+    await assert.rejects(t.m.resume(a.id, signal()), CapacityError);
+    assert.equal(t.m.get(a.id).state, 'paused');
   } finally { t.done(); }
 });

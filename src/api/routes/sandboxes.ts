@@ -26,13 +26,23 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
     schema: { summary: 'Create a sandbox (a running VM) from a template', tags: ['sandboxes'], body: NewSandbox, response: { 201: SandboxDetail, ...errors } },
   }, async (req, reply) => {
     const b = req.body;
+    const idem = req.headers['idempotency-key'];
+    if (idem !== undefined && (typeof idem !== 'string' || idem.length < 1 || idem.length > 200)) {
+      throw new InvalidArgumentError('headers/idempotency-key must be 1 to 200 characters', 'idempotency-key');
+    }
     const rec = await manager.create({
+      ...(typeof idem === 'string' ? { idempotencyKey: idem } : {}),
       templateId: b.templateID,
       ...(b.cpuCount !== undefined ? { vcpus: b.cpuCount } : {}),
       ...(b.memoryMB !== undefined ? { memoryMib: b.memoryMB } : {}),
       ...(b.timeout !== undefined ? { timeoutSec: b.timeout } : {}),
       ...(b.envVars ? { envVars: b.envVars } : {}),
       ...(b.metadata ? { metadata: b.metadata } : {}),
+      lifecycle: {
+        ...(b.autoPause !== undefined ? { onTimeout: b.autoPause ? 'pause' as const : 'kill' as const } : {}),
+        ...(b.autoResume ? { autoResume: b.autoResume.enabled } : {}),
+        ...(b.lifecycle ?? {}),
+      },
     }, requestSignal(reply.raw));
     return reply.status(201).send(presentDetail(rec, store.getTemplate(rec.templateId), await manager.diskUsage(rec.id)));
   });

@@ -28,9 +28,13 @@ export interface ManagerConfig {
   bootTimeoutMs: number;
   /** Bound on restore → agent answering. */
   restoreTimeoutMs: number;
+  /** Start sandboxes from a template's warm snapshot (false: always cold-boot; the benchmark baseline). */
+  warmTemplates: boolean;
   /** Most sandboxes started at once (boots and restores); more wait their turn. */
   maxConcurrentStarts: number;
   limits: { maxVcpus: number; maxMemoryMib: number; minMemoryMib: number; maxForks: number };
+  /** Guest memory of all running sandboxes may not exceed this many MiB (host RAM × overcommit ratio). */
+  capacityMemoryMib: number;
 }
 
 export interface ManagerDeps {

@@ -8,6 +8,7 @@ import { DEFAULT_QEMU_BINARY, hostTscKhz, probeAccelerator, type Accel } from '.
 import type { VmmDriver, VmmHandle } from '../types.js';
 import { memoryPathFromArgv, parseQemuArgv, type DriveAio, type DriveCache, type QemuMachine } from './cmdline.js';
 import { identifyQemu, QemuVmm, type QemuSettings } from './vmm.js';
+import { listHearthQemuProcesses, type HearthQemuProcess } from './process.js';
 
 export interface QemuDriverOptions {
   /** Default qemu-system-x86_64 (from PATH). */
@@ -63,6 +64,11 @@ export class QemuDriver implements VmmDriver {
       netnsDir: opts.netnsDir ?? '/run/netns',
       onStep: opts.onStep,
     };
+  }
+
+  /** Hearth's QEMU processes on this host (by `-name hearth-<id>`), for reconciliation. */
+  list(): Promise<HearthQemuProcess[]> {
+    return listHearthQemuProcesses();
   }
 
   create(): QemuVmm {

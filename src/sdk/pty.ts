@@ -1,0 +1,189 @@
+import { create } from '@bufbuild/protobuf';
+import type { ProcessEvent } from '../gen/process/process_pb.js';
+import { Signal, StartRequestSchema } from '../gen/process/process_pb.js';
+import { mapConnectError, type EnvdClients } from './envd.js';
+
+export interface PtySize {
+  cols: number;
+  rows: number;
+}
+
+export interface PtyResult {
+  /** −1 when the shell was killed by a signal. */
+  exitCode: number;
+  /** The agent's error text for a non-zero exit (e.g. "exit status 2", "signal: killed"). */
+  error?: string;
+}
+
+export interface PtyCreateOptions extends PtySize {
+  cwd?: string;
+  /** Added to TERM=xterm-256color, LANG/LC_ALL=C.UTF-8 (E2B's defaults); yours win. */
+  envs?: Record<string, string>;
+  user?: string;
+  /** Terminal output, raw bytes as they arrive; awaited (a slow consumer slows the shell). */
+  onData?: (bytes: Uint8Array) => void | Promise<void>;
+  /** Kills the shell after this long; default 0: no limit (E2B's default is 60 s). */
+  timeoutMs?: number;
+  /** Program to run instead of `/bin/bash -i -l`. */
+  cmd?: string;
+  args?: string[];
+  /** Aborting disconnects (like disconnect()); it does not kill the shell. */
+  signal?: AbortSignal;
+}
+
+export interface PtyConnectOptions {
+  onData?: (bytes: Uint8Array) => void | Promise<void>;
+  signal?: AbortSignal;
+}
+
+/**
+ * An interactive terminal in the sandbox. Output goes to `onData`; `disconnect()` stops
+ * receiving it while the shell keeps running (reattach with `sandbox.pty.connect(pid)`).
+ */
+export class PtyHandle {
+  private readonly done: Promise<PtyResult | undefined>;
+
+  constructor(
+    readonly pid: number,
+    private readonly clients: EnvdClients,
+    private readonly events: AsyncIterator<ProcessEvent | undefined>,
+    private readonly abort: AbortController,
+    private readonly onData?: (bytes: Uint8Array) => void | Promise<void>,
+  ) {
+    this.done = this.pump();
+    this.done.catch(() => undefined);
+  }
+
+  private async pump(): Promise<PtyResult | undefined> {
+    try {
+      for (;;) {
+        const next = await this.events.next();
+        if (next.done) throw new Error('the terminal stream ended without an end event');
+        const ev = next.value?.event;
+        if (!ev) continue;
+        if (ev.case === 'data' && ev.value.output.case === 'pty') await this.onData?.(ev.value.output.value);
+        else if (ev.case === 'end') return { exitCode: ev.value.exitCode, ...(ev.value.error ? { error: ev.value.error } : {}) };
+      }
+    } catch (err) {
+      if (this.abort.signal.aborted) return undefined;
+      throw mapConnectError(err);
+    }
+  }
+
+  /**
+   * Resolves when the shell exits (whatever the exit code), or with `undefined` after
+   * disconnect(). Rejects if the connection fails.
+   */
+  wait(): Promise<PtyResult | undefined> {
+    return this.done;
+  }
+
+  /** Types into the terminal (keystrokes, control characters such as "\x03" for Ctrl-C). */
+  async sendInput(data: string | Uint8Array): Promise<void> {
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    await this.clients.process
+      .sendInput({ process: { selector: { case: 'pid', value: this.pid } }, input: { input: { case: 'pty', value: bytes } } })
+      .catch((e: unknown) => { throw mapConnectError(e); });
+  }
+
+  /** New window size (TIOCSWINSZ; the shell gets SIGWINCH). */
+  async resize(size: PtySize): Promise<void> {
+    await this.clients.process
+      .update({ process: { selector: { case: 'pid', value: this.pid } }, pty: { size: { cols: size.cols, rows: size.rows } } })
+      .catch((e: unknown) => { throw mapConnectError(e); });
+  }
+
+  /** SIGKILL; false if it was already gone. */
+  async kill(): Promise<boolean> {
+    return killPid(this.clients, this.pid);
+  }
+
+  /** Stops receiving output; the shell keeps running. */
+  disconnect(): void {
+    this.abort.abort();
+  }
+}
+
+async function killPid(clients: EnvdClients, pid: number): Promise<boolean> {
+  try {
+    await clients.process.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGKILL });
+    return true;
+  } catch (err) {
+    const e = mapConnectError(err);
+    if (e.name === 'NotFoundError') return false;
+    throw e;
+  }
+}
+
+/** Reads the start event off a Start/Connect stream; returns the pid and the remaining events. */
+async function openStream(
+  stream: AsyncIterable<{ event?: ProcessEvent }>,
+): Promise<{ pid: number; events: AsyncIterator<ProcessEvent | undefined> }> {
+  const it = stream[Symbol.asyncIterator]();
+  let pid: number;
+  try {
+    const first = await it.next();
+    const ev = first.done ? undefined : first.value.event?.event;
+    if (ev?.case !== 'start') throw new Error('expected a start event first');
+    pid = ev.value.pid;
+  } catch (err) {
+    throw mapConnectError(err);
+  }
+  return {
+    pid,
+    events: {
+      next: async () => {
+        const n = await it.next();
+        return n.done ? { done: true, value: undefined } : { done: false, value: n.value.event };
+      },
+    },
+  };
+}
+
+function linkAbort(outer: AbortSignal | undefined, inner: AbortController): void {
+  if (!outer) return;
+  if (outer.aborted) inner.abort();
+  else outer.addEventListener('abort', () => inner.abort(), { once: true });
+}
+
+export class Pty {
+  /** `userClients(user)` gives clients authenticating as another user (for `create({ user })`). */
+  constructor(
+    private readonly clients: EnvdClients,
+    private readonly userClients?: (user: string) => EnvdClients,
+  ) {}
+
+  /** Starts an interactive login shell (`/bin/bash -i -l`) on a new terminal. */
+  async create(opts: PtyCreateOptions): Promise<PtyHandle> {
+    const clients = opts.user && this.userClients ? this.userClients(opts.user) : this.clients;
+    const req = create(StartRequestSchema, {
+      process: {
+        cmd: opts.cmd ?? '/bin/bash',
+        args: opts.args ?? ['-i', '-l'],
+        envs: { TERM: 'xterm-256color', LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8', ...opts.envs },
+        ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+      },
+      pty: { size: { cols: opts.cols, rows: opts.rows } },
+    });
+    const abort = new AbortController();
+    linkAbort(opts.signal, abort);
+    const timeoutMs = opts.timeoutMs ?? 0;
+    const stream = clients.process.start(req, { signal: abort.signal, ...(timeoutMs > 0 ? { timeoutMs } : {}) });
+    const { pid, events } = await openStream(stream);
+    return new PtyHandle(pid, clients, events, abort, opts.onData);
+  }
+
+  /** Reattaches to a running terminal by pid (output produced meanwhile is not replayed). */
+  async connect(pid: number, opts: PtyConnectOptions = {}): Promise<PtyHandle> {
+    const abort = new AbortController();
+    linkAbort(opts.signal, abort);
+    const stream = this.clients.process.connect({ process: { selector: { case: 'pid', value: pid } } }, { signal: abort.signal });
+    const { pid: got, events } = await openStream(stream);
+    return new PtyHandle(got, this.clients, events, abort, opts.onData);
+  }
+
+  /** SIGKILL by pid; false if it was already gone. */
+  kill(pid: number): Promise<boolean> {
+    return killPid(this.clients, pid);
+  }
+}

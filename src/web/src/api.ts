@@ -1,0 +1,193 @@
+/** hearthd REST API and the envd proxy (docs/api.md, shared/protocols/envd.md §2–3), over fetch. */
+
+export interface Timing { op: string; steps: { step: string; ms: number }[] }
+export interface Sandbox {
+  sandboxID: string; templateID: string; state: string; cpuCount: number; memoryMB: number; diskSizeMB: number;
+  metadata: Record<string, string>; createdAt: string; startedAt: string; endAt: string;
+  endedAt: string | null; endReason: string | null; envdVersion: string;
+}
+export interface SandboxDetail extends Sandbox {
+  envdAccessToken: string; envVars: Record<string, string>;
+  vmm: { kind: string; pid: number } | null; diskUsageBytes: number | null; timings: Timing | null;
+}
+export interface Snapshot {
+  snapshotID: string; names: string[]; sandboxID: string | null; templateID: string;
+  cpuCount: number; memoryMB: number; createdAt: string; sizeBytes: number;
+}
+export interface Template { templateID: string; imageHash: string; cpuCount: number; memoryMB: number; diskSizeMB: number; createdAt: string }
+export interface NewSandbox { templateID: string; cpuCount?: number; memoryMB?: number; timeout?: number; envVars?: Record<string, string> }
+export interface ForkResult { sandbox?: SandboxDetail; error?: { code: number; message: string; error_code: string } }
+
+export class ApiError extends Error {
+  constructor(readonly status: number, message: string, readonly errorCode?: string) { super(message); }
+}
+
+const KEY_STORAGE = 'hearth.apiKey';
+/** The X-API-Key sent with API calls (hearthd asks for one on a non-loopback listener); kept in localStorage. */
+export function getApiKey(): string { try { return localStorage.getItem(KEY_STORAGE) ?? ''; } catch { return ''; } }
+export function setApiKey(k: string): void { try { if (k) localStorage.setItem(KEY_STORAGE, k); else localStorage.removeItem(KEY_STORAGE); } catch { /* private mode */ } }
+/** Fired on window when the API answers 401: the app shows the API key form. */
+export const UNAUTHORIZED_EVENT = 'hearth:unauthorized';
+
+async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+  const key = getApiKey();
+  const init: RequestInit = { method, headers: { accept: 'application/json', ...(key ? { 'x-api-key': key } : {}) } };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { ...init.headers, 'content-type': 'application/json' };
+  }
+  if (signal) init.signal = signal;
+  const res = await fetch(path, init);
+  const text = await res.text();
+  let data: unknown = undefined;
+  try { data = text ? JSON.parse(text) : undefined; } catch { /* not JSON */ }
+  if (!res.ok) {
+    if (res.status === 401) window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
+    const d = data as { message?: string; error_code?: string } | undefined;
+    throw new ApiError(res.status, d?.message ?? (text || res.statusText), d?.error_code);
+  }
+  return data as T;
+}
+
+export const api = {
+  listSandboxes: () => call<Sandbox[]>('GET', '/sandboxes'),
+  getSandbox: (id: string) => call<SandboxDetail>('GET', `/sandboxes/${id}`),
+  createSandbox: (b: NewSandbox) => call<SandboxDetail>('POST', '/sandboxes', b),
+  destroy: (id: string) => call<void>('DELETE', `/sandboxes/${id}`),
+  pause: (id: string) => call<void>('POST', `/sandboxes/${id}/pause`, {}),
+  resume: (id: string) => call<SandboxDetail>('POST', `/sandboxes/${id}/resume`, {}),
+  snapshot: (id: string, name?: string) => call<Snapshot>('POST', `/sandboxes/${id}/snapshots`, name ? { name } : {}),
+  fork: (id: string, count = 1) => call<ForkResult[]>('POST', `/sandboxes/${id}/fork`, { count }),
+  listSnapshots: () => call<Snapshot[]>('GET', '/snapshots'),
+  deleteSnapshot: (id: string) => call<void>('DELETE', `/snapshots/${encodeURIComponent(id)}`),
+  listTemplates: () => call<Template[]>('GET', '/templates'),
+  doctor: () => call<unknown>('GET', '/doctor'),
+  health: () => call<{ status: string; version: string }>('GET', '/health'),
+};
+
+// ---------- envd (through hearthd's proxy) ----------
+
+export interface EnvdTarget { id: string; token: string }
+const envdUrl = (t: EnvdTarget, path: string) => `/sandboxes/${t.id}/envd/${path}`;
+
+function b64decode(s: string): Uint8Array {
+  const bin = atob(s.replace(/-/g, '+').replace(/_/g, '/'));
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+export function b64encode(bytes: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+/** Connect unary call with the JSON codec. */
+export async function envdUnary<T>(t: EnvdTarget, method: string, body: unknown, signal?: AbortSignal): Promise<T> {
+  const init: RequestInit = {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'connect-protocol-version': '1', 'x-access-token': t.token },
+    body: JSON.stringify(body),
+  };
+  if (signal) init.signal = signal;
+  const res = await fetch(envdUrl(t, method), init);
+  const text = await res.text();
+  let data: { code?: unknown; message?: string } | undefined;
+  try { data = text ? JSON.parse(text) : {}; } catch { data = undefined; }
+  if (res.status !== 200) throw new ApiError(res.status, `${method}: ${data?.message ?? (text || res.statusText)}`, typeof data?.code === 'string' ? data.code : undefined);
+  return data as T;
+}
+
+export interface ProcessEvent {
+  start?: { pid: number };
+  data?: { stdout?: string; stderr?: string; pty?: string };
+  end?: { exitCode?: number; exited?: boolean; status?: string; error?: string };
+  keepalive?: object;
+}
+
+/**
+ * Connect server stream (JSON codec) over fetch + ReadableStream: the request is one
+ * envelope (flags 0x00 | uint32 BE length | JSON); the response is a sequence of
+ * envelopes, the last one flagged 0x02 (EndStream) carrying `{error?}`.
+ */
+export async function envdStream(t: EnvdTarget, method: string, body: unknown, onMessage: (m: unknown) => void, signal?: AbortSignal): Promise<void> {
+  const payload = new TextEncoder().encode(JSON.stringify(body));
+  const frame = new Uint8Array(5 + payload.length);
+  new DataView(frame.buffer).setUint32(1, payload.length);
+  frame.set(payload, 5);
+  const init: RequestInit = {
+    method: 'POST',
+    headers: { 'content-type': 'application/connect+json', 'connect-protocol-version': '1', 'x-access-token': t.token, 'keepalive-ping-interval': '50' },
+    body: frame,
+  };
+  if (signal) init.signal = signal;
+  const res = await fetch(envdUrl(t, method), init);
+  if (res.status !== 200 || !res.body) {
+    const text = await res.text().catch(() => '');
+    let msg = text;
+    try { msg = (JSON.parse(text) as { message?: string }).message ?? text; } catch { /* raw */ }
+    throw new ApiError(res.status, `${method}: HTTP ${res.status} ${msg}`);
+  }
+  const reader = res.body.getReader();
+  let buf = new Uint8Array(0);
+  const dec = new TextDecoder();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (value) {
+      const merged = new Uint8Array(buf.length + value.length);
+      merged.set(buf); merged.set(value, buf.length); buf = merged;
+      while (buf.length >= 5) {
+        const flags = buf[0]!;
+        const len = new DataView(buf.buffer, buf.byteOffset + 1, 4).getUint32(0);
+        if (buf.length < 5 + len) break;
+        const json = dec.decode(buf.subarray(5, 5 + len));
+        buf = buf.slice(5 + len);
+        const msg = json ? JSON.parse(json) as Record<string, unknown> : {};
+        if (flags & 0x02) {
+          const err = msg['error'] as { code?: string; message?: string } | undefined;
+          if (err) throw new ApiError(200, `${err.code ?? 'unknown'}: ${err.message ?? ''}`, err.code);
+          return;
+        }
+        onMessage(msg);
+      }
+    }
+    if (done) throw new ApiError(0, 'stream ended without EndStream (sandbox killed?)');
+  }
+}
+
+export const decodeBytes = b64decode;
+
+export interface StartOptions { cmd: string; args: string[]; envs?: Record<string, string>; cwd?: string; pty?: { cols: number; rows: number }; stdin?: boolean }
+
+export function startProcess(t: EnvdTarget, o: StartOptions, onEvent: (e: ProcessEvent) => void, signal?: AbortSignal): Promise<void> {
+  const body: Record<string, unknown> = { process: { cmd: o.cmd, args: o.args, envs: o.envs ?? {}, ...(o.cwd ? { cwd: o.cwd } : {}) }, stdin: o.stdin ?? false };
+  if (o.pty) body['pty'] = { size: { cols: o.pty.cols, rows: o.pty.rows } };
+  return envdStream(t, 'process.Process/Start', body, (m) => {
+    const ev = (m as { event?: ProcessEvent }).event;
+    if (ev) onEvent(ev);
+  }, signal);
+}
+
+export const sendPtyInput = (t: EnvdTarget, pid: number, data: Uint8Array) =>
+  envdUnary(t, 'process.Process/SendInput', { process: { pid }, input: { pty: b64encode(data) } });
+export const resizePty = (t: EnvdTarget, pid: number, cols: number, rows: number) =>
+  envdUnary(t, 'process.Process/Update', { process: { pid }, pty: { size: { cols, rows } } });
+export const killProcess = (t: EnvdTarget, pid: number) =>
+  envdUnary(t, 'process.Process/SendSignal', { process: { pid }, signal: 'SIGNAL_SIGKILL' });
+
+export interface EntryInfo { name: string; type: string; path: string; size?: string | number; permissions?: string; owner?: string; modifiedTime?: string; symlinkTarget?: string }
+export const listDir = (t: EnvdTarget, path: string) =>
+  envdUnary<{ entries?: EntryInfo[] }>(t, 'filesystem.Filesystem/ListDir', { path, depth: 1 }).then((r) => r.entries ?? []);
+
+export async function uploadFile(t: EnvdTarget, path: string, data: Blob): Promise<void> {
+  const res = await fetch(envdUrl(t, `files?path=${encodeURIComponent(path)}`), {
+    method: 'POST', headers: { 'content-type': 'application/octet-stream', 'x-access-token': t.token }, body: data,
+  });
+  if (!res.ok) throw new ApiError(res.status, `upload ${path}: ${(await res.text()) || res.statusText}`);
+}
+
+export async function downloadFile(t: EnvdTarget, path: string): Promise<Blob> {
+  const res = await fetch(envdUrl(t, `files?path=${encodeURIComponent(path)}`), { headers: { 'x-access-token': t.token } });
+  if (!res.ok) throw new ApiError(res.status, `download ${path}: ${(await res.text()) || res.statusText}`);
+  return res.blob();
+}

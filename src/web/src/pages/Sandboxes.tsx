@@ -1,0 +1,149 @@
+import { Fragment, useEffect, useState } from 'react';
+import { api, type NewSandbox, type Sandbox, type SandboxDetail } from '../api.js';
+import { ActionButton, ErrorBox, Link, StateBadge, errMsg, fmtAge, fmtBytes, navigate, useNow, usePoll } from '../util.js';
+
+type Row = Sandbox & { diskUsageBytes?: number | null };
+
+/** The list, plus each sandbox's detail for disk usage (the list item has none). */
+async function loadRows(): Promise<Row[]> {
+  const list = await api.listSandboxes();
+  const details = await Promise.all(list.map((s) => api.getSandbox(s.sandboxID).catch(() => undefined)));
+  return list.map((s, i) => ({ ...s, diskUsageBytes: details[i]?.diskUsageBytes ?? null }))
+    .sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+}
+
+export function SandboxesPage() {
+  const rows = usePoll(loadRows, 1500);
+  const now = useNow();
+  const [notice, setNotice] = useState<string>();
+  return <>
+    <CreateForm onCreated={(s) => { setNotice(`Created ${s.sandboxID}`); rows.refresh(); }} />
+    <section className="card">
+      <div className="card-head">
+        <h2>Sandboxes {rows.data ? <span className="count">{rows.data.length}</span> : null}</h2>
+        <span className="muted small">live · refreshes every 1.5 s</span>
+      </div>
+      {notice && <div className="notice" data-testid="notice">{notice}</div>}
+      <ErrorBox error={rows.error && `Could not load sandboxes: ${rows.error}`} />
+      {rows.data && rows.data.length === 0 && <p className="muted empty">No sandboxes. Create one above, or start one from a template or snapshot.</p>}
+      {rows.data && rows.data.length > 0 &&
+        <table className="table sandboxes" data-testid="sandbox-table">
+          <thead><tr><th>ID</th><th>State</th><th>Template</th><th>Age</th><th>CPU / memory</th><th>Disk used</th><th className="actions-col">Actions</th></tr></thead>
+          <tbody>{rows.data.map((s) => <SandboxRow key={s.sandboxID} s={s} now={now} refresh={rows.refresh} onNotice={setNotice} />)}</tbody>
+        </table>}
+      {!rows.data && !rows.error && <p className="muted">Loading…</p>}
+    </section>
+  </>;
+}
+
+function SandboxRow({ s, now, refresh, onNotice }: { s: Row; now: number; refresh: () => void; onNotice: (m: string) => void }) {
+  const [error, setError] = useState<string>();
+  const [confirming, setConfirming] = useState(false);
+  const id = s.sandboxID;
+  const running = s.state === 'running';
+  const ended = s.state === 'destroyed' || s.state === 'failed';
+  const done = () => { setError(undefined); refresh(); };
+  return <Fragment>
+    <tr data-testid={`row-${id}`} data-state={s.state}>
+      <td data-label="ID"><Link to={`/sandboxes/${id}`} className="mono">{id}</Link></td>
+      <td data-label="State"><StateBadge state={s.state} /></td>
+      <td data-label="Template">{s.templateID}{s.metadata['hearth.internal'] && <span className="badge internal" title="Started by hearthd itself">{s.metadata['hearth.internal']}</span>}</td>
+      <td data-label="Age" title={s.createdAt}>{fmtAge(s.createdAt, now)}</td>
+      <td data-label="CPU / memory">{s.cpuCount} vCPU · {s.memoryMB} MB</td>
+      <td data-label="Disk used">{fmtBytes(s.diskUsageBytes)}</td>
+      <td className="actions">
+        {s.state !== 'paused' && s.state !== 'resuming' &&
+          <ActionButton label="Pause" busyLabel="Pausing…" disabled={!running} run={() => api.pause(id)} onError={setError} onDone={done} testId={`pause-${id}`} />}
+        {(s.state === 'paused' || s.state === 'resuming') &&
+          <ActionButton label="Resume" busyLabel="Resuming…" disabled={s.state !== 'paused'} run={() => api.resume(id)} onError={setError} onDone={done} testId={`resume-${id}`} />}
+        <ActionButton label="Snapshot" busyLabel="Snapshotting…" disabled={!running} run={() => api.snapshot(id)}
+          onError={setError} onDone={(r) => { done(); onNotice(`Snapshot ${(r as { snapshotID: string }).snapshotID} saved from ${id}`); }} testId={`snapshot-${id}`} />
+        <ActionButton label="Fork" busyLabel="Forking…" disabled={!running} run={() => api.fork(id, 1)} onError={setError}
+          onDone={(r) => {
+            done();
+            const res = r as { sandbox?: SandboxDetail; error?: { message: string } }[];
+            const bad = res.find((x) => x.error);
+            if (bad) setError(`Fork: ${bad.error!.message}`);
+            else onNotice(`Forked ${id} → ${res.map((x) => x.sandbox?.sandboxID).join(', ')}`);
+          }} testId={`fork-${id}`} />
+        {!confirming
+          ? <button type="button" className="danger" disabled={ended || s.state === 'destroying'} data-testid={`destroy-${id}`} onClick={() => setConfirming(true)}>Destroy</button>
+          : <ActionButton label="Confirm destroy" busyLabel="Destroying…" danger run={() => api.destroy(id)} onError={(m) => { setConfirming(false); setError(m); }}
+              onDone={() => { setConfirming(false); done(); onNotice(`Destroyed ${id}`); }} testId={`confirm-destroy-${id}`} />}
+        {confirming && <button type="button" className="link" onClick={() => setConfirming(false)}>cancel</button>}
+      </td>
+    </tr>
+    {error && <tr className="row-error"><td colSpan={7}><ErrorBox error={error} onClose={() => setError(undefined)} /></td></tr>}
+  </Fragment>;
+}
+
+export function CreateForm({ onCreated, initialTemplate }: { onCreated: (s: SandboxDetail) => void; initialTemplate?: string }) {
+  const templates = usePoll(() => api.listTemplates(), 15000);
+  const [templateID, setTemplate] = useState(initialTemplate ?? '');
+  const [cpu, setCpu] = useState('');
+  const [mem, setMem] = useState('');
+  const [timeout, setTimeoutS] = useState('');
+  const [envText, setEnvText] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string>();
+  const [startedAt, setStartedAt] = useState(0);
+  const now = useNow(250);
+  useEffect(() => { if (!templateID && templates.data?.[0]) setTemplate(templates.data.find((t) => t.templateID === 'base')?.templateID ?? templates.data[0].templateID); }, [templates.data, templateID]);
+  const tpl = templates.data?.find((t) => t.templateID === templateID);
+
+  async function submit(e: React.FormEvent) {
+    e.preventDefault();
+    setError(undefined);
+    const body: NewSandbox = { templateID: templateID || 'base' };
+    try {
+      if (cpu) body.cpuCount = toInt(cpu, 'CPU count');
+      if (mem) body.memoryMB = toInt(mem, 'Memory');
+      if (timeout) body.timeout = toInt(timeout, 'Timeout');
+      const env = parseEnv(envText);
+      if (Object.keys(env).length) body.envVars = env;
+    } catch (err) { setError(errMsg(err)); return; }
+    setBusy(true); setStartedAt(Date.now());
+    try { onCreated(await api.createSandbox(body)); } catch (err) { setError(`Create failed: ${errMsg(err)}`); } finally { setBusy(false); }
+  }
+
+  return <section className="card">
+    <h2>New sandbox</h2>
+    <form className="create" onSubmit={submit} data-testid="create-form">
+      <label>Template
+        <select value={templateID} onChange={(e) => setTemplate(e.target.value)} name="template">
+          {!templates.data && <option value="">loading…</option>}
+          {templates.data?.map((t) => <option key={t.templateID} value={t.templateID}>{t.templateID}</option>)}
+        </select>
+      </label>
+      <label>vCPUs<input name="cpu" type="number" min={1} max={64} placeholder={tpl ? String(tpl.cpuCount) : 'default'} value={cpu} onChange={(e) => setCpu(e.target.value)} /></label>
+      <label>Memory (MB)<input name="memory" type="number" min={64} step={64} placeholder={tpl ? String(tpl.memoryMB) : 'default'} value={mem} onChange={(e) => setMem(e.target.value)} /></label>
+      <label>Timeout (s)<input name="timeout" type="number" min={1} placeholder="default" value={timeout} onChange={(e) => setTimeoutS(e.target.value)} /></label>
+      <label className="wide">Environment variables <span className="muted small">(KEY=value per line)</span>
+        <textarea name="env" rows={2} value={envText} onChange={(e) => setEnvText(e.target.value)} placeholder={'FOO=bar\nDEBUG=1'} /></label>
+      <div className="form-actions">
+        <button type="submit" className="primary" disabled={busy} data-testid="create-submit">
+          {busy ? <><span className="spinner" />Creating… {((now - startedAt) / 1000).toFixed(0)} s</> : 'Create sandbox'}</button>
+      </div>
+    </form>
+    <ErrorBox error={error} onClose={() => setError(undefined)} />
+  </section>;
+}
+
+function toInt(v: string, what: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${what} must be a positive integer`);
+  return n;
+}
+export function parseEnv(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    if (eq <= 0) throw new Error(`Environment line ${i + 1}: expected KEY=value`);
+    out[line.slice(0, eq).trim()] = line.slice(eq + 1);
+  }
+  return out;
+}
+
+export function goToSandbox(id: string) { navigate(`/sandboxes/${id}`); }
