@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# lz4: the guest kernel's vmlinux is extracted from Debian's bzImage; util-linux: nsenter, losetup.
-APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs busybox-static cpio zstd lz4 util-linux iproute2 nftables xfsprogs ca-certificates)
+# lz4: the guest kernel's vmlinux is extracted from Debian's bzImage; util-linux: nsenter, losetup;
+# gcc + libc6-dev: the guest's static hearth-pty helper. HEARTH_SETUP_EXTRA adds more (tests add chromium).
+APT_PACKAGES=(qemu-system-x86 qemu-utils debootstrap e2fsprogs busybox-static cpio zstd lz4 util-linux iproute2 nftables xfsprogs ca-certificates gcc libc6-dev ${HEARTH_SETUP_EXTRA:-})
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,5 +1,5 @@
 import { mkdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
@@ -8,6 +8,8 @@ import { AgentControl } from '../client/agent-rest.js';
 import { SandboxManager } from '../core/manager.js';
 import { FileRootfsBackend, cloneFile } from '../storage/file/file-backend.js';
 import { chooseRootfsBackend } from '../storage/select.js';
+import { createDmBackend, DmRootfsBackend } from '../storage/dm/index.js';
+import { LIVE_STATES } from '../core/types.js';
 import { UserModeSlots } from '../network/user/user-slots.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
 import { probeAccelerator } from '../vmm/probe.js';
@@ -69,13 +71,19 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     const [accel, storageChoice] = await Promise.all([probeAccelerator(), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
     log.info({ accel: accel.accel, reason: accel.reason }, `vmm: qemu with ${accel.accel}`);
     log.info({ storage: storageChoice.chosen, reason: storageChoice.reason }, `storage: ${storageChoice.chosen}`);
-    if (storageChoice.chosen === 'dm') throw new Error('the dm storage backend is not available in this build');
     const cloneKind = storageChoice.reflink ? 'reflink' : 'copy';
+    const storage = storageChoice.chosen === 'dm'
+      ? createDmBackend({ dataDir: cfg.dataDir, imageRoots: [...new Set(store.listTemplates().map((t) => dirname(t.rootfsPath)))], log })
+      : new FileRootfsBackend(storageChoice.chosen, join(cfg.dataDir, 'sandboxes'));
+    // dm: adopt the loop and dm devices a previous daemon left, before the manager recovers sandboxes.
+    if (storage instanceof DmRootfsBackend) {
+      await storage.recover(store.listSandboxes({ states: LIVE_STATES }).map((r) => r.id), AbortSignal.timeout(120_000));
+    }
     const manager = new SandboxManager({
       store,
       log,
       vmm: new QemuDriver({ accel: accel.accel }),
-      storage: new FileRootfsBackend(storageChoice.chosen, join(cfg.dataDir, 'sandboxes')),
+      storage,
       network: new UserModeSlots([AGENT_PORT]),
       agent: (endpoint, token) => new AgentControl(endpoint, token),
       // Memory files: FICLONE where the data dir has reflinks, else a sparse copy.

@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { deviceMapperAvailable } from './dm/index.js';
 import type { RootfsBackendKind } from './types.js';
 
 export interface StorageProbe {
@@ -26,18 +26,19 @@ export async function supportsReflink(dir: string): Promise<boolean> {
 }
 
 /**
- * DESIGN §6: dm where device-mapper exists, else reflink, else copy;
- * configuration overrides. The dm backend is not built yet, so a host with
- * device-mapper but no reflinks uses copy and says so.
+ * DESIGN §6: dm where device-mapper exists (and we are root), else reflink,
+ * else copy; configuration overrides. Device-mapper is detected from
+ * /proc/misc: libdevmapper creates /dev/mapper/control even without the driver.
  */
 export async function chooseRootfsBackend(dataDir: string, override?: RootfsBackendKind): Promise<StorageProbe> {
-  const deviceMapper = existsSync('/dev/mapper/control');
+  const deviceMapper = deviceMapperAvailable() && process.getuid?.() === 0;
   const reflink = await supportsReflink(dataDir);
   if (override) {
     if (override === 'reflink' && !reflink) throw new Error(`storage backend "reflink" was configured but ${dataDir} does not support reflinks (use XFS or btrfs)`);
-    if (override === 'dm') throw new Error('storage backend "dm" is not available in this build');
+    if (override === 'dm' && !deviceMapper) throw new Error('storage backend "dm" was configured but this host has no device-mapper (or hearthd is not root)');
     return { deviceMapper, reflink, chosen: override, reason: 'configured' };
   }
+  if (deviceMapper) return { deviceMapper, reflink, chosen: 'dm', reason: 'device-mapper available (/proc/misc): snapshot targets over a shared read-only origin' };
   if (reflink) return { deviceMapper, reflink, chosen: 'reflink', reason: `${dataDir} supports reflinks (FICLONE)` };
   return { deviceMapper, reflink, chosen: 'copy', reason: `${dataDir} has no reflink support; full sparse copies` };
 }

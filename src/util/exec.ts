@@ -34,5 +34,7 @@ export const runCommand: CommandRunner = (cmd, args, opts = {}) =>
       }
       resolve({ stdout, stderr, code: rc });
     });
+    // A child that exits before reading its stdin makes this write fail with EPIPE: not our error to raise.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });

@@ -25,7 +25,6 @@ import {
   AbortedError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
 } from '../../core/errors.js';
 import type { ExitInfo, SnapshotFiles, VmConfig, Vmm } from '../types.js';
-import type { Accel } from '../probe.js';
 import { buildQemuArgs, cpuModel, runFiles, spawnCommand, type QemuCmdlineOptions } from './cmdline.js';
 import { readProcCmdline, readProcStat, tailFile, watchPidExit } from './process.js';
 import { QmpClient } from './qmp.js';

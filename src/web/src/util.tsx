@@ -56,6 +56,8 @@ export function usePoll<T>(load: () => Promise<T>, ms: number, deps: unknown[] =
     setLoading(true);
     void run();
     const h = setInterval(() => { if (!document.hidden) void run(); }, ms);
+    // tick is a counter, not a DOM ref: bumping it on cleanup discards answers to stale requests.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
     return () => { clearInterval(h); tick.current++; };
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [ms, run, ...deps]);
