@@ -5,7 +5,7 @@ import { shellCommand } from './commands/shell.js';
 import { filesCommand } from './commands/files.js';
 import { snapshotCommand } from './commands/snapshot.js';
 import { keysCommand } from './commands/keys.js';
-import { doctorCommand, downCommand, imageCommand, upCommand } from './commands/daemon.js';
+import { doctorCommand, downCommand, imageCommand, storageCommand, upCommand } from './commands/daemon.js';
 import { UsageError } from './output.js';
 import { SandboxError } from '../sdk/errors.js';
 import { VERSION } from '../version.js';
@@ -19,6 +19,7 @@ Daemon:
   down                                           stop hearthd (sandboxes keep running)
   doctor                                         what this host can do and what Hearth uses
   image build                                    build (or reuse) the default guest image
+  storage init                                   XFS with reflinks on a loop device for the data dir (if it lacks them)
   keys create|ls|rm                              API keys (required when hearthd listens beyond loopback)
 
 Sandboxes:
@@ -39,6 +40,7 @@ async function main(argv: string[]): Promise<number> {
     case 'down': return downCommand(rest);
     case 'doctor': return doctorCommand(rest);
     case 'image': return imageCommand(rest);
+    case 'storage': return storageCommand(rest);
     case 'sandbox': case 'sandboxes': case 'sb': return sandboxCommand(rest);
     case 'exec': return execCommand(rest);
     case 'shell': return shellCommand(rest);

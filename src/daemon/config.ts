@@ -8,6 +8,8 @@ import type { RootfsBackendKind } from '../storage/types.js';
  */
 export interface HearthConfig {
   dataDir: string;
+  /** Kernel, initramfs and debootstrap caches (regenerable; shared by every data dir). */
+  cacheDir: string;
   host: string;
   port: number;
   /** Force a storage backend; otherwise chosen from host capabilities. */
@@ -39,6 +41,7 @@ export const DEFAULT_PORT = 3030;
 export function defaultConfig(): HearthConfig {
   return {
     dataDir: DEFAULT_DATA_DIR,
+    cacheDir: '/var/cache/hearth',
     host: '127.0.0.1',
     port: DEFAULT_PORT,
     defaultTimeoutSec: 300,
@@ -61,6 +64,7 @@ export function defaultConfig(): HearthConfig {
 
 const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_DATA_DIR: 'dataDir',
+  HEARTH_CACHE_DIR: 'cacheDir',
   HEARTH_HOST: 'host',
   HEARTH_PORT: 'port',
   HEARTH_STORAGE: 'storage',

@@ -24,7 +24,7 @@ async function main(): Promise<void> {
   const log = createLogger();
   if (!existsSync(AGENT_BUNDLE_PATH)) throw new Error(`guest agent bundle ${AGENT_BUNDLE_PATH} is missing: run \`npm run build\``);
   // A cache hit normally (`hearth up` builds the image first, with a progress display).
-  const image = await ensureDefaultImage({ dataDir: cfg.dataDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: lineProgress(process.stderr) });
+  const image = await ensureDefaultImage({ dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: lineProgress(process.stderr) });
   const daemon = await startDaemon(cfg, log, { image });
   let stopping = false;
   const stop = (sig: string): void => {

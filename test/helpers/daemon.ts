@@ -20,7 +20,7 @@ export function testImage(): Promise<ImageInfo> {
   if (!existsSync(AGENT_BUNDLE_PATH)) throw new Error(`${AGENT_BUNDLE_PATH} missing: run npm run build before the integration tests`);
   imagePromise ??= ensureDefaultImage({
     dataDir: process.env['HEARTH_IMAGE_DIR'] ?? '/var/lib/hearth',
-    ...(process.env['HEARTH_IMAGE_CACHE'] ? { cacheDir: process.env['HEARTH_IMAGE_CACHE'] } : {}),
+    cacheDir: process.env['HEARTH_IMAGE_CACHE'] ?? '/var/cache/hearth',
     agentBundlePath: AGENT_BUNDLE_PATH,
     progress: lineProgress(process.stderr, 'test image'),
   });

@@ -31,6 +31,10 @@ describe('real sandboxes under QEMU', () => {
     assert.deepEqual(info.timings?.steps.map((s) => s.step), ['slot', 'disk', 'boot', 'agent', 'init']);
     assert.ok(info.vmm && alive(info.vmm.pid), 'the QEMU process is running');
     assert.ok((info.diskUsageBytes ?? 0) > 0, 'disk usage is reported from allocated blocks');
+    if (process.env['HEARTH_EXPECT_REFLINK'] === '1') {
+      const doctor = await (await fetch(`${d.url}/doctor`)).json() as { chosen: { storage: string } };
+      assert.equal(doctor.chosen.storage, 'reflink', 'CI runs sandboxes on reflink disks');
+    }
   });
 
   test('exec runs a real Linux process and returns its output and exit code', async () => {

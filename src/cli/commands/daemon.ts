@@ -7,6 +7,7 @@ import { runDoctor, type DoctorReport } from '../../daemon/doctor.js';
 import { ensureDefaultImage, defaultProgress } from '../../images/index.js';
 import { AGENT_BUNDLE_PATH, PACKAGE_ROOT } from '../../paths.js';
 import { printJson, UsageError } from '../output.js';
+import { initReflinkDataDir } from '../../storage/xfs-loop.js';
 
 function configFrom(values: { port?: string | undefined; host?: string | undefined; 'data-dir'?: string | undefined }): HearthConfig {
   return loadConfig({
@@ -34,9 +35,22 @@ export async function imageCommand(argv: string[]): Promise<number> {
   if (sub !== 'build') throw new UsageError('usage: hearth image build [--data-dir D] [--json]');
   const { values } = parseArgs({ args: rest, options: DAEMON_OPTIONS });
   const cfg = configFrom(values);
-  const img = await ensureDefaultImage({ dataDir: cfg.dataDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: defaultProgress() });
+  const img = await ensureDefaultImage({ dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: defaultProgress() });
   if (values.json) printJson(img);
   else process.stdout.write(`${img.built ? 'built' : 'reused'} image ${img.id} in ${img.dir}\n`);
+  return 0;
+}
+
+/** `hearth storage init`: give the data dir reflinks (an XFS filesystem on a loop device) where it has none. */
+export async function storageCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub !== 'init') throw new UsageError('usage: hearth storage init [--data-dir D] [--size-gib N]');
+  const { values } = parseArgs({ args: rest, options: { ...DAEMON_OPTIONS, 'size-gib': { type: 'string' } } });
+  const cfg = configFrom(values);
+  const m = await initReflinkDataDir(cfg.dataDir, values['size-gib'] ? { sizeGiB: Number(values['size-gib']) } : {});
+  if (values.json) printJson(m ?? { dataDir: cfg.dataDir, reflink: 'native' });
+  else if (!m) process.stderr.write(`${cfg.dataDir} already supports reflinks\n`);
+  else process.stderr.write(`${cfg.dataDir}: XFS (reflink=1) on ${m.loopDevice} from ${m.image}${m.created ? '' : ' (already mounted)'}\n`);
   return 0;
 }
 
@@ -53,7 +67,7 @@ export async function upCommand(argv: string[]): Promise<number> {
   }
   if (!existsSync(AGENT_BUNDLE_PATH)) throw new UsageError(`the guest agent is not built (${AGENT_BUNDLE_PATH}); run \`npm run build\` first`, 1);
   mkdirSync(cfg.dataDir, { recursive: true });
-  await ensureDefaultImage({ dataDir: cfg.dataDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: defaultProgress() });
+  await ensureDefaultImage({ dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: defaultProgress() });
   const args = [join(PACKAGE_ROOT, 'dist', 'daemon', 'main.js'), '--host', cfg.host, '--port', String(cfg.port), '--data-dir', cfg.dataDir];
   if (values.foreground) {
     const child = spawn(process.execPath, args, { stdio: 'inherit' });
