@@ -301,6 +301,9 @@ async function writeUpload(
   }
 }
 
+/** How much of a refused upload's body is read and dropped before the connection is cut. */
+const UPLOAD_DRAIN_LIMIT = 8 << 20;
+
 /** `POST /files`: multipart (every `file` part) or raw octet-stream body, optionally gzip-encoded. */
 export async function handleUpload(
   req: IncomingMessage,
@@ -314,9 +317,23 @@ export async function handleUpload(
     responded = true;
     const status = e instanceof HttpError ? e.status : 500;
     if (!(e instanceof HttpError)) log.warn('upload failed', { error: errorMessage(e) });
-    // The rest of the body is not read: close the connection after answering.
-    sendError(res, status, errorMessage(e), { Connection: 'close' });
-    res.once('finish', () => req.destroy());
+    let sent = false;
+    const answer = (thenDestroy: boolean): void => {
+      if (sent) return;
+      sent = true;
+      clearTimeout(timer);
+      sendError(res, status, errorMessage(e), { Connection: 'close' });
+      if (thenDestroy) res.once('finish', () => req.destroy());
+    };
+    // Read (and drop) what the client is still sending, within bounds, so it reads this
+    // answer instead of a connection reset; past the bounds, answer and cut the connection.
+    const timer = setTimeout(() => answer(true), 2000);
+    if (req.complete || req.readableEnded) { answer(false); return; }
+    let drained = 0;
+    req.on('data', (chunk: Buffer) => { drained += chunk.length; if (drained > UPLOAD_DRAIN_LIMIT) answer(true); });
+    req.once('end', () => answer(false));
+    req.once('error', () => answer(true));
+    req.resume();
   };
 
   const denied = checkFilesAccess(req, query, 'write', state.accessToken);

@@ -92,9 +92,10 @@ test('fuzz: random and malformed requests never get a 5xx', async () => {
       fc.string(),
     );
     const path = fc.oneof(
-      fc.constantFrom('/sandboxes', '/sandboxes/inope', '/sandboxes/inope/pause', '/sandboxes/inope/resume', '/sandboxes/inope/fork', '/sandboxes/inope/snapshots', '/sandboxes/inope/timeout', '/snapshots', '/snapshots/x', '/templates/base'),
+      fc.constantFrom('/%5C', '/ui/..%2F..%2Fetc%2Fpasswd', '/ui/%00', '/sandboxes/inope/envd/%2E%2E/init', '/sandboxes', '/sandboxes/inope', '/sandboxes/inope/pause', '/sandboxes/inope/resume', '/sandboxes/inope/fork', '/sandboxes/inope/snapshots', '/sandboxes/inope/timeout', '/snapshots', '/snapshots/x', '/templates/base'),
       fc.string().map((s) => `/sandboxes/${encodeURIComponent(s)}`),
-      fc.string().map((s) => `/${s}`),
+      // Random paths as a client would send them (percent-encoded), e.g. `/%5C`.
+      fc.string().map((s) => `/${encodeURIComponent(s).replace(/%2F/g, '/')}`),
     );
     await fc.assert(fc.asyncProperty(fc.constantFrom('GET', 'POST', 'DELETE', 'PUT'), path, body, async (method, url, payload) => {
       const res = await t.app.inject({ method: method as 'GET', url, payload: method === 'GET' ? undefined : payload, headers: { 'content-type': 'application/json' } });
