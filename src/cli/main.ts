@@ -5,6 +5,8 @@ import { shellCommand } from './commands/shell.js';
 import { filesCommand } from './commands/files.js';
 import { snapshotCommand } from './commands/snapshot.js';
 import { keysCommand } from './commands/keys.js';
+import { cpCommand } from './commands/cp.js';
+import { completionCommand } from './commands/completion.js';
 import { doctorCommand, downCommand, imageCommand, storageCommand, upCommand } from './commands/daemon.js';
 import { UsageError } from './output.js';
 import { SandboxError } from '../sdk/errors.js';
@@ -29,6 +31,8 @@ Sandboxes:
   exec <id> -- <cmd> [args...]                   run a command; streams output; exits with its code
   shell <id> [-- <cmd> [args...]]                interactive terminal (login shell); exits with its code
   files ls|stat|cat|get|put|mkdir|rm|mv          files in a sandbox (hearth files help)
+  cp <local> <id>:<path> | <id>:<path> <local>   copy a file in or out (- is stdin/stdout)
+  completion bash                                shell completion: source <(hearth completion bash)
 
 Environment: HEARTH_URL (default http://127.0.0.1:3030), HEARTH_DATA_DIR, HEARTH_PORT.
 Add --json to any command that prints data.`;
@@ -47,6 +51,8 @@ async function main(argv: string[]): Promise<number> {
     case 'files': return filesCommand(rest);
     case 'snapshot': case 'snapshots': return snapshotCommand(rest);
     case 'keys': return keysCommand(rest);
+    case 'cp': return cpCommand(rest);
+    case 'completion': return completionCommand(rest);
     case 'version': case '--version': case '-v': process.stdout.write(`${VERSION}\n`); return 0;
     case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return cmd ? 0 : 2;
     default: throw new UsageError(`unknown command "${cmd}"\n\n${HELP}`);

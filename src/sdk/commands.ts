@@ -148,14 +148,14 @@ export class Commands {
     return handle.wait();
   }
 
-  async list(): Promise<{ pid: number; cmd: string; args: string[]; tag?: string }[]> {
-    const res = await this.clients.process.list({}).catch((e: unknown) => { throw mapConnectError(e); });
+  async list(signal?: AbortSignal): Promise<{ pid: number; cmd: string; args: string[]; tag?: string }[]> {
+    const res = await this.clients.process.list({}, signal ? { signal } : {}).catch((e: unknown) => { throw mapConnectError(e); });
     return res.processes.map((p) => ({ pid: p.pid, cmd: p.config?.cmd ?? '', args: p.config?.args ?? [], ...(p.tag !== undefined ? { tag: p.tag } : {}) }));
   }
 
-  async kill(pid: number): Promise<boolean> {
+  async kill(pid: number, signal?: AbortSignal): Promise<boolean> {
     try {
-      await this.clients.process.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGKILL });
+      await this.clients.process.sendSignal({ process: { selector: { case: 'pid', value: pid } }, signal: Signal.SIGKILL }, signal ? { signal } : {});
       return true;
     } catch (err) {
       const e = mapConnectError(err);

@@ -27,6 +27,9 @@ function entryOf(e: EntryInfo): FileEntry {
 
 type FetchBody = NonNullable<RequestInit['body']>;
 
+/** Connect call options carrying an optional AbortSignal. */
+function sig(signal: AbortSignal | undefined): { signal?: AbortSignal } { return signal ? { signal } : {}; }
+
 export type WriteData = string | Uint8Array | NodeJS.ReadableStream | ReadableStream<Uint8Array>;
 
 export class Files {
@@ -77,25 +80,25 @@ export class Files {
     return info;
   }
 
-  async list(path: string, opts: { depth?: number } = {}): Promise<FileEntry[]> {
-    const res = await this.clients.filesystem.listDir({ path, depth: opts.depth ?? 1 }).catch((e: unknown) => { throw mapConnectError(e); });
+  async list(path: string, opts: { depth?: number; signal?: AbortSignal } = {}): Promise<FileEntry[]> {
+    const res = await this.clients.filesystem.listDir({ path, depth: opts.depth ?? 1 }, sig(opts.signal)).catch((e: unknown) => { throw mapConnectError(e); });
     return res.entries.map(entryOf);
   }
 
-  async stat(path: string): Promise<FileEntry> {
-    const res = await this.clients.filesystem.stat({ path }).catch((e: unknown) => { throw mapConnectError(e); });
+  async stat(path: string, signal?: AbortSignal): Promise<FileEntry> {
+    const res = await this.clients.filesystem.stat({ path }, sig(signal)).catch((e: unknown) => { throw mapConnectError(e); });
     if (!res.entry) throw new Error('stat answered with no entry');
     return entryOf(res.entry);
   }
 
-  async exists(path: string): Promise<boolean> {
-    try { await this.stat(path); return true; } catch (err) { if ((err as Error).name === 'NotFoundError') return false; throw err; }
+  async exists(path: string, signal?: AbortSignal): Promise<boolean> {
+    try { await this.stat(path, signal); return true; } catch (err) { if ((err as Error).name === 'NotFoundError') return false; throw err; }
   }
 
   /** mkdir -p; false if it already existed. */
-  async makeDir(path: string): Promise<boolean> {
+  async makeDir(path: string, signal?: AbortSignal): Promise<boolean> {
     try {
-      await this.clients.filesystem.makeDir({ path });
+      await this.clients.filesystem.makeDir({ path }, sig(signal));
       return true;
     } catch (err) {
       const e = mapConnectError(err);
@@ -104,12 +107,12 @@ export class Files {
     }
   }
 
-  async remove(path: string): Promise<void> {
-    await this.clients.filesystem.remove({ path }).catch((e: unknown) => { throw mapConnectError(e); });
+  async remove(path: string, signal?: AbortSignal): Promise<void> {
+    await this.clients.filesystem.remove({ path }, sig(signal)).catch((e: unknown) => { throw mapConnectError(e); });
   }
 
-  async rename(from: string, to: string): Promise<FileEntry> {
-    const res = await this.clients.filesystem.move({ source: from, destination: to }).catch((e: unknown) => { throw mapConnectError(e); });
+  async rename(from: string, to: string, signal?: AbortSignal): Promise<FileEntry> {
+    const res = await this.clients.filesystem.move({ source: from, destination: to }, sig(signal)).catch((e: unknown) => { throw mapConnectError(e); });
     if (!res.entry) throw new Error('move answered with no entry');
     return entryOf(res.entry);
   }

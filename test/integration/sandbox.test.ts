@@ -170,6 +170,12 @@ describe('real sandboxes under QEMU', () => {
     assert.ok((JSON.parse(ls.stdout) as { sandboxID: string }[]).some((s) => s.sandboxID === sbx.id));
     const piped = await execFileP('sh', ['-c', `printf 'a\\nb\\n' | "${cli}" exec ${sbx.id} -- wc -l`], { env });
     assert.equal(piped.stdout.trim(), '2');
+    await execFileP('sh', ['-c', `echo copied | "${cli}" cp - ${sbx.id}:/tmp/cp.txt`], { env });
+    const back = await execFileP(cli, ['cp', `${sbx.id}:/tmp/cp.txt`, '-'], { env });
+    assert.equal(back.stdout, 'copied\n');
+    await assert.rejects(execFileP(cli, ['cp', 'a', 'b'], { env }), (e: { code: number; stderr: string }) => e.code === 2 && /exactly one side/.test(e.stderr));
+    const completion = await execFileP(cli, ['completion', 'bash'], { env });
+    assert.match(completion.stdout, /complete -F _hearth hearth/);
   });
 
   test('destroy leaves no process, socket or file, and the sandbox says why it ended', async () => {

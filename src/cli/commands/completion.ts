@@ -1,0 +1,41 @@
+/** `hearth completion bash`: a bash completion script (`source <(hearth completion bash)`). */
+const COMMANDS: Record<string, string[]> = {
+  '': ['up', 'down', 'doctor', 'image', 'storage', 'keys', 'sandbox', 'exec', 'shell', 'files', 'cp', 'snapshot', 'completion', 'version', 'help'],
+  sandbox: ['create', 'ls', 'get', 'rm', 'timeout', 'pause', 'resume', 'snapshot', 'fork'],
+  files: ['ls', 'stat', 'cat', 'get', 'put', 'mkdir', 'rm', 'mv'],
+  snapshot: ['ls', 'rm'],
+  keys: ['create', 'ls', 'rm'],
+  image: ['build'],
+  storage: ['init'],
+  completion: ['bash'],
+};
+
+/** Subcommands whose next word is a sandbox id (completed from `hearth sandbox ls --json`). */
+const TAKES_ID = ['exec', 'shell', 'get', 'rm', 'timeout', 'pause', 'resume', 'fork', 'ls', 'stat', 'cat', 'put', 'mkdir', 'mv'];
+
+export function completionCommand(argv: string[]): number {
+  if (argv[0] !== 'bash') {
+    process.stderr.write('usage: hearth completion bash   (then: source <(hearth completion bash))\n');
+    return 2;
+  }
+  const cases = Object.entries(COMMANDS).filter(([k]) => k).map(([k, v]) => `    ${k}) words="${v.join(' ')}" ;;`).join('\n');
+  process.stdout.write(`# hearth bash completion
+_hearth() {
+  local cur=\${COMP_WORDS[COMP_CWORD]} words=""
+  if [ "$COMP_CWORD" -eq 1 ]; then
+    words="${COMMANDS['']!.join(' ')}"
+  elif [ "$COMP_CWORD" -eq 2 ]; then
+    case "\${COMP_WORDS[1]}" in
+${cases}
+    esac
+  fi
+  case " ${TAKES_ID.join(' ')} " in
+    *" \${COMP_WORDS[COMP_CWORD-1]} "*)
+      words="$words $(hearth sandbox ls --json 2>/dev/null | grep -o '"sandboxID": *"[a-z0-9]*"' | grep -o 'i[a-z0-9]*')" ;;
+  esac
+  COMPREPLY=( $(compgen -W "$words" -- "$cur") )
+}
+complete -F _hearth hearth
+`);
+  return 0;
+}
