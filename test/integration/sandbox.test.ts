@@ -28,7 +28,7 @@ describe('real sandboxes under QEMU', () => {
     assert.equal(info.state, 'running');
     assert.equal(info.templateID, 'base');
     assert.deepEqual(info.metadata, { suite: 'sandbox.test' });
-    assert.deepEqual(info.timings?.steps.map((s) => s.step), ['slot', 'disk', 'boot', 'agent', 'init']);
+    assert.deepEqual(info.timings?.steps.map((s) => s.step), ['slot', 'disk', 'memory', 'restore', 'agent', 'init'], 'restored from the warm template');
     assert.ok(info.vmm && alive(info.vmm.pid), 'the QEMU process is running');
     assert.ok((info.diskUsageBytes ?? 0) > 0, 'disk usage is reported from allocated blocks');
     if (process.env['HEARTH_EXPECT_REFLINK'] === '1') {
