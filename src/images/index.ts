@@ -36,3 +36,4 @@ export const GUEST_CGROUPS = {
   agent: '/sys/fs/cgroup/hearth/agent',
   user: '/sys/fs/cgroup/hearth/user',
 } as const;
+export { ensureFirecrackerKernel } from './firecracker-kernel.js';

@@ -4,7 +4,7 @@ import { mkdirSync, openSync, readFileSync, writeFileSync, rmSync, existsSync } 
 import { join } from 'node:path';
 import { loadConfig, type HearthConfig } from '../../daemon/config.js';
 import { runDoctor, type DoctorReport } from '../../daemon/doctor.js';
-import { ensureDefaultImage, defaultProgress } from '../../images/index.js';
+import { ensureDefaultImage, ensureFirecrackerKernel, defaultProgress } from '../../images/index.js';
 import { AGENT_BUNDLE_PATH, PACKAGE_ROOT } from '../../paths.js';
 import { printJson, UsageError } from '../output.js';
 import { initReflinkDataDir } from '../../storage/xfs-loop.js';
@@ -32,7 +32,15 @@ function pidAlive(pid: number): boolean {
 /** `hearth image build`: build (or reuse) the default guest image, with progress. */
 export async function imageCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub !== 'build') throw new UsageError('usage: hearth image build [--data-dir D] [--json]');
+  if (sub === 'kernel') {
+    // Firecracker needs an uncompressed vmlinux with virtio-mmio and the drivers built in (docs/firecracker.md).
+    const { values } = parseArgs({ args: rest, options: { ...DAEMON_OPTIONS, firecracker: { type: 'boolean' } } });
+    if (!values.firecracker) throw new UsageError('usage: hearth image kernel --firecracker   (builds from Debian\'s linux-source; tens of minutes)');
+    const k = await ensureFirecrackerKernel({ cacheDir: configFrom(values).cacheDir, progress: defaultProgress() });
+    if (values.json) printJson(k); else process.stdout.write(`${JSON.stringify(k)}\n`);
+    return 0;
+  }
+  if (sub !== 'build') throw new UsageError('usage: hearth image build [--data-dir D] [--json] | hearth image kernel --firecracker');
   const { values } = parseArgs({ args: rest, options: DAEMON_OPTIONS });
   const cfg = configFrom(values);
   const img = await ensureDefaultImage({ dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: defaultProgress() });
