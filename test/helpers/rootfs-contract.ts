@@ -7,55 +7,19 @@
  *   rootfsBackendContract('copy', async () => ({ backend, workDir, cleanup }), { skip: false });
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, rm, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AbortedError, HostFailureError } from '../../src/core/errors.js';
-import type { CommandRunner } from '../../src/util/exec.js';
+import { AbortedError } from '../../src/core/errors.js';
+import { runCommand, type CommandRunner } from '../../src/util/exec.js';
 import type { BaseImage, RootDisk, RootfsBackend } from '../../src/storage/types.js';
 
 const MiB = 1024 * 1024;
 
-/**
- * The CommandRunner contract of src/util/exec.ts, except that stdin is not a
- * pipe unless there is input. runCommand writes to the child's stdin after
- * spawning, and a command that has already exited (`true`, a fast `losetup`)
- * makes that write fail with an EPIPE that nothing handles: an uncaught
- * exception that kills the process. Storage tests and the benchmark run many
- * short commands, so they use this runner until exec.ts handles stdin errors.
- */
-export const safeRun: CommandRunner = (cmd, args, opts = {}) =>
-  new Promise((resolve, reject) => {
-    if (opts.signal?.aborted) { reject(new AbortedError(`${cmd} not started: cancelled`)); return; }
-    const child = spawn(cmd, args, { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => { if (stdout.length < 1 << 20) stdout += d; });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 1 << 16) stderr += d; });
-    const onAbort = (): void => { child.kill('SIGKILL'); };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    child.on('error', (err) => {
-      opts.signal?.removeEventListener('abort', onAbort);
-      reject(new HostFailureError(`${cmd}: ${err.message}`, { cause: err }));
-    });
-    child.on('close', (code, sig) => {
-      opts.signal?.removeEventListener('abort', onAbort);
-      if (opts.signal?.aborted) { reject(new AbortedError(`${cmd} cancelled`)); return; }
-      const rc = code ?? (sig ? 128 : 1);
-      if (rc !== 0 && !opts.allowFailure) {
-        reject(new HostFailureError(`${cmd} ${args.join(' ')} failed (exit ${rc}${sig ? `, ${sig}` : ''}): ${stderr.trim() || stdout.trim()}`));
-        return;
-      }
-      resolve({ stdout, stderr, code: rc });
-    });
-    if (child.stdin) {
-      child.stdin.on('error', () => undefined);
-      child.stdin.end(opts.input ?? '');
-    }
-  });
+/** The shared runner (kept under this name for the storage suites). */
+export const safeRun: CommandRunner = runCommand;
 
 // ------------------------------------------------------------ raw image I/O
 
