@@ -2,7 +2,7 @@ import { create } from '@bufbuild/protobuf';
 import type { ProcessEvent } from '../gen/process/process_pb.js';
 import { Signal, StartRequestSchema } from '../gen/process/process_pb.js';
 import { CommandExitError } from './errors.js';
-import { mapConnectError, type EnvdClients } from './envd.js';
+import { mapConnectError, openStream, type EnvdClients } from './envd.js';
 
 export interface CommandResult {
   exitCode: number;
@@ -127,22 +127,7 @@ export class Commands {
     });
     const timeoutMs = opts.timeoutMs ?? 60_000;
     const stream = this.clients.process.start(req, { ...(timeoutMs > 0 ? { timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
-    const it = stream[Symbol.asyncIterator]();
-    let pid: number;
-    try {
-      const first = await it.next();
-      const ev = first.done ? undefined : first.value.event?.event;
-      if (ev?.case !== 'start') throw new Error('expected a start event first');
-      pid = ev.value.pid;
-    } catch (err) {
-      throw mapConnectError(err);
-    }
-    const events: AsyncIterator<ProcessEvent | undefined> = {
-      next: async () => {
-        const n = await it.next();
-        return n.done ? { done: true, value: undefined } : { done: false, value: n.value.event };
-      },
-    };
+    const { pid, events } = await openStream(stream);
     const handle = new CommandHandle(pid, this.clients, events, opts);
     if (opts.background) return handle;
     return handle.wait();

@@ -1,6 +1,6 @@
 import { Code, ConnectError, createClient, type Client, type Interceptor } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-node';
-import { Process } from '../gen/process/process_pb.js';
+import { Process, type ProcessEvent } from '../gen/process/process_pb.js';
 import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
 import {
   AuthenticationError, InvalidArgumentError, NotFoundError, SandboxError, SandboxGoneError, TimeoutError, ConflictError, CapacityError,
@@ -48,4 +48,29 @@ export function mapConnectError(err: unknown): Error {
     case Code.Unavailable: return new SandboxGoneError(`the sandbox is not running (${msg})`, 502, 'unavailable');
     default: return new SandboxError(`${Code[err.code]}: ${msg}`);
   }
+}
+
+/** Reads the start event off a Start/Connect stream; returns the pid and the remaining events. */
+export async function openStream(
+  stream: AsyncIterable<{ event?: ProcessEvent }>,
+): Promise<{ pid: number; events: AsyncIterator<ProcessEvent | undefined> }> {
+  const it = stream[Symbol.asyncIterator]();
+  let pid: number;
+  try {
+    const first = await it.next();
+    const ev = first.done ? undefined : first.value.event?.event;
+    if (ev?.case !== 'start') throw new Error('expected a start event first');
+    pid = ev.value.pid;
+  } catch (err) {
+    throw mapConnectError(err);
+  }
+  return {
+    pid,
+    events: {
+      next: async () => {
+        const n = await it.next();
+        return n.done ? { done: true, value: undefined } : { done: false, value: n.value.event };
+      },
+    },
+  };
 }

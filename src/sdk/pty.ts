@@ -1,7 +1,7 @@
 import { create } from '@bufbuild/protobuf';
 import type { ProcessEvent } from '../gen/process/process_pb.js';
 import { Signal, StartRequestSchema } from '../gen/process/process_pb.js';
-import { mapConnectError, type EnvdClients } from './envd.js';
+import { mapConnectError, openStream, type EnvdClients } from './envd.js';
 
 export interface PtySize {
   cols: number;
@@ -113,31 +113,6 @@ async function killPid(clients: EnvdClients, pid: number): Promise<boolean> {
     if (e.name === 'NotFoundError') return false;
     throw e;
   }
-}
-
-/** Reads the start event off a Start/Connect stream; returns the pid and the remaining events. */
-async function openStream(
-  stream: AsyncIterable<{ event?: ProcessEvent }>,
-): Promise<{ pid: number; events: AsyncIterator<ProcessEvent | undefined> }> {
-  const it = stream[Symbol.asyncIterator]();
-  let pid: number;
-  try {
-    const first = await it.next();
-    const ev = first.done ? undefined : first.value.event?.event;
-    if (ev?.case !== 'start') throw new Error('expected a start event first');
-    pid = ev.value.pid;
-  } catch (err) {
-    throw mapConnectError(err);
-  }
-  return {
-    pid,
-    events: {
-      next: async () => {
-        const n = await it.next();
-        return n.done ? { done: true, value: undefined } : { done: false, value: n.value.event };
-      },
-    },
-  };
 }
 
 function linkAbort(outer: AbortSignal | undefined, inner: AbortController): void {
