@@ -1,6 +1,7 @@
 import { TimeoutError, throwIfAborted } from '../core/errors.js';
 import type { AgentEndpoint } from '../core/types.js';
 import type { InitRequestBody } from '../agent/protocol.js';
+import { withDeadline } from '../util/signal.js';
 
 /** Body of envd's POST /init plus Hearth's ignorable extension. */
 export type AgentInit = InitRequestBody;
@@ -16,9 +17,11 @@ export class AgentControl {
 
   async health(signal: AbortSignal): Promise<boolean> {
     try {
-      const res = await fetch(`${this.baseUrl}/health`, { signal: AbortSignal.any([signal, AbortSignal.timeout(2000)]) });
-      await res.body?.cancel();
-      return res.status === 204 || res.status === 200;
+      return await withDeadline(signal, 2000, async (s) => {
+        const res = await fetch(`${this.baseUrl}/health`, { signal: s });
+        await res.body?.cancel();
+        return res.status === 204 || res.status === 200;
+      });
     } catch {
       return false;
     }
@@ -27,13 +30,13 @@ export class AgentControl {
   async init(body: AgentInit, signal: AbortSignal): Promise<void> {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (this.token) headers['x-access-token'] = this.token;
-    const res = await fetch(`${this.baseUrl}/init`, {
-      method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.any([signal, AbortSignal.timeout(10_000)]),
+    await withDeadline(signal, 10_000, async (s) => {
+      const res = await fetch(`${this.baseUrl}/init`, { method: 'POST', headers, body: JSON.stringify(body), signal: s });
+      if (res.status !== 204 && res.status !== 200) {
+        throw new Error(`agent /init answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
+      }
+      await res.body?.cancel();
     });
-    if (res.status !== 204 && res.status !== 200) {
-      throw new Error(`agent /init answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
-    }
-    await res.body?.cancel();
   }
 
   /**

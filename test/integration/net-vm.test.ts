@@ -8,7 +8,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -231,7 +231,10 @@ describe(`netns networking with real VMs (tag ${tag})`, { skip: netnsSkip }, () 
       };
       vm = d!.driver.create();
       await vm.boot(cfg, sig());
-      await new AgentControl(x.guestAddress(AGENT_PORT)).waitUntilReady({ signal: sig(180_000), timeoutMs: 150_000 });
+      await new AgentControl(x.guestAddress(AGENT_PORT)).waitUntilReady({ signal: sig(180_000), timeoutMs: 150_000 }).catch(async (err: unknown) => {
+        const log = await readFile(cfg.consoleLogPath, 'utf8').catch(() => '(no console log)');
+        throw new Error(`${String(err)}\n--- guest console (tail) ---\n${log.slice(-4000)}`);
+      });
       await new AgentControl(x.guestAddress(AGENT_PORT)).init({ accessToken: token, envVars: {}, timestamp: new Date().toISOString() }, sig());
       const cmdsX = new Commands(envdClients({ baseUrl: `http://${x.nsAddr}:${AGENT_PORT}`, accessToken: token }));
       await cmdsX.run(`mkdir -p /tmp/www && echo ${nonce} > /tmp/www/nonce`);
