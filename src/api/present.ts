@@ -1,6 +1,7 @@
 import { ENVD_VERSION } from '../agent/protocol.js';
 import type { SandboxRecord, Template } from '../core/types.js';
-import type { SandboxDetail, SandboxListItem } from './schemas.js';
+import type { NetworkPolicy, SandboxDetail, SandboxListItem } from './schemas.js';
+import type { EgressPolicy } from '../network/types.js';
 import type { Static } from 'typebox';
 import type { TemplateSchema } from './schemas.js';
 
@@ -26,7 +27,12 @@ export function presentListItem(s: SandboxRecord, template: Template | undefined
   };
 }
 
-export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null): SandboxDetail {
+/** Egress in E2B's terms. */
+export function presentEgress(e: EgressPolicy): NetworkPolicy {
+  return { allow_internet_access: e.internet, allowOut: e.allow, denyOut: e.deny };
+}
+
+export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null): SandboxDetail {
   return {
     ...presentListItem(s, template),
     envdAccessToken: s.agentToken,
@@ -35,6 +41,9 @@ export function presentDetail(s: SandboxRecord, template: Template | undefined, 
     vmm: s.vmm ? { kind: s.vmm.kind, pid: s.vmm.pid } : null,
     diskUsageBytes,
     timings: s.timings ? { op: s.timings.op, steps: s.timings.steps.map(([step, ms]) => ({ step, ms })) } : null,
+    network: egress ? presentEgress(egress) : null,
+    allowPublicTraffic: s.netPolicy.trafficToken === null,
+    trafficAccessToken: s.netPolicy.trafficToken,
   };
 }
 

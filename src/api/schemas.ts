@@ -16,6 +16,22 @@ export const SandboxIdParams = Type.Object({
   sandboxID: Type.String({ pattern: '^[a-z0-9]{1,64}$', description: 'Sandbox id ([a-z0-9])' }),
 });
 
+const CidrList = Type.Array(Type.String({ minLength: 7, maxLength: 18, description: 'IPv4 address or CIDR' }), { maxItems: 1024 });
+
+/** A sandbox's egress, as E2B names it; deny wins over allow. */
+export const NetworkPolicy = Type.Object({
+  allow_internet_access: Type.Boolean(),
+  allowOut: Type.Array(Type.String()),
+  denyOut: Type.Array(Type.String()),
+});
+export type NetworkPolicy = Static<typeof NetworkPolicy>;
+
+export const NetworkUpdate = Type.Object({
+  allow_internet_access: Type.Optional(Type.Boolean()),
+  allowOut: Type.Optional(CidrList),
+  denyOut: Type.Optional(CidrList),
+}, { additionalProperties: false, description: 'Replaces the egress policy; fields not given take the host default' });
+
 const StringMap = Type.Record(Type.String({ maxLength: 256 }), Type.String({ maxLength: 16384 }), { maxProperties: 256 });
 
 export const NewSandbox = Type.Object({
@@ -26,7 +42,12 @@ export const NewSandbox = Type.Object({
   envVars: Type.Optional(StringMap),
   metadata: Type.Optional(StringMap),
   secure: Type.Optional(Type.Boolean({ description: 'Accepted for E2B compatibility; the agent token is always enforced' })),
-  allow_internet_access: Type.Optional(Type.Boolean({ description: 'Accepted for E2B compatibility' })),
+  allow_internet_access: Type.Optional(Type.Boolean({ description: 'Egress to destinations not on network.allowOut (default: the host policy, normally true)' })),
+  network: Type.Optional(Type.Object({
+    allowOut: Type.Optional(CidrList),
+    denyOut: Type.Optional(CidrList),
+    allowPublicTraffic: Type.Optional(Type.Boolean({ description: 'false: the port proxy requires the header e2b-traffic-access-token (default true)' })),
+  }, { additionalProperties: false })),
   autoPause: Type.Optional(Type.Boolean({ description: 'E2B: pause instead of destroy at the timeout' })),
   autoResume: Type.Optional(Type.Object({ enabled: Type.Boolean() }, { description: 'E2B: traffic through the proxy resumes a paused sandbox' })),
   lifecycle: Type.Optional(Type.Object({
@@ -67,6 +88,9 @@ export const SandboxDetail = Type.Object({
   vmm: Type.Union([Type.Object({ kind: Type.String(), pid: Type.Integer() }), Type.Null()]),
   diskUsageBytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Allocated blocks of the root disk (st_blocks*512)' }),
   timings: Type.Union([Timing, Type.Null()]),
+  network: Type.Union([NetworkPolicy, Type.Null()], { description: 'Egress in force (null once ended)' }),
+  allowPublicTraffic: Type.Boolean(),
+  trafficAccessToken: Type.Union([Type.String(), Type.Null()], { description: 'Header e2b-traffic-access-token for the port proxy when allowPublicTraffic is false' }),
 }, { $id: 'SandboxDetail' });
 export type SandboxDetail = Static<typeof SandboxDetail>;
 export type SandboxListItem = Static<typeof SandboxListItem>;

@@ -6,6 +6,7 @@ import type { SandboxManager } from '../core/manager.js';
 import type { Store } from '../store/store.js';
 import { errorBody, handleError } from './errors.js';
 import { proxyTargetOf, proxyToSandbox } from './proxy.js';
+import { sandboxPortProxy } from './port-proxy.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
@@ -29,6 +30,8 @@ export interface ApiDeps {
   version: string;
   /** Require X-API-Key on API routes (always on a non-loopback listener). */
   requireApiKey: boolean;
+  /** Host form of the port proxy, `<port>-<id>.<proxyDomain>`; null/absent: path form only. */
+  proxyDomain?: string | null;
 }
 
 /** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
@@ -53,6 +56,19 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     },
   });
   app.addSchema(ErrorSchema);
+
+  // Sandbox ports (/sandboxes/<id>/ports/<port>/…, <port>-<id>.<domain>): streamed, and
+  // authorised by the sandbox's traffic token, not API keys. WebSockets arrive as upgrades.
+  const ports = sandboxPortProxy(deps.manager, deps.proxyDomain ?? null, deps.log);
+  app.addHook('onRequest', (req, reply, done) => {
+    if (!ports.target(req.raw)) { done(); return; }
+    void reply.hijack();
+    ports.handleRequest(req.raw, reply.raw);
+  });
+  app.server.on('upgrade', (req, socket, head: Buffer) => {
+    if (!ports.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+  });
+  app.addHook('onClose', async () => { ports.close(); });
 
   // envd traffic bypasses Fastify's body parsing: it is streamed to the guest as is.
   app.addHook('onRequest', (req, reply, done) => {

@@ -19,4 +19,7 @@ export function newSandboxId(): string { return `i${randomId(20)}`; }
 /** Per-sandbox agent access token (envd X-Access-Token). */
 export function newAgentToken(): string { return randomBytes(24).toString('base64url'); }
 
+/** Per-sandbox port-proxy token (E2B's traffic access token), for sandboxes not open to all. */
+export function newTrafficToken(): string { return randomBytes(24).toString('base64url'); }
+
 export const SANDBOX_ID_PATTERN = /^[a-z0-9]{1,64}$/;

@@ -1,10 +1,11 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { Cleanup } from './cleanup.js';
 import {
   CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted,
 } from './errors.js';
-import { newAgentToken, newSandboxId } from './ids.js';
+import { newAgentToken, newSandboxId, newTrafficToken } from './ids.js';
 import { KeyedLock } from './lock.js';
 import type { Logger } from './log.js';
 import { assertTransition } from './state.js';
@@ -12,6 +13,7 @@ import { StepTimer } from './steps.js';
 import { Semaphore } from './semaphore.js';
 import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
 import type { Store } from '../store/store.js';
+import type { EgressPolicy } from '../network/types.js';
 import { exists, removeTree } from '../util/fs.js';
 import {
   FILES, pausedDir, sandboxDir, type LiveSandbox, type ManagerDeps,
@@ -33,6 +35,12 @@ export interface CreateSandboxInput {
   lifecycle?: Partial<Pick<Lifecycle, 'onTimeout' | 'autoResume' | 'autoExtend'>>;
   /** A retried create with the same key returns the first one's sandbox instead of making another. */
   idempotencyKey?: string;
+  network?: {
+    /** Egress policy; fields not given take the host's default. */
+    egress?: Partial<EgressPolicy>;
+    /** false: the port proxy serves the sandbox only with its traffic token (default true). */
+    publicTraffic?: boolean;
+  };
 }
 
 export interface ReconcileReport {
@@ -106,6 +114,48 @@ export class SandboxManager {
     });
     if (s.state === 'running' && s.lifecycle.autoExtend) this.extend(s, s.lifecycle.timeoutSec);
     return this.agentEndpoint(id);
+  }
+
+  /**
+   * For the port proxy: where a guest port of a sandbox is reached (resuming
+   * it first when `autoResume`), and the traffic token it requires, if any.
+   */
+  async portEndpoint(id: string, port: number, signal: AbortSignal): Promise<{ host: string; port: number; trafficToken: string | null }> {
+    await this.reachable(id, signal);
+    const live = this.live.get(id);
+    if (!live) throw new ConflictError(`sandbox ${id} is ${this.get(id).state}, not running`);
+    return { ...live.slot.guestAddress(port), trafficToken: this.get(id).netPolicy.trafficToken };
+  }
+
+  /** The egress policy a sandbox has (its slot's while running, its recorded one while paused). */
+  egressOf(id: string): EgressPolicy {
+    const rec = this.get(id);
+    const live = this.live.get(id);
+    if (live) return this.deps.network.egressOf(live.slot);
+    return rec.netPolicy.egress ?? this.deps.network.checkEgress({});
+  }
+
+  /**
+   * Replace a sandbox's egress policy: at once in its slot while it runs (open
+   * flows included), recorded for the next resume while paused.
+   */
+  async setEgress(id: string, egress: Partial<EgressPolicy>, signal: AbortSignal): Promise<EgressPolicy> {
+    this.get(id);
+    return this.lock.tryRun(id, 'network', async () => {
+      throwIfAborted(signal);
+      const rec = this.get(id);
+      const next = this.deps.network.checkEgress(egress);
+      const live = this.live.get(id);
+      if (rec.state === 'running' && live) {
+        rec.netPolicy = { ...rec.netPolicy, egress: await this.deps.network.setEgress(live.slot, next) };
+      } else if (rec.state === 'paused') {
+        rec.netPolicy = { ...rec.netPolicy, egress: next };
+      } else {
+        throw new ConflictError(`sandbox ${id} is ${rec.state}; its network can change while it runs or is paused`);
+      }
+      this.store.updateSandbox(rec);
+      return rec.netPolicy.egress!;
+    });
   }
 
   /** endAt = max(endAt, now + seconds). */
@@ -203,6 +253,11 @@ export class SandboxManager {
         autoExtend: input.lifecycle?.autoExtend ?? false,
         timeoutSec: shape.timeoutSec,
       },
+      netPolicy: {
+        // Validated here, before the record exists: a policy this host can't honour is a 400, not a failed sandbox.
+        egress: input.network?.egress ? this.deps.network.checkEgress(input.network.egress) : null,
+        trafficToken: input.network?.publicTraffic === false ? newTrafficToken() : null,
+      },
     };
   }
 
@@ -285,9 +340,9 @@ export class SandboxManager {
    * snapshot, throw the build VM away. Concurrent callers share one build.
    */
   templateSnapshot(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<SnapshotRecord> {
-    const found = this.store.findTemplateSnapshot(template.id, template.imageHash, vcpus, memoryMib);
+    const found = this.store.findTemplateSnapshot(template.id, this.warmKey(template), vcpus, memoryMib);
     if (found) return Promise.resolve(found);
-    const key = `${template.id}/${template.imageHash}/${vcpus}/${memoryMib}`;
+    const key = `${template.id}/${this.warmKey(template)}/${vcpus}/${memoryMib}`;
     let p = this.warming.get(key);
     if (!p) {
       p = this.buildTemplateSnapshot(template, vcpus, memoryMib).finally(() => this.warming.delete(key));
@@ -305,15 +360,25 @@ export class SandboxManager {
     try {
       const snap = await this.lock.run(built.id, 'snapshot', async () => {
         const live = this.mustLive(built.id);
-        const dir = join(this.config.dataDir, 'templates', template.id, `${template.imageHash.slice(0, 16)}-${vcpus}c-${memoryMib}m`);
+        const dir = join(this.config.dataDir, 'templates', template.id, `${this.warmKey(template).slice(0, 16)}-${vcpus}c-${memoryMib}m`);
         return captureSnapshot(this.deps, built, template, live, { kind: 'template', name: null, dir }, new StepTimer('template snapshot'), signal);
       });
-      this.store.insertSnapshot({ ...snap, sandboxId: null });
+      // Recorded under the warm key: a changed image, kernel arguments or network backend makes a new one.
+      this.store.insertSnapshot({ ...snap, sandboxId: null, imageHash: this.warmKey(template) });
       this.log.info({ template: template.id, vcpus, memoryMib, ms: Math.round(performance.now() - t0) }, `template ${template.id} warm snapshot ready (${vcpus} vCPU, ${memoryMib} MiB)`);
       return snap;
     } finally {
       await this.destroy(built.id, AbortSignal.timeout(60_000), 'template build finished').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'template build VM cleanup failed'));
     }
+  }
+
+  /**
+   * What a template snapshot depends on beyond its shape: the image, the kernel
+   * arguments, and the network backend (a guest booted on user-mode networking
+   * has another NIC set-up and address than one booted in a netns slot).
+   */
+  private warmKey(template: Template): string {
+    return createHash('sha256').update(`${template.imageHash}\n${template.kernelArgs}\n${this.deps.network.kind}`).digest('hex');
   }
 
   /** Resolves when no warm-template build is in flight (tests, shutdown). */
@@ -325,7 +390,7 @@ export class SandboxManager {
   async pruneTemplateSnapshots(): Promise<void> {
     for (const s of this.store.listSnapshots({ kind: 'template' })) {
       const t = this.store.getTemplate(s.templateId);
-      if (!t || t.imageHash !== s.imageHash || !(await snapshotComplete(s))) {
+      if (!t || this.warmKey(t) !== s.imageHash || !(await snapshotComplete(s))) {
         await removeSnapshotFiles(s);
         this.store.deleteSnapshot(s.id);
       }
@@ -473,7 +538,11 @@ export class SandboxManager {
       const parent = this.get(id);
       return await Promise.all(Array.from({ length: count }, async (): Promise<ForkResult> => {
         const rec = this.newRecord(template, snap, { vcpus: snap.vcpus, memoryMib: snap.memoryMib, timeoutSec: timeoutSec ?? this.config.defaultTimeoutSec },
-          { templateId: template.id, envVars: parent.envVars, metadata: { ...parent.metadata, 'hearth.forkOf': id } });
+          {
+            templateId: template.id, envVars: parent.envVars, metadata: { ...parent.metadata, 'hearth.forkOf': id },
+            // Children keep the parent's egress; each gets its own traffic token if the parent had one.
+            network: { ...(parent.netPolicy.egress ? { egress: parent.netPolicy.egress } : {}), publicTraffic: parent.netPolicy.trafficToken === null },
+          });
         rec.snapshotId = null;
         this.store.insertSandbox(rec);
         try {

@@ -1,6 +1,7 @@
 /** Domain types shared by the manager, store and API. */
 import type { RootDisk } from '../storage/types.js';
 import type { VmmKind, VmNetwork } from '../vmm/types.js';
+import type { EgressPolicy } from '../network/types.js';
 
 /**
  * Lifecycle (DESIGN §3): creating → running ⇄ paused (via pausing/resuming),
@@ -30,6 +31,17 @@ export interface Template {
   vcpus: number;
   memoryMib: number;
   createdAt: string;
+}
+
+/** A sandbox's own network settings; its slot comes and goes with pause/resume. */
+export interface SandboxNetPolicy {
+  /** Egress; null = the host's default policy. */
+  egress: EgressPolicy | null;
+  /**
+   * When set, the port proxy serves this sandbox only to requests carrying it
+   * (header e2b-traffic-access-token, as E2B's allowPublicTraffic=false).
+   */
+  trafficToken: string | null;
 }
 
 export interface Lifecycle {
@@ -71,6 +83,8 @@ export interface SandboxRecord {
   network: VmNetwork | null;
   /** What happens at the timeout and on traffic. */
   lifecycle: Lifecycle;
+  /** Network settings that outlive a slot (reapplied on resume and after a restart). */
+  netPolicy: SandboxNetPolicy;
   /** The named snapshot it was started from, if any. */
   snapshotId: string | null;
   /** When it was last paused (while paused). */

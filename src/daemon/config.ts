@@ -28,6 +28,20 @@ export interface HearthConfig {
   defaultMemoryMib: number;
   /** Require API keys even on loopback (they are always required on other addresses). */
   requireApiKey: boolean;
+  /** Network backend: 'auto' = netns where the host allows (root, iproute2, nftables), else user-mode. */
+  network: 'auto' | 'netns' | 'user';
+  /** Private IPv4 range for the slots' host-side /30s (must not overlap a host route). */
+  networkRange: string;
+  /** Free netns slots kept ready ahead of demand. */
+  networkPoolSize: number;
+  /** Name tag for slot objects, so several daemons share a host (tests); '' in production. */
+  networkTag: string;
+  /** The host interface sandbox egress leaves by (NAT); null = no sandbox reaches beyond the host. */
+  egressInterface: string | null;
+  /** Resolvers handed to guests (they must be allowed by the egress policy); comma separated in the env. */
+  guestDns: string[];
+  /** Host form of the port proxy: `<port>-<id>.<proxyDomain>`; null disables it (the path form stays). */
+  proxyDomain: string | null;
   /** Guest memory of running sandboxes may reach host RAM × this ratio; creates beyond get 503. */
   memoryOvercommit: number;
   maxVcpus: number;
@@ -56,6 +70,13 @@ export function defaultConfig(): HearthConfig {
     defaultMemoryMib: 512,
     memoryOvercommit: 1.5,
     requireApiKey: false,
+    network: 'auto',
+    networkRange: '10.201.0.0/16',
+    networkPoolSize: 4,
+    networkTag: '',
+    egressInterface: null,
+    guestDns: [],
+    proxyDomain: 'localhost',
     maxVcpus: 8,
     maxMemoryMib: 16384,
     minMemoryMib: 128,
@@ -76,6 +97,13 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
   HEARTH_MEMORY_OVERCOMMIT: 'memoryOvercommit',
   HEARTH_REQUIRE_API_KEY: 'requireApiKey',
+  HEARTH_NETWORK: 'network',
+  HEARTH_NETWORK_RANGE: 'networkRange',
+  HEARTH_NETWORK_POOL_SIZE: 'networkPoolSize',
+  HEARTH_NETWORK_TAG: 'networkTag',
+  HEARTH_EGRESS_INTERFACE: 'egressInterface',
+  HEARTH_GUEST_DNS: 'guestDns',
+  HEARTH_PROXY_DOMAIN: 'proxyDomain',
 };
 
 export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.ProcessEnv = process.env): HearthConfig {
@@ -87,7 +115,10 @@ export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.Pr
     const v = env[name];
     if (v === undefined || v === '') continue;
     const current = cfg[key];
-    (cfg as unknown as Record<string, unknown>)[key] = typeof current === 'number' ? parseNumber(name, v) : typeof current === 'boolean' ? v === '1' || v === 'true' : v;
+    (cfg as unknown as Record<string, unknown>)[key] = typeof current === 'number' ? parseNumber(name, v)
+      : typeof current === 'boolean' ? v === '1' || v === 'true'
+        : Array.isArray(current) ? v.split(',').map((x) => x.trim()).filter(Boolean)
+          : v;
   }
   Object.assign(cfg, Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)));
   validate(cfg);
@@ -104,4 +135,7 @@ function validate(cfg: HearthConfig): void {
   if (!cfg.dataDir.startsWith('/')) throw new Error(`dataDir must be an absolute path, got "${cfg.dataDir}"`);
   if (!Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) throw new Error(`port must be 0..65535, got ${cfg.port}`);
   if (cfg.storage && !['dm', 'reflink', 'copy'].includes(cfg.storage)) throw new Error(`storage must be dm, reflink or copy, got "${cfg.storage}"`);
+  if (!['auto', 'netns', 'user'].includes(cfg.network)) throw new Error(`network must be auto, netns or user, got "${cfg.network}"`);
+  if (!/^([a-z][a-z0-9]{0,3})?$/.test(cfg.networkTag)) throw new Error(`networkTag must be empty or a letter and up to 3 of [a-z0-9], got "${cfg.networkTag}"`);
+  if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);
 }

@@ -10,13 +10,13 @@ import { FileRootfsBackend, cloneFile } from '../storage/file/file-backend.js';
 import { chooseRootfsBackend } from '../storage/select.js';
 import { createDmBackend, DmRootfsBackend } from '../storage/dm/index.js';
 import { LIVE_STATES } from '../core/types.js';
-import { UserModeSlots } from '../network/user/user-slots.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
 import { probeAccelerator } from '../vmm/probe.js';
 import { Store } from '../store/store.js';
 import { AGENT_PORT } from '../agent/protocol.js';
 import type { HearthConfig } from './config.js';
 import { runDoctor } from './doctor.js';
+import { createNetwork, type DaemonNetwork } from './network.js';
 import type { Template } from '../core/types.js';
 import { VERSION } from '../version.js';
 import { isLoopback } from '../api/auth.js';
@@ -34,8 +34,10 @@ export interface Daemon {
   app: FastifyInstance;
   manager: SandboxManager;
   store: Store;
+  network: DaemonNetwork;
   url: string;
-  close(): Promise<void>;
+  /** Stop serving; sandboxes keep running and slots stay for the next start (removeNetwork: remove the slots too). */
+  close(opts?: { removeNetwork?: boolean }): Promise<void>;
 }
 
 export const DEFAULT_TEMPLATE = 'base';
@@ -66,6 +68,7 @@ export async function registerTemplate(store: Store, id: string, image: BuiltIma
 export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { image?: BuiltImage; listen?: boolean } = {}): Promise<Daemon> {
   await mkdir(join(cfg.dataDir, 'sandboxes'), { recursive: true });
   const store = new Store(join(cfg.dataDir, 'hearth.db'));
+  let network: DaemonNetwork | undefined;
   try {
     if (opts.image) await registerTemplate(store, DEFAULT_TEMPLATE, opts.image, cfg);
     const [accel, storageChoice] = await Promise.all([probeAccelerator(), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
@@ -79,12 +82,15 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     if (storage instanceof DmRootfsBackend) {
       await storage.recover(store.listSandboxes({ states: LIVE_STATES }).map((r) => r.id), AbortSignal.timeout(120_000));
     }
+    network = await createNetwork(cfg, store, log);
+    // Slots before sandboxes: recover() restores the slots of the VMs it adopts.
+    await network.start(AbortSignal.timeout(120_000));
     const manager = new SandboxManager({
       store,
       log,
       vmm: new QemuDriver({ accel: accel.accel }),
       storage,
-      network: new UserModeSlots([AGENT_PORT]),
+      network: network.slots,
       agent: (endpoint, token) => new AgentControl(endpoint, token),
       // Memory files: FICLONE where the data dir has reflinks, else a sparse copy.
       cloneFile: (src, dst, signal) => cloneFile(cloneKind, src, dst, signal),
@@ -104,6 +110,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     const recovered = await manager.recover(AbortSignal.timeout(120_000));
     const report = await manager.reconcile();
     report.recovered = recovered;
+    await network.finishRecovery();
     manager.startExpiry();
     manager.startReconciler();
     if (cfg.warmOnStart && cfg.warmTemplates && opts.image) {
@@ -112,22 +119,30 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       manager.templateSnapshot(t, t.vcpus, t.memoryMib, AbortSignal.timeout(cfg.bootTimeoutMs + 120_000))
         .catch((err: unknown) => log.error({ err: String(err) }, 'warming the default template failed; creates will cold-boot'));
     }
-    const app = await buildApi({ manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host) });
+    const app = await buildApi({
+      manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
+    });
     if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
     let url = '';
     if (opts.listen !== false) {
       url = await app.listen({ host: cfg.host, port: cfg.port });
       log.info(`hearthd ${VERSION} listening on ${url} (data dir ${cfg.dataDir})`);
     }
+    const net = network;
     return {
-      app, manager, store, url,
-      async close() {
+      app, manager, store, network: net, url,
+      async close(opts = {}) {
         manager.close();
         await app.close();
-        store.close();
+        try {
+          await (opts.removeNetwork ? net.destroyAll() : net.close());
+        } finally {
+          store.close();
+        }
       },
     };
   } catch (err) {
+    await network?.close().catch(() => undefined);
     store.close();
     throw err;
   }

@@ -18,10 +18,10 @@ export interface RunOptions {
   user?: string;
   /** Kills the command after this long; default 60 000 ms; 0 means no limit. */
   timeoutMs?: number;
-  onStdout?: (text: string) => void | Promise<void>;
-  onStderr?: (text: string) => void | Promise<void>;
+  onStdout?: (text: string) => unknown; // awaited when it returns a promise
+  onStderr?: (text: string) => unknown; // awaited when it returns a promise
   /** Raw bytes as they arrive; awaited, so a slow consumer slows the command (backpressure). */
-  onData?: (stream: 'stdout' | 'stderr', bytes: Uint8Array) => void | Promise<void>;
+  onData?: (stream: 'stdout' | 'stderr', bytes: Uint8Array) => unknown; // awaited when it returns a promise
   /** Keep a stdin pipe open for sendStdin/closeStdin (default false: stdin is /dev/null). */
   stdin?: boolean;
   /** Return a handle once started instead of waiting for the end. */

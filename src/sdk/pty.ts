@@ -21,7 +21,7 @@ export interface PtyCreateOptions extends PtySize {
   envs?: Record<string, string>;
   user?: string;
   /** Terminal output, raw bytes as they arrive; awaited (a slow consumer slows the shell). */
-  onData?: (bytes: Uint8Array) => void | Promise<void>;
+  onData?: (bytes: Uint8Array) => unknown; // awaited when it returns a promise
   /** Kills the shell after this long; default 0: no limit (E2B's default is 60 s). */
   timeoutMs?: number;
   /** Program to run instead of `/bin/bash -i -l`. */
@@ -32,7 +32,7 @@ export interface PtyCreateOptions extends PtySize {
 }
 
 export interface PtyConnectOptions {
-  onData?: (bytes: Uint8Array) => void | Promise<void>;
+  onData?: (bytes: Uint8Array) => unknown; // awaited when it returns a promise
   signal?: AbortSignal;
 }
 
@@ -48,7 +48,7 @@ export class PtyHandle {
     private readonly clients: EnvdClients,
     private readonly events: AsyncIterator<ProcessEvent | undefined>,
     private readonly abort: AbortController,
-    private readonly onData?: (bytes: Uint8Array) => void | Promise<void>,
+    private readonly onData?: (bytes: Uint8Array) => unknown,
   ) {
     this.done = this.pump();
     this.done.catch(() => undefined);

@@ -81,4 +81,18 @@ export const MIGRATIONS: readonly string[] = [
     created_at TEXT NOT NULL
   );
   `,
+  // 4: per-sandbox network settings; the netns slot pool's rows (DESIGN §7: slot numbers persist).
+  `
+  ALTER TABLE sandboxes ADD COLUMN net_policy TEXT;
+  CREATE TABLE network_slots (
+    n INTEGER PRIMARY KEY,
+    netns TEXT NOT NULL,
+    host_if TEXT NOT NULL,
+    host_addr TEXT NOT NULL,
+    ns_addr TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('free', 'used')),
+    generation INTEGER NOT NULL,
+    policy TEXT
+  );
+  `,
 ];

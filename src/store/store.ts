@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { Lifecycle, SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template } from '../core/types.js';
+import type { Lifecycle, SandboxNetPolicy, SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template } from '../core/types.js';
 import { MIGRATIONS } from './migrations.js';
 
 type Row = Record<string, unknown>;
@@ -76,9 +76,9 @@ export class Store {
   insertSandbox(s: SandboxRecord): void {
     this.db.prepare(`
       INSERT INTO sandboxes (id, template_id, state, vcpus, memory_mib, env_vars, metadata, created_at, started_at, end_at,
-        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings, snapshot_id, paused_at, lifecycle)
+        ended_at, end_reason, agent_token, agent, vmm, disk, network, timings, snapshot_id, paused_at, lifecycle, net_policy)
       VALUES (@id, @templateId, @state, @vcpus, @memoryMib, @envVars, @metadata, @createdAt, @startedAt, @endAt,
-        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings, @snapshotId, @pausedAt, @lifecycle)
+        @endedAt, @endReason, @agentToken, @agent, @vmm, @disk, @network, @timings, @snapshotId, @pausedAt, @lifecycle, @netPolicy)
     `).run(sandboxToRow(s));
   }
 
@@ -88,7 +88,7 @@ export class Store {
       UPDATE sandboxes SET template_id=@templateId, state=@state, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
         metadata=@metadata, created_at=@createdAt, started_at=@startedAt, end_at=@endAt, ended_at=@endedAt,
         end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings,
-        snapshot_id=@snapshotId, paused_at=@pausedAt, lifecycle=@lifecycle
+        snapshot_id=@snapshotId, paused_at=@pausedAt, lifecycle=@lifecycle, net_policy=@netPolicy
       WHERE id=@id
     `).run(sandboxToRow(s));
     if (res.changes !== 1) throw new Error(`store: sandbox ${s.id} does not exist`);
@@ -244,6 +244,7 @@ function sandboxToRow(s: SandboxRecord): Row {
     disk: s.disk ? JSON.stringify(s.disk) : null,
     network: s.network ? JSON.stringify(s.network) : null,
     lifecycle: JSON.stringify(s.lifecycle),
+    netPolicy: JSON.stringify(s.netPolicy),
     timings: s.timings ? JSON.stringify(s.timings) : null,
   };
 }
@@ -271,6 +272,7 @@ function sandboxFromRow(r: Row): SandboxRecord {
     snapshotId: (r['snapshot_id'] as string | null) ?? null,
     pausedAt: (r['paused_at'] as string | null) ?? null,
     lifecycle: json<Lifecycle>(r['lifecycle']) ?? { onTimeout: 'kill', autoResume: false, autoExtend: false, timeoutSec: 300 },
+    netPolicy: json<SandboxNetPolicy>(r['net_policy']) ?? { egress: null, trafficToken: null },
   };
 }
 

@@ -13,6 +13,8 @@ import { startDaemon, type Daemon } from '../../src/daemon/daemon.js';
 import { createLogger } from '../../src/core/log.js';
 import { ensureDefaultImage, lineProgress, type ImageInfo } from '../../src/images/index.js';
 import { AGENT_BUNDLE_PATH } from '../../src/paths.js';
+import { chooseNetwork, NetnsSlots } from '../../src/network/netns/index.js';
+import { freeTestRange, randomTag, sweep, tagged } from './netns.js';
 
 let imagePromise: Promise<ImageInfo> | undefined;
 
@@ -35,9 +37,20 @@ export interface TestDaemon extends Daemon {
   stop(): Promise<void>;
 }
 
+/**
+ * Where this host runs netns slots (root, iproute2, nftables), test daemons do
+ * too, as hearthd would: each with its own random name tag and a free private
+ * range, so they never touch another daemon's slots; stop() removes them all.
+ */
+async function testNetwork(over: Partial<HearthConfig>): Promise<Partial<HearthConfig>> {
+  if (over.network === 'user' || (await chooseNetwork({ prefer: over.network ?? 'auto' })).kind !== 'netns') return { network: 'user' };
+  return { network: 'netns', networkTag: randomTag(), networkRange: await freeTestRange(), networkPoolSize: 2, egressInterface: null };
+}
+
 export async function startTestDaemon(over: Partial<HearthConfig> = {}): Promise<TestDaemon> {
   const dataDir = await mkdtemp(join(process.env['HEARTH_TEST_TMP'] ?? tmpdir(), 'hearth-it-'));
-  return daemonOn(loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, ...over }, {}));
+  const net = await testNetwork(over);
+  return daemonOn(loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, ...net, ...over }, {}));
 }
 
 async function daemonOn(cfg: HearthConfig): Promise<TestDaemon> {
@@ -58,10 +71,18 @@ async function daemonOn(cfg: HearthConfig): Promise<TestDaemon> {
       for (const s of d.manager.list()) {
         if (s.state !== 'destroyed') await d.manager.destroy(s.id, AbortSignal.timeout(60_000)).catch(() => undefined);
       }
-      await d.close();
+      // The slots outlive a daemon (the next start reuses them); a test's pool goes with the test.
+      await d.close({ removeNetwork: true });
+      let netLeft: string[] = [];
+      if (d.network.slots instanceof NetnsSlots) {
+        const t = await tagged(cfg.networkTag);
+        netLeft = [...t.netns, ...t.links, ...t.tables];
+        if (netLeft.length) await sweep(cfg.networkTag);
+      }
       const left = existsSync(join(dataDir, 'sandboxes')) ? await readdir(join(dataDir, 'sandboxes')) : [];
       await rm(dataDir, { recursive: true, force: true });
       if (left.length) throw new Error(`sandbox directories left behind: ${left.join(', ')}`);
+      if (netLeft.length) throw new Error(`network objects left behind: ${netLeft.join(', ')}`);
     },
   };
 }

@@ -5,12 +5,12 @@
  */
 import type { ExitInfo, SnapshotFiles, VmConfig, Vmm, VmmDriver, VmmHandle, VmNetwork } from '../../src/vmm/types.js';
 import type { BaseImage, RootDisk, RootfsBackend } from '../../src/storage/types.js';
-import type { NetworkSlots, Slot } from '../../src/network/types.js';
+import type { EgressPolicy, NetworkSlots, Slot, SlotOptions } from '../../src/network/types.js';
 import type { AgentControlApi } from '../../src/core/manager.js';
 import { HostFailureError, TimeoutError } from '../../src/core/errors.js';
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 
-export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'agent.ready' | 'agent.init';
+export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'slot.setEgress' | 'agent.ready' | 'agent.init';
 
 /** Records every host action in order and fails the ones named in `faults`. */
 export class World {
@@ -117,19 +117,31 @@ export class FakeStorage implements RootfsBackend {
 export class FakeSlots implements NetworkSlots {
   readonly kind = 'user' as const;
   private next = 1;
+  /** Egress per slot, as a netns pool would hold it. */
+  readonly egress = new Map<number, EgressPolicy>();
   constructor(private readonly w: World) {}
-  async acquire(): Promise<Slot> {
+  async acquire(_signal: AbortSignal, opts: SlotOptions = {}): Promise<Slot> {
     this.w.fail('slot.acquire');
     const id = this.next++;
     this.w.slots.add(id);
+    this.egress.set(id, { internet: true, allow: [], deny: [], ...opts.egress });
     this.w.events.push(`slot+ ${id}`);
     return this.restore({ kind: 'user', forwards: [{ hostPort: id, guestPort: 49983 }], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' });
   }
-  async release(s: Slot): Promise<void> { this.w.events.push(`slot- ${s.id}`); this.w.slots.delete(s.id); }
+  async release(s: Slot): Promise<void> { this.w.events.push(`slot- ${s.id}`); this.w.slots.delete(s.id); this.egress.delete(s.id); }
+  async setEgress(s: Slot, egress: Partial<EgressPolicy>): Promise<EgressPolicy> {
+    this.w.fail('slot.setEgress');
+    const next = { ...this.egressOf(s), ...egress };
+    this.egress.set(s.id, next);
+    this.w.events.push(`slot egress ${s.id} internet=${next.internet}`);
+    return next;
+  }
+  checkEgress(egress: Partial<EgressPolicy>): EgressPolicy { return { internet: true, allow: [], deny: [], ...egress }; }
+  egressOf(s: Slot): EgressPolicy { return this.egress.get(s.id) ?? { internet: true, allow: [], deny: [] }; }
   restore(net: VmNetwork): Slot {
     const id = net.kind === 'user' ? net.forwards[0]!.hostPort : 0;
     this.w.slots.add(id);
-    return { id, vmNetwork: net, guestAddress: (port) => ({ host: '127.0.0.1', port: port + id }) };
+    return { id, vmNetwork: net, guestKernelArgs: 'hearth.ip=10.0.2.15/24 hearth.gw=10.0.2.2', guestAddress: (port) => ({ host: '127.0.0.1', port: port + id }) };
   }
 }
 

@@ -9,11 +9,10 @@
  * by name, whatever happens.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir, totalmem } from 'node:os';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, NS_VETH_NAME, TAP_NAME } from '../../src/network/netns/addressing.js';
@@ -22,19 +21,14 @@ import { createPortProxy, type PortProxy } from '../../src/network/proxy/index.j
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { Store } from '../../src/store/store.js';
 import { SandboxManager } from '../../src/core/manager.js';
-import { AgentControl } from '../../src/client/agent-rest.js';
 import { QemuDriver } from '../../src/vmm/qemu/driver.js';
 import { probeAccelerator } from '../../src/vmm/probe.js';
-import { FileRootfsBackend, cloneFile } from '../../src/storage/file/file-backend.js';
+import { FileRootfsBackend } from '../../src/storage/file/file-backend.js';
 import { chooseRootfsBackend } from '../../src/storage/select.js';
-import { buildApi } from '../../src/api/server.js';
-import { registerTemplate, DEFAULT_TEMPLATE } from '../../src/daemon/daemon.js';
+import { startDaemon } from '../../src/daemon/daemon.js';
 import { loadConfig, type HearthConfig } from '../../src/daemon/config.js';
 import { createLogger } from '../../src/core/log.js';
-import { AGENT_PORT } from '../../src/agent/protocol.js';
-import { VERSION } from '../../src/version.js';
 import { testImage } from '../helpers/daemon.js';
-import type { FastifyInstance } from 'fastify';
 
 const execFileP = promisify(execFile);
 
@@ -59,40 +53,7 @@ async function must(cmd: string, args: string[], input?: string): Promise<string
   return r.stdout;
 }
 
-export function randomTag(): string {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  const b = randomBytes(3);
-  return `t${alphabet[b[0]! % 36]}${alphabet[b[1]! % 36]}`;
-}
-
-/** A /24 in 10.230-10.249 that no host route touches. */
-export async function freeTestRange(): Promise<string> {
-  const routes = await must('ip', ['-4', 'route', 'show', 'table', 'all']);
-  for (let i = 0; i < 200; i++) {
-    const b = 230 + (randomBytes(1)[0]! % 20);
-    const c = randomBytes(1)[0]!;
-    if (!routes.includes(`10.${b}.`)) return `10.${b}.${c}.0/24`;
-  }
-  throw new Error('no free 10.23x-24x range for the test pool');
-}
-
-/** Host objects carrying this tag (what must be gone after the tests). */
-export async function tagged(tag: string): Promise<{ netns: string[]; links: string[]; tables: string[] }> {
-  const [ns, links, tables] = await Promise.all([must('ip', ['netns', 'list']), must('ip', ['-o', 'link', 'show']), must('nft', ['list', 'tables'])]);
-  return {
-    netns: ns.split('\n').map((l) => l.split(' ')[0]!).filter((n) => n.startsWith(`hearth-${tag}`)),
-    links: links.split('\n').map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1] ?? '').filter((n) => n.startsWith(`hth${tag}`)),
-    tables: tables.split('\n').map((l) => l.trim().split(/\s+/)[2] ?? '').filter((n) => n.startsWith(`hearth-${tag}`)),
-  };
-}
-
-/** Removes every object with this tag, by name (the after-hook's last resort). */
-export async function sweep(tag: string): Promise<void> {
-  const t = await tagged(tag);
-  for (const l of t.links) await sh('ip', ['link', 'del', l]);
-  for (const n of t.netns) await sh('ip', ['netns', 'del', n]);
-  for (const tb of t.tables) await sh('nft', ['delete', 'table', 'inet', tb]);
-}
+export { freeTestRange, randomTag, sweep, tagged } from '../helpers/netns.js';
 
 export function nsExec(netns: string, cmd: string, args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
   return sh('nsenter', [`--net=/run/netns/${netns}`, '--', cmd, ...args]);
@@ -278,87 +239,50 @@ export { execFileP, NS_VETH_NAME };
 // ------------------------------------------------------------------ real VMs
 export interface NetDaemon {
   url: string;
-  app: FastifyInstance;
   manager: SandboxManager;
   store: Store;
   pool: NetnsSlots;
   cfg: HearthConfig;
   driver: QemuDriver;
   storage: FileRootfsBackend;
-  /** The template's kernel/initrd/rootfs/args (args include the tap guest addresses). */
+  /** The template's kernel/initrd/rootfs/args (the slot's guest addresses are appended per VM). */
   template: { kernelPath: string; initrdPath: string; rootfsPath: string; kernelArgs: string };
-  proxy: Awaited<ReturnType<typeof startProxy>>;
+  /** hearthd's own listener, which serves the port proxy (host form under "sandbox.test"). */
+  proxy: { url: string; port: number };
   /** Destroys every sandbox, closes the daemon, removes the pool's slots and the data dir. */
   stop(): Promise<void>;
 }
 
 /**
- * hearthd's wiring (src/daemon/daemon.ts startDaemon) with NetnsSlots instead of
- * user-mode networking, plus the port proxy on its own loopback server. The
- * template's kernel arguments carry the tap guest addresses: they are the same
- * for every slot (until the manager appends them itself, see docs/networking.md).
+ * hearthd itself (startDaemon) on netns networking with this test's tag, range
+ * and egress interface. The warm template is not built at start, so a test can
+ * watch the pool's acquires from the first one (the template build's).
  */
-export async function startNetDaemon(pool: NetnsSlots): Promise<NetDaemon> {
+export async function startNetDaemon(opts: { tag: string; range: string; egressInterface: string }): Promise<NetDaemon> {
   const image = await testImage();
   const tmp = await tempDir('hearth-net-it-');
-  const dataDir = tmp.dir;
-  const cfg = loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000 }, {});
-  const log = createLogger(process.env['HEARTH_TEST_LOG'] ?? 'warn');
-  await mkdir(join(dataDir, 'sandboxes'), { recursive: true });
-  const store = new Store(join(dataDir, 'hearth.db'));
-  const kernelArgs = `${image.kernelArgs} ${pool.guestKernelArgs()}`;
-  await registerTemplate(store, DEFAULT_TEMPLATE, { ...image, kernelArgs }, cfg);
+  const cfg = loadConfig({
+    dataDir: tmp.dir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, warmOnStart: false,
+    network: 'netns', networkTag: opts.tag, networkRange: opts.range, networkPoolSize: 2, egressInterface: opts.egressInterface, proxyDomain: 'sandbox.test',
+  }, {});
+  const d = await startDaemon(cfg, createLogger(process.env['HEARTH_TEST_LOG'] ?? 'warn'), { image });
+  const pool = d.network.slots;
+  if (!(pool instanceof NetnsSlots)) throw new Error('the daemon did not choose netns networking');
   const [accel, storageChoice] = await Promise.all([probeAccelerator(), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
-  if (storageChoice.chosen === 'dm') throw new Error('dm storage is not available in this build');
-  const driver = new QemuDriver({ accel: accel.accel });
-  const storage = new FileRootfsBackend(storageChoice.chosen, join(dataDir, 'sandboxes'));
-  const cloneKind = storageChoice.reflink ? 'reflink' : 'copy';
-  const manager = new SandboxManager({
-    store, log, vmm: driver, storage, network: pool,
-    agent: (endpoint, token) => new AgentControl(endpoint, token),
-    cloneFile: (src, dst, signal) => cloneFile(cloneKind, src, dst, signal),
-    config: {
-      dataDir,
-      agentPort: AGENT_PORT,
-      defaultTimeoutSec: cfg.defaultTimeoutSec,
-      maxTimeoutSec: cfg.maxTimeoutSec,
-      bootTimeoutMs: cfg.bootTimeoutMs,
-      restoreTimeoutMs: cfg.restoreTimeoutMs,
-      warmTemplates: cfg.warmTemplates,
-      maxConcurrentStarts: cfg.maxConcurrentStarts,
-      limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib, maxForks: cfg.maxForks },
-      capacityMemoryMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit),
-    },
-  });
-  await pool.start();
-  await manager.recover(AbortSignal.timeout(120_000));
-  await manager.reconcile();
-  await pool.finishRecovery();
-  const app = await buildApi({ manager, store, log, doctor: async () => ({}), version: VERSION, requireApiKey: false });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  // The port proxy resolves through the sandbox's slot (manager.portEndpoint once it exists).
-  const proxy = await startProxy((id, port) => {
-    try {
-      const rec = manager.get(id);
-      if (rec.state !== 'running' || !rec.network) return null;
-      return pool.slotFor(rec.network)?.guestAddress(port) ?? null;
-    } catch {
-      return null;
-    }
-  });
+  const port = (d.app.server.address() as AddressInfo).port;
   return {
-    url, app, manager, store, pool, cfg, driver, storage, proxy,
-    template: { kernelPath: image.kernelPath, initrdPath: image.initrdPath, rootfsPath: image.rootfsPath, kernelArgs },
+    url: d.url, manager: d.manager, store: d.store, pool, cfg,
+    // For the test that drives VMs directly, beside the daemon's.
+    driver: new QemuDriver({ accel: accel.accel }),
+    storage: new FileRootfsBackend(storageChoice.chosen === 'dm' ? 'copy' : storageChoice.chosen, join(tmp.dir, 'direct')),
+    template: { kernelPath: image.kernelPath, initrdPath: image.initrdPath, rootfsPath: image.rootfsPath, kernelArgs: image.kernelArgs },
+    proxy: { url: d.url, port },
     async stop() {
-      for (const s of manager.list()) {
-        if (s.state !== 'destroyed') await manager.destroy(s.id, AbortSignal.timeout(60_000)).catch(() => undefined);
+      await d.manager.settled();
+      for (const s of d.manager.list()) {
+        if (s.state !== 'destroyed') await d.manager.destroy(s.id, AbortSignal.timeout(60_000)).catch(() => undefined);
       }
-      await manager.settled();
-      manager.close();
-      await proxy.close();
-      await app.close();
-      store.close();
-      await pool.destroyAll();
+      await d.close({ removeNetwork: true });
       await tmp.remove();
     },
   };

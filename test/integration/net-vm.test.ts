@@ -26,7 +26,7 @@ import type { VmConfig } from '../../src/vmm/types.js';
 import type { QemuVmm } from '../../src/vmm/qemu/vmm.js';
 import type { RootDisk } from '../../src/storage/types.js';
 import {
-  INTERNET_HOST_ADDR, INTERNET_SERVER, INTERNET_SERVER_2, counterOf, freeTestRange, randomTag, startInternet, startNetDaemon, sweep, tagged, tempDir, testPool,
+  INTERNET_HOST_ADDR, INTERNET_SERVER, INTERNET_SERVER_2, counterOf, freeTestRange, randomTag, startInternet, startNetDaemon, sweep, tagged, tempDir,
   type NetDaemon, type TestInternet,
 } from './net-fixture.js';
 
@@ -101,11 +101,11 @@ describe(`netns networking with real VMs (tag ${tag})`, { skip: netnsSkip }, () 
   before(async () => {
     const range = await freeTestRange();
     internet = await startInternet(tag);
-    pool = testPool(tag, range, { egressInterface: internet.hostIf, poolSize: 2, maxIdle: 4 });
+    d = await startNetDaemon({ tag, range, egressInterface: internet.hostIf });
+    pool = d.pool;
     // Record which slot each acquire hands out (the first goes to the warm template's build VM).
     const acquire = pool.acquire.bind(pool);
     pool.acquire = async (signal, opts) => { const s = await acquire(signal, opts); acquired.push(s.id); return s; };
-    d = await startNetDaemon(pool);
     await pool.whenFilled();
     [a, b] = await Promise.all([Sandbox.create({ url: d.url }), Sandbox.create({ url: d.url })]);
   });
@@ -226,7 +226,7 @@ describe(`netns networking with real VMs (tag ${tag})`, { skip: netnsSkip }, () 
       const dirA = join(tmp.dir, 'a');
       await mkdir(dirA, { recursive: true });
       const cfg: VmConfig = {
-        sandboxId: 'netsnap-a', vcpus: 1, memoryMib: 512, kernelPath: t.kernelPath, initrdPath: t.initrdPath, kernelArgs: t.kernelArgs,
+        sandboxId: 'netsnap-a', vcpus: 1, memoryMib: 512, kernelPath: t.kernelPath, initrdPath: t.initrdPath, kernelArgs: `${t.kernelArgs} ${x.guestKernelArgs}`,
         rootfsPath: disk.devicePath, memoryFilePath: join(dirA, 'memory'), runDir: dirA, consoleLogPath: join(dirA, 'console.log'), network: x.vmNetwork,
       };
       vm = d!.driver.create();

@@ -4,6 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../../src/api/server.js';
 import { createApiKey } from '../../src/api/auth.js';
@@ -22,7 +24,7 @@ async function setup(opts: { requireApiKey?: boolean } = {}) {
     config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2, warmTemplates: true,
       limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128, maxForks: 5 }, capacityMemoryMib: 1 << 20 },
   });
-  const app = await buildApi({ manager, store, log: silentLogger(), doctor: async () => ({}), version: 'test', requireApiKey: opts.requireApiKey ?? false });
+  const app = await buildApi({ manager, store, log: silentLogger(), doctor: async () => ({}), version: 'test', requireApiKey: opts.requireApiKey ?? false, proxyDomain: 'localhost' });
   return { app, store, manager, w, done: async () => { await manager.settled(); await app.close(); rmSync(dataDir, { recursive: true, force: true }); } };
 }
 
@@ -102,4 +104,61 @@ test('fuzz: random and malformed requests never get a 5xx', async () => {
       assert.ok(res.statusCode < 500, `${method} ${url} ${payload.slice(0, 100)} → ${res.statusCode} ${res.body.slice(0, 200)}`);
     }), { numRuns: 300 });
   } finally { await t.done(); }
+});
+
+test('network: create with E2B\'s egress fields, read it back, replace it; bad lists are 400s naming the field', async () => {
+  const t = await setup();
+  try {
+    const res = await post(t.app, '/sandboxes', { templateID: 'base', allow_internet_access: false, network: { allowOut: ['198.51.100.0/24'], denyOut: ['198.51.100.7'], allowPublicTraffic: false } });
+    assert.equal(res.statusCode, 201, res.body);
+    const s = res.json<{ sandboxID: string; network: unknown; allowPublicTraffic: boolean; trafficAccessToken: string | null }>();
+    assert.deepEqual(s.network, { allow_internet_access: false, allowOut: ['198.51.100.0/24'], denyOut: ['198.51.100.7'] });
+    assert.equal(s.allowPublicTraffic, false);
+    assert.ok(s.trafficAccessToken);
+    const put = await t.app.inject({ method: 'PUT', url: `/sandboxes/${s.sandboxID}/network`, payload: { allow_internet_access: true }, headers: { 'content-type': 'application/json' } });
+    assert.equal(put.statusCode, 200, put.body);
+    assert.deepEqual(put.json(), { allow_internet_access: true, allowOut: [], denyOut: [] });
+    assert.deepEqual((await t.app.inject({ url: `/sandboxes/${s.sandboxID}/network` })).json(), { allow_internet_access: true, allowOut: [], denyOut: [] });
+    const bad = await t.app.inject({ method: 'PUT', url: `/sandboxes/${s.sandboxID}/network`, payload: { allowOut: [42] }, headers: { 'content-type': 'application/json' } });
+    assert.equal(bad.statusCode, 400);
+    assert.match(bad.json<{ message: string }>().message, /allowOut/);
+    const unknown = await post(t.app, '/sandboxes', { templateID: 'base', network: { allowOutt: [] } });
+    assert.equal(unknown.statusCode, 400);
+    assert.equal((await t.app.inject({ method: 'PUT', url: '/sandboxes/inope/network', payload: {}, headers: { 'content-type': 'application/json' } })).statusCode, 404);
+  } finally { await t.done(); }
+});
+
+test('port proxy on the API listener: path and host forms, traffic token enforced, no API key needed, 502 for unknown sandboxes', async () => {
+  const t = await setup({ requireApiKey: true });
+  const upstream = createServer((req, res) => res.end(`guest ${req.url}`));
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  try {
+    const { key } = createApiKey(t.store, 'ci');
+    const created = await post(t.app, '/sandboxes', { templateID: 'base', network: { allowPublicTraffic: false } }, { 'x-api-key': key });
+    const s = created.json<{ sandboxID: string; trafficAccessToken: string }>();
+    const upstreamPort = (upstream.address() as AddressInfo).port;
+    t.manager.portEndpoint = async (id) => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: t.manager.get(id).netPolicy.trafficToken });
+    const url = await t.app.listen({ host: '127.0.0.1', port: 0 });
+    const path = `${url}/sandboxes/${s.sandboxID}/ports/8080/hi?x=1`;
+    assert.equal((await fetch(path)).status, 403, 'no token');
+    assert.equal((await fetch(path, { headers: { 'e2b-traffic-access-token': 'nope' } })).status, 403, 'wrong token');
+    const ok = await fetch(path, { headers: { 'e2b-traffic-access-token': s.trafficAccessToken } });
+    assert.equal(ok.status, 200);
+    assert.equal(await ok.text(), 'guest /hi?x=1');
+    const viaHost = await new Promise<string>((resolve, reject) => {
+      const q = httpRequest(`${url}/y`, { headers: { host: `8080-${s.sandboxID}.localhost`, 'e2b-traffic-access-token': s.trafficAccessToken } }, (r) => {
+        let b = ''; r.setEncoding('utf8').on('data', (c: string) => { b += c; }).on('end', () => resolve(b));
+      });
+      q.on('error', reject).end();
+    });
+    assert.equal(viaHost, 'guest /y', 'host form under the default domain "localhost"');
+    const missing = await fetch(`${url}/sandboxes/inope/ports/8080/`);
+    assert.equal(missing.status, 502);
+    assert.match((await missing.json() as { message: string }).message, /not found/);
+    assert.equal((await fetch(`${url}/sandboxes/${s.sandboxID}/ports/49983/`)).status, 403, 'the agent port has its own authenticated route');
+    assert.equal((await fetch(`${url}/sandboxes`)).status, 401, 'API routes still need the key');
+  } finally {
+    upstream.close();
+    await t.done();
+  }
 });

@@ -413,3 +413,50 @@ test('creates beyond host capacity are refused with a clear message; paused sand
     assert.equal(t.m.get(a.id).state, 'paused');
   } finally { t.done(); }
 });
+
+test('a sandbox\'s egress policy is applied to its slot, kept across pause/resume, inherited by forks, and changeable while running or paused', async () => {
+  const t = setup();
+  try {
+    const net = t.deps.network;
+    const a = await t.m.create({ templateId: 'base', network: { egress: { internet: false, allow: ['198.51.100.0/24'] }, publicTraffic: false } }, signal());
+    const want = { internet: false, allow: ['198.51.100.0/24'], deny: [] };
+    assert.deepEqual(t.m.egressOf(a.id), want, 'the slot got the policy at acquire');
+    assert.match(a.netPolicy.trafficToken ?? '', /^[A-Za-z0-9_-]{32}$/, 'allowPublicTraffic=false gives a traffic token');
+    const ep = await t.m.portEndpoint(a.id, 8080, signal());
+    assert.equal(ep.trafficToken, a.netPolicy.trafficToken);
+
+    assert.deepEqual(await t.m.setEgress(a.id, { internet: true }, signal()), { internet: true, allow: [], deny: [] });
+    assert.ok(t.w.events.some((e) => /^slot egress \d+ internet=true$/.test(e)));
+    await t.m.pause(a.id, signal());
+    assert.deepEqual(t.m.egressOf(a.id), { internet: true, allow: [], deny: [] }, 'the recorded policy while paused');
+    await t.m.setEgress(a.id, { internet: false, deny: ['198.51.100.7'] }, signal());
+    const resumed = await t.m.resume(a.id, signal());
+    assert.deepEqual(t.m.egressOf(resumed.id), { internet: false, allow: [], deny: ['198.51.100.7'] }, 'the new slot got the policy set while paused');
+
+    const [child] = await t.m.fork(a.id, 1, undefined, signal());
+    assert.deepEqual(t.m.egressOf(child!.sandbox!.id), t.m.egressOf(a.id), 'a fork keeps its parent\'s egress');
+    assert.ok(child!.sandbox!.netPolicy.trafficToken && child!.sandbox!.netPolicy.trafficToken !== a.netPolicy.trafficToken, 'and gets its own traffic token');
+
+    // A failed policy change leaves the old policy in force and recorded.
+    t.w.faults.add('slot.setEgress');
+    await assert.rejects(t.m.setEgress(a.id, { internet: true }, signal()), HostFailureError);
+    t.w.faults.delete('slot.setEgress');
+    assert.deepEqual(t.store.getSandbox(a.id)!.netPolicy.egress, { internet: false, allow: [], deny: ['198.51.100.7'] });
+    assert.equal(net.egress.size, 2);
+
+    for (const s of t.m.list()) if (s.state !== 'destroyed') await t.m.destroy(s.id, signal());
+    await assert.rejects(t.m.setEgress(a.id, {}, signal()), /destroyed; its network can change while it runs or is paused/);
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('a policy the network backend can\'t honour is refused before any sandbox exists', async () => {
+  const t = setup();
+  try {
+    t.deps.network.checkEgress = () => { throw new InvalidArgumentError('this host runs sandboxes on user-mode networking, which has no egress', 'network'); };
+    await assert.rejects(t.m.create({ templateId: 'base', network: { egress: { internet: true } } }, signal()), InvalidArgumentError);
+    const users = t.store.listSandboxes({}).filter((s) => s.metadata['hearth.internal'] !== 'template-build');
+    assert.deepEqual(users, [], 'no record, not even a failed one');
+    t.nothingLeft();
+  } finally { t.done(); }
+});

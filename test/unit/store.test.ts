@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { SqliteSlotStore } from '../../src/store/slot-store.js';
 import { Store } from '../../src/store/store.js';
 import type { SandboxRecord, Template } from '../../src/core/types.js';
 import { MIGRATIONS } from '../../src/store/migrations.js';
@@ -17,7 +18,8 @@ function sandbox(id: string, over: Partial<SandboxRecord> = {}): SandboxRecord {
     id, templateId: 'base', state: 'creating', vcpus: 1, memoryMib: 512, envVars: { A: '1' }, metadata: { who: 'test' },
     createdAt: new Date().toISOString(), startedAt: null, endAt: new Date(Date.now() + 1000).toISOString(), endedAt: null,
     endReason: null, agentToken: 'tok', agent: null, vmm: null, disk: null, network: null, timings: null,
-    snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill', autoResume: false, autoExtend: false, timeoutSec: 60 }, ...over,
+    snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill', autoResume: false, autoExtend: false, timeoutSec: 60 },
+    netPolicy: { egress: null, trafficToken: null }, ...over,
   };
 }
 
@@ -70,4 +72,23 @@ test('journal rows record the current step and disappear at the end', () => {
   assert.deepEqual(s.listJournal().map((x) => [x.sandboxId, x.op, x.step]), [['i1', 'create', 'boot']]);
   s.journalEnd(j);
   assert.deepEqual(s.listJournal(), []);
+});
+
+test('sandbox network settings and the netns pool\'s slot rows persist in SQLite', () => {
+  const s = new Store(':memory:');
+  s.upsertTemplate(template);
+  const egress = { internet: false, allow: ['198.51.100.0/24'], deny: ['198.51.100.7/32'] };
+  s.insertSandbox(sandbox('inet', { netPolicy: { egress, trafficToken: 'tt' } }));
+  assert.deepEqual(s.getSandbox('inet')!.netPolicy, { egress, trafficToken: 'tt' });
+
+  const slots = new SqliteSlotStore(s);
+  const row = { n: 3, netns: 'hearth-s3', hostIf: 'hths3', hostAddr: '10.201.0.13', nsAddr: '10.201.0.14', state: 'free' as const, generation: 2, policy: null };
+  slots.save(row);
+  slots.save({ ...row, n: 1, netns: 'hearth-s1', hostIf: 'hths1' });
+  slots.save({ ...row, state: 'used', generation: 5, policy: { egress, exposure: [8080] } });
+  assert.deepEqual(slots.load().map((r) => r.n), [1, 3]);
+  assert.deepEqual(slots.load()[1], { ...row, state: 'used', generation: 5, policy: { egress, exposure: [8080] } });
+  slots.delete(1);
+  assert.deepEqual(slots.load().map((r) => r.n), [3]);
+  s.close();
 });

@@ -5,8 +5,11 @@ import { Type } from 'typebox';
 import type { SandboxManager } from '../../core/manager.js';
 import type { SandboxState } from '../../core/types.js';
 import { InvalidArgumentError } from '../../core/errors.js';
-import { presentDetail, presentListItem } from '../present.js';
-import { ErrorSchema, ListQuery, NewSandbox, SandboxDetail, SandboxIdParams, SandboxListItem, TimeoutBody } from '../schemas.js';
+import { presentDetail, presentEgress, presentListItem } from '../present.js';
+import {
+  ErrorSchema, ListQuery, NetworkPolicy, NetworkUpdate, NewSandbox, SandboxDetail, SandboxIdParams, SandboxListItem, TimeoutBody,
+} from '../schemas.js';
+import type { EgressPolicy } from '../../network/types.js';
 import type { Store } from '../../store/store.js';
 
 const STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'destroyed', 'failed'];
@@ -17,6 +20,23 @@ function requestSignal(res: ServerResponse): AbortSignal {
   const ac = new AbortController();
   res.on('close', () => { if (!res.writableFinished) ac.abort(new Error('client disconnected')); });
   return ac.signal;
+}
+
+/** A sandbox as the API shows it: its record, disk usage and the egress in force. */
+export async function sandboxDetail(manager: SandboxManager, store: Store, id: string): Promise<SandboxDetail> {
+  const s = manager.get(id);
+  const ended = s.state === 'destroyed' || s.state === 'failed';
+  return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(id), ended ? null : manager.egressOf(id));
+}
+
+/** E2B's egress fields → a policy request; undefined when none is given (the host default applies). */
+function egressRequest(internet: boolean | undefined, allowOut: string[] | undefined, denyOut: string[] | undefined): Partial<EgressPolicy> | undefined {
+  if (internet === undefined && allowOut === undefined && denyOut === undefined) return undefined;
+  return {
+    ...(internet !== undefined ? { internet } : {}),
+    ...(allowOut !== undefined ? { allow: allowOut } : {}),
+    ...(denyOut !== undefined ? { deny: denyOut } : {}),
+  };
 }
 
 export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, store: Store): void {
@@ -30,6 +50,7 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
     if (idem !== undefined && (typeof idem !== 'string' || idem.length < 1 || idem.length > 200)) {
       throw new InvalidArgumentError('headers/idempotency-key must be 1 to 200 characters', 'idempotency-key');
     }
+    const egress = egressRequest(b.allow_internet_access, b.network?.allowOut, b.network?.denyOut);
     const rec = await manager.create({
       ...(typeof idem === 'string' ? { idempotencyKey: idem } : {}),
       templateId: b.templateID,
@@ -38,13 +59,17 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
       ...(b.timeout !== undefined ? { timeoutSec: b.timeout } : {}),
       ...(b.envVars ? { envVars: b.envVars } : {}),
       ...(b.metadata ? { metadata: b.metadata } : {}),
+      network: {
+        ...(egress ? { egress } : {}),
+        ...(b.network?.allowPublicTraffic !== undefined ? { publicTraffic: b.network.allowPublicTraffic } : {}),
+      },
       lifecycle: {
         ...(b.autoPause !== undefined ? { onTimeout: b.autoPause ? 'pause' as const : 'kill' as const } : {}),
         ...(b.autoResume ? { autoResume: b.autoResume.enabled } : {}),
         ...(b.lifecycle ?? {}),
       },
     }, requestSignal(reply.raw));
-    return reply.status(201).send(presentDetail(rec, store.getTemplate(rec.templateId), await manager.diskUsage(rec.id)));
+    return reply.status(201).send(await sandboxDetail(manager, store, rec.id));
   });
 
   r.get('/sandboxes', {
@@ -62,8 +87,22 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
   r.get('/sandboxes/:sandboxID', {
     schema: { summary: 'Get a sandbox, including recently ended ones and why they ended', tags: ['sandboxes'], params: SandboxIdParams, response: { 200: SandboxDetail, ...errors } },
   }, async (req) => {
-    const s = manager.get(req.params.sandboxID);
-    return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(s.id));
+    return sandboxDetail(manager, store, req.params.sandboxID);
+  });
+
+  r.get('/sandboxes/:sandboxID/network', {
+    schema: { summary: 'The egress policy in force', tags: ['network'], params: SandboxIdParams, response: { 200: NetworkPolicy, ...errors } },
+  }, async (req) => presentEgress(manager.egressOf(req.params.sandboxID)));
+
+  r.put('/sandboxes/:sandboxID/network', {
+    schema: {
+      summary: 'Replace the egress policy: at once while running (open connections included), at the next resume while paused',
+      tags: ['network'], params: SandboxIdParams, body: NetworkUpdate, response: { 200: NetworkPolicy, ...errors },
+    },
+  }, async (req) => {
+    const b = req.body;
+    const e = await manager.setEgress(req.params.sandboxID, egressRequest(b.allow_internet_access, b.allowOut, b.denyOut) ?? {}, AbortSignal.timeout(60_000));
+    return presentEgress(e);
   });
 
   r.delete('/sandboxes/:sandboxID', {

@@ -5,7 +5,7 @@ import type { SandboxManager } from '../../core/manager.js';
 import { ConflictError, InvalidArgumentError, type ErrorCode } from '../../core/errors.js';
 import type { SnapshotRecord } from '../../core/types.js';
 import type { Store } from '../../store/store.js';
-import { presentDetail } from '../present.js';
+import { sandboxDetail } from './sandboxes.js';
 import { STATUS_OF } from '../errors.js';
 import {
   ConnectBody, ErrorSchema, ForkBody, ForkResult, PauseBody, ResumeBody, SandboxDetail, SandboxIdParams, SnapshotBody, SnapshotIdParams, SnapshotInfo,
@@ -29,7 +29,7 @@ async function presentSnapshot(manager: SandboxManager, s: SnapshotRecord): Prom
 /** Pause, resume (and E2B's connect), named snapshots, forks. */
 export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, store: Store): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
-  const detail = async (id: string) => presentDetail(manager.get(id), store.getTemplate(manager.get(id).templateId), await manager.diskUsage(id));
+  const detail = (id: string) => sandboxDetail(manager, store, id);
 
   r.post('/sandboxes/:sandboxID/pause', {
     schema: { summary: 'Pause: memory and disk kept on the host, no VMM process, no CPU', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(PauseBody), response: { 204: Type.Null(), ...errors } },

@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Store } from '../../store/store.js';
 import type { RootfsBackend, RootDisk } from '../../storage/types.js';
-import type { NetworkSlots, Slot } from '../../network/types.js';
-import type { Vmm, VmConfig, VmmDriver, VmNetwork } from '../../vmm/types.js';
+import type { NetworkSlots, Slot, SlotOptions } from '../../network/types.js';
+import type { Vmm, VmConfig, VmmDriver } from '../../vmm/types.js';
 import type { AgentInit } from '../../client/agent-rest.js';
 import type { Logger } from '../log.js';
 import type { AgentEndpoint, SandboxRecord, Template } from '../types.js';
@@ -80,7 +80,7 @@ export function vmConfig(cfg: ManagerConfig, rec: SandboxRecord, template: Templ
     memoryMib: rec.memoryMib,
     kernelPath: template.kernelPath,
     ...(template.initrdPath ? { initrdPath: template.initrdPath } : {}),
-    kernelArgs: `${template.kernelArgs} ${guestNetArgs(slot.vmNetwork)}`.trim(),
+    kernelArgs: `${template.kernelArgs} ${slot.guestKernelArgs}`.trim(),
     rootfsPath: disk.devicePath,
     memoryFilePath: join(dir, FILES.memory),
     runDir: dir,
@@ -89,10 +89,9 @@ export function vmConfig(cfg: ManagerConfig, rec: SandboxRecord, template: Templ
   };
 }
 
-/** Kernel command-line parameters the guest init reads to configure eth0. */
-export function guestNetArgs(net: VmNetwork): string {
-  if (net.kind === 'user') return `hearth.ip=${net.guestCidr} hearth.gw=${net.gateway}`;
-  return '';
+/** The slot options that carry a sandbox's own network settings into a new slot. */
+export function slotOptions(rec: SandboxRecord): SlotOptions {
+  return rec.netPolicy.egress ? { egress: rec.netPolicy.egress } : {};
 }
 
 /**

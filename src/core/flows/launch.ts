@@ -7,7 +7,7 @@ import type { SandboxRecord, SnapshotRecord, Template } from '../types.js';
 import type { SnapshotFiles } from '../../vmm/types.js';
 import { removeTree } from '../../util/fs.js';
 import {
-  FILES, consoleTail, initBody, sandboxDir, vmConfig, type LiveSandbox, type ManagerDeps,
+  FILES, consoleTail, initBody, sandboxDir, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps,
 } from './context.js';
 
 /** Where a new sandbox's VM comes from: a cold boot of the template, or a restore of a snapshot. */
@@ -29,7 +29,7 @@ export async function launch(
   await mkdir(dir, { recursive: true });
   cleanup.add('sandbox dir', () => removeTree(dir));
 
-  const slot = await steps.run('slot', () => deps.network.acquire(signal), signal);
+  const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
   cleanup.add('network slot', () => deps.network.release(slot));
   rec.network = slot.vmNetwork;
 

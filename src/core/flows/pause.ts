@@ -5,7 +5,7 @@ import { HostFailureError, errorMessage } from '../errors.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, Template } from '../types.js';
 import { exists, removeTree, writeFileAtomic } from '../../util/fs.js';
-import { FILES, initBody, pausedDir, sandboxDir, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
+import { FILES, initBody, pausedDir, slotOptions, sandboxDir, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
 import { waitForAgent } from './launch.js';
 
 /** What a paused directory holds; written last and atomically, so its presence means "complete". */
@@ -102,7 +102,7 @@ export async function resumeSandbox(deps: ManagerDeps, rec: SandboxRecord, templ
   }
   const cleanup = new Cleanup();
   try {
-    const slot = await steps.run('slot', () => deps.network.acquire(signal), signal);
+    const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
     cleanup.add('network slot', () => deps.network.release(slot));
     const base = { id: template.id, path: template.rootfsPath, sizeBytes: template.rootfsSizeBytes };
     const disk = await steps.run('attach', () => deps.storage.attach(rec.id, base, paused, signal), signal);

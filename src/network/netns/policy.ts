@@ -4,15 +4,9 @@
  */
 import { InvalidArgumentError } from '../../core/errors.js';
 import { formatCidr, parseCidr } from './addressing.js';
+import type { EgressPolicy } from '../types.js';
 
-export interface EgressPolicy {
-  /** Whether the sandbox may reach destinations not on `allow` (only where an egress interface is configured). */
-  internet: boolean;
-  /** IPv4 CIDRs (or bare addresses) always allowed, also with internet off, unless denied. */
-  allow: string[];
-  /** IPv4 CIDRs never allowed; deny wins over allow. */
-  deny: string[];
-}
+export type { EgressPolicy };
 
 /** Guest TCP ports the host may connect to (the agent port is always included). */
 export type Exposure = 'all' | number[];

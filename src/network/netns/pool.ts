@@ -233,6 +233,16 @@ export class NetnsSlots implements NetworkSlots {
     return row.policy ?? this.defaultPolicy();
   }
 
+  /** The egress policy in force in a slot. */
+  egressOf(slot: Slot | number): EgressPolicy {
+    return this.policyOf(slot).egress;
+  }
+
+  /** Validate and complete a requested egress policy (fields not given take the pool's default). */
+  checkEgress(egress: Partial<EgressPolicy>): EgressPolicy {
+    return normalizeEgress(egress, this.defaultEgress);
+  }
+
   /** The Slot of slot number `n` (known to this pool). */
   slot(n: number): NetnsSlot {
     const row = this.rows.get(n);

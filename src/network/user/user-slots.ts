@@ -1,7 +1,7 @@
 import { createServer } from 'node:net';
-import { throwIfAborted } from '../../core/errors.js';
+import { InvalidArgumentError, throwIfAborted } from '../../core/errors.js';
 import type { VmNetwork } from '../../vmm/types.js';
-import type { NetworkSlots, Slot } from '../types.js';
+import type { EgressPolicy, NetworkSlots, Slot, SlotOptions } from '../types.js';
 
 /** Guest side of QEMU's user-mode network (slirp defaults). */
 export const USER_NET_GUEST_CIDR = '10.0.2.15/24';
@@ -18,8 +18,9 @@ export class UserModeSlots implements NetworkSlots {
 
   constructor(private readonly guestPorts: readonly number[]) {}
 
-  async acquire(signal: AbortSignal): Promise<Slot> {
+  async acquire(signal: AbortSignal, opts: SlotOptions = {}): Promise<Slot> {
     throwIfAborted(signal);
+    if (opts.egress) checkNoEgress(opts.egress);
     const forwards: { hostPort: number; guestPort: number }[] = [];
     for (const guestPort of this.guestPorts) {
       forwards.push({ hostPort: await this.freePort(), guestPort });
@@ -37,6 +38,21 @@ export class UserModeSlots implements NetworkSlots {
     if (net.kind !== 'user') throw new Error(`user-mode slots cannot restore a ${net.kind} network`);
     for (const f of net.forwards) this.inUse.add(f.hostPort);
     return userSlot(net.forwards);
+  }
+
+  async setEgress(_slot: Slot, egress: Partial<EgressPolicy>): Promise<EgressPolicy> {
+    checkNoEgress(egress);
+    return this.egressOf();
+  }
+
+  checkEgress(egress: Partial<EgressPolicy>): EgressPolicy {
+    checkNoEgress(egress);
+    return this.egressOf();
+  }
+
+  /** User-mode guests reach nothing (restrict=on): the only policy there is. */
+  egressOf(): EgressPolicy {
+    return { internet: false, allow: [], deny: [] };
   }
 
   /** Ask the kernel for a free loopback port, skipping ones handed out but not yet bound by QEMU. */
@@ -57,10 +73,21 @@ export class UserModeSlots implements NetworkSlots {
   }
 }
 
+/** A policy that asks for any egress can't be honoured here: say so rather than pretend. */
+function checkNoEgress(egress: Partial<EgressPolicy>): void {
+  if (egress.internet === true || (egress.allow?.length ?? 0) > 0) {
+    throw new InvalidArgumentError(
+      'this host runs sandboxes on user-mode networking, which has no egress: internet access and allow lists need netns networking (root, iproute2, nftables; see `hearth doctor`)',
+      'network',
+    );
+  }
+}
+
 function userSlot(forwards: { hostPort: number; guestPort: number }[]): Slot {
   return {
     id: forwards[0]?.hostPort ?? 0,
     vmNetwork: { kind: 'user', forwards, guestCidr: USER_NET_GUEST_CIDR, gateway: USER_NET_GATEWAY },
+    guestKernelArgs: `hearth.ip=${USER_NET_GUEST_CIDR} hearth.gw=${USER_NET_GATEWAY}`,
     guestAddress(guestPort: number) {
       const f = forwards.find((x) => x.guestPort === guestPort);
       if (!f) throw new Error(`guest port ${guestPort} is not forwarded in user-mode networking`);
