@@ -19,7 +19,7 @@ export function sandboxPortProxy(manager: SandboxManager, domain: string | null,
     resolve: async (id, port) => {
       try {
         const ep = await manager.portEndpoint(id, port, AbortSignal.timeout(120_000));
-        return { host: ep.host, port: ep.port };
+        return { host: ep.host, port: ep.port, lease: ep.lease };
       } catch (err) {
         if (err instanceof HearthError && (err.code === 'not_found' || err.code === 'conflict')) return null;
         // User-mode networking forwards only the agent port.

@@ -1,4 +1,5 @@
-import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse } from 'node:http';
+import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { LeaseAgent, type LeasedRequestArgs } from '../util/lease-agent.js';
 import type { FastifyBaseLogger } from 'fastify';
 import type { SandboxManager } from '../core/manager.js';
 import { HearthError } from '../core/errors.js';
@@ -10,7 +11,7 @@ const INTERNAL_PATHS = new Set(['/init', '/freeze', '/unfreeze', '/collapse', '/
 /** Hop-by-hop headers are connection-specific and must not be forwarded (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
 
-const upstreamAgent = new Agent({ keepAlive: true, maxSockets: 256 });
+const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256 });
 
 export interface ProxyTarget { sandboxId: string; port: number; path: string }
 
@@ -58,11 +59,12 @@ export async function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLo
     return;
   }
   let endpoint: { host: string; port: number };
+  let lease: string;
   try {
     // Resumes a paused sandbox with autoResume; the request body waits in the socket
     // meanwhile (paused; `pipe` below resumes it).
     req.pause();
-    endpoint = (await manager.reachable(target.sandboxId, AbortSignal.timeout(120_000))).endpoint;
+    ({ endpoint, lease } = await manager.reachable(target.sandboxId, AbortSignal.timeout(120_000)));
   } catch (err) {
     if (err instanceof HearthError && (err.code === 'not_found' || err.code === 'conflict')) {
       sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox was not found', code: 502 });
@@ -76,9 +78,8 @@ export async function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLo
     if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
   }
   if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
-  const up = httpRequest({
-    host: endpoint.host, port: endpoint.port, method: req.method, path: target.path, headers, agent: upstreamAgent,
-  });
+  const args: LeasedRequestArgs = { host: endpoint.host, port: endpoint.port, method: req.method, path: target.path, headers, agent: upstreamAgent, lease };
+  const up = httpRequest(args);
   up.on('response', (upRes) => {
     const out: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(upRes.headers)) {

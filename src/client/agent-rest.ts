@@ -2,6 +2,27 @@ import { TimeoutError, throwIfAborted } from '../core/errors.js';
 import type { AgentEndpoint } from '../core/types.js';
 import type { InitRequestBody } from '../agent/protocol.js';
 import { withDeadline } from '../util/signal.js';
+import { request as httpRequest } from 'node:http';
+
+/**
+ * One HTTP exchange on its own connection (agent: false). The control path must
+ * not reuse pooled connections: a slot's address is reused by the next sandbox
+ * in the slot, and a pooled socket to the previous tenant hangs (its flows are
+ * dropped silently when the slot is reset).
+ */
+function call(url: string, opts: { method: string; headers?: Record<string, string>; body?: string; signal: AbortSignal }): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: opts.method, headers: opts.headers, agent: false, signal: opts.signal }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { if (text.length < 4096) text += c; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
 
 /** Body of envd's POST /init plus Hearth's ignorable extension. */
 export type AgentInit = InitRequestBody;
@@ -18,8 +39,7 @@ export class AgentControl {
   async health(signal: AbortSignal): Promise<boolean> {
     try {
       return await withDeadline(signal, 2000, async (s) => {
-        const res = await fetch(`${this.baseUrl}/health`, { signal: s });
-        await res.body?.cancel();
+        const res = await call(`${this.baseUrl}/health`, { method: 'GET', signal: s });
         return res.status === 204 || res.status === 200;
       });
     } catch {
@@ -31,11 +51,10 @@ export class AgentControl {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (this.token) headers['x-access-token'] = this.token;
     await withDeadline(signal, 10_000, async (s) => {
-      const res = await fetch(`${this.baseUrl}/init`, { method: 'POST', headers, body: JSON.stringify(body), signal: s });
+      const res = await call(`${this.baseUrl}/init`, { method: 'POST', headers, body: JSON.stringify(body), signal: s });
       if (res.status !== 204 && res.status !== 200) {
-        throw new Error(`agent /init answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
+        throw new Error(`agent /init answered ${res.status}: ${res.text.slice(0, 300)}`);
       }
-      await res.body?.cancel();
     });
   }
 

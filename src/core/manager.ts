@@ -95,17 +95,17 @@ export class SandboxManager {
   }
 
   /** Where to reach a running sandbox's agent (for the envd proxy). */
-  agentEndpoint(id: string): { endpoint: AgentEndpoint; token: string } {
+  agentEndpoint(id: string): { endpoint: AgentEndpoint; token: string; lease: string } {
     const s = this.get(id);
     if (s.state !== 'running' || !s.agent) throw new ConflictError(`sandbox ${id} is ${s.state}, not running`);
-    return { endpoint: s.agent, token: s.agentToken };
+    return { endpoint: s.agent, token: s.agentToken, lease: leaseOf(s) };
   }
 
   /**
    * For the proxies: the agent address of a running sandbox; a paused one with
    * `autoResume` is resumed first; activity extends `endAt` when `autoExtend`.
    */
-  async reachable(id: string, signal: AbortSignal): Promise<{ endpoint: AgentEndpoint; token: string }> {
+  async reachable(id: string, signal: AbortSignal): Promise<{ endpoint: AgentEndpoint; token: string; lease: string }> {
     let s = this.get(id);
     if (s.state === 'paused' && s.lifecycle.autoResume) s = await this.resume(id, signal).catch((err: unknown) => {
       // Another request may have resumed it meanwhile.
@@ -120,11 +120,11 @@ export class SandboxManager {
    * For the port proxy: where a guest port of a sandbox is reached (resuming
    * it first when `autoResume`), and the traffic token it requires, if any.
    */
-  async portEndpoint(id: string, port: number, signal: AbortSignal): Promise<{ host: string; port: number; trafficToken: string | null }> {
-    await this.reachable(id, signal);
+  async portEndpoint(id: string, port: number, signal: AbortSignal): Promise<{ host: string; port: number; trafficToken: string | null; lease: string }> {
+    const { lease } = await this.reachable(id, signal);
     const live = this.live.get(id);
     if (!live) throw new ConflictError(`sandbox ${id} is ${this.get(id).state}, not running`);
-    return { ...live.slot.guestAddress(port), trafficToken: this.get(id).netPolicy.trafficToken };
+    return { ...live.slot.guestAddress(port), trafficToken: this.get(id).netPolicy.trafficToken, lease };
   }
 
   /** The egress policy a sandbox has (its slot's while running, its recorded one while paused). */
@@ -808,6 +808,14 @@ async function dirUsage(dir: string): Promise<number> {
 }
 
 /** Wait for a shared promise, but let this caller give up on its own signal. */
+/**
+ * One incarnation of a sandbox's VM: proxies key pooled connections by it, so a
+ * keep-alive socket never outlives the VM (and slot) it was opened to.
+ */
+function leaseOf(rec: SandboxRecord): string {
+  return `${rec.id}/${rec.vmm?.pid ?? 0}`;
+}
+
 function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {

@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { probeAccelerator, probeQemu } from '../vmm/probe.js';
 import { chooseRootfsBackend } from '../storage/select.js';
+import { chooseNetwork } from '../network/netns/index.js';
 import type { HearthConfig } from './config.js';
 
 const execFileP = promisify(execFile);
@@ -30,18 +31,18 @@ async function versionOf(cmd: string, args: string[]): Promise<string | null> {
 
 /** What the host can do and what Hearth will use; every answer comes from a real probe. */
 export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
-  const [accel, qemu, fc, storage, meminfo, kernel] = await Promise.all([
+  const [accel, qemu, fc, storage, meminfo, kernel, network] = await Promise.all([
     probeAccelerator(),
     probeQemu().then((q) => ({ found: true as const, ...q, detail: `${q.binary} ${q.version}` }), (e: unknown) => ({ found: false as const, version: null, ignoreShared: false, detail: String(e) })),
     versionOf('firecracker', ['--version']),
     chooseRootfsBackend(cfg.dataDir, cfg.storage),
     readFile('/proc/meminfo', 'utf8'),
     readFile('/proc/sys/kernel/osrelease', 'utf8'),
+    chooseNetwork({ prefer: cfg.network }),
   ]);
   const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
   const root = process.getuid?.() === 0;
   const uffd = existsSync('/dev/userfaultfd') || await access('/proc/sys/vm/unprivileged_userfaultfd', constants.R_OK).then(() => true, () => false);
-  const netnsAvailable = root && existsSync('/proc/self/ns/net') && await versionOf('ip', ['-V']) !== null;
   return {
     host: { kernel: kernel.trim(), cpus: (await import('node:os')).cpus().length, memoryMib: Math.round(memKb / 1024), root },
     kvm: { device: existsSync('/dev/kvm'), runsGuests: accel.accel === 'kvm', detail: accel.reason },
@@ -49,14 +50,19 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
     firecracker: { found: fc !== null, version: fc },
     storage: { dataDir: cfg.dataDir, deviceMapper: storage.deviceMapper, reflink: storage.reflink },
     userfaultfd: uffd,
-    netns: { available: netnsAvailable, detail: netnsAvailable ? 'root with iproute2: per-sandbox namespaces possible' : 'needs root and iproute2' },
+    netns: {
+      available: network.checks.every((c) => c.ok),
+      detail: network.checks.map((c) => `${c.name} ${c.ok ? 'ok' : 'missing'}`).join(', ') + (network.conntrack ? ', conntrack ok' : ', conntrack tool absent (optional)'),
+    },
     chosen: {
       vmm: 'qemu',
       accel: accel.accel,
       storage: storage.chosen,
       storageReason: storage.reason,
-      network: 'user',
-      networkReason: 'QEMU user-mode networking (restrict=on) with loopback forwards',
+      network: network.kind,
+      networkReason: network.kind === 'netns'
+        ? `${network.reason}; slots in ${cfg.networkRange}, egress ${cfg.egressInterface ? `via ${cfg.egressInterface}` : 'off (no egressInterface configured)'}`
+        : network.reason,
     },
   };
 }

@@ -4,7 +4,7 @@ import { Commands } from './commands.js';
 import { envdClients, type EnvdTarget } from './envd.js';
 import { Files } from './files.js';
 import { Pty } from './pty.js';
-import type { SandboxDetail, SandboxListItem, SnapshotInfo as SnapshotInfoSchema } from '../api/schemas.js';
+import type { NetworkPolicy, SandboxDetail, SandboxListItem, SnapshotInfo as SnapshotInfoSchema } from '../api/schemas.js';
 import type { Static } from 'typebox';
 
 export type SandboxInfo = SandboxDetail;
@@ -26,7 +26,22 @@ export interface CreateOptions extends ConnectionOptions {
   user?: string;
   /** At the timeout: destroy (default) or pause; resume on traffic; extend on activity. */
   lifecycle?: { onTimeout?: 'kill' | 'pause'; autoResume?: boolean; autoExtend?: boolean };
+  /** Egress beyond `network.allowOut` (default: the host's policy). */
+  allowInternetAccess?: boolean;
+  network?: NetworkOptions;
 }
+
+/** As E2B names them. Deny wins over allow. */
+export interface NetworkOptions {
+  /** IPv4 addresses or CIDRs the sandbox may reach, also with internet access off. */
+  allowOut?: string[];
+  /** IPv4 addresses or CIDRs it may never reach. */
+  denyOut?: string[];
+  /** false: its ports are served by the proxy only with `trafficAccessToken` (header e2b-traffic-access-token). */
+  allowPublicTraffic?: boolean;
+}
+
+export type { NetworkPolicy };
 
 /** A running sandbox: a microVM you can run commands in and move files to and from. */
 export class Sandbox {
@@ -53,8 +68,32 @@ export class Sandbox {
       ...(opts.cpu !== undefined ? { cpuCount: opts.cpu } : {}),
       ...(opts.memoryMb !== undefined ? { memoryMB: opts.memoryMb } : {}),
       ...(opts.lifecycle ? { lifecycle: opts.lifecycle } : {}),
+      ...(opts.allowInternetAccess !== undefined ? { allow_internet_access: opts.allowInternetAccess } : {}),
+      ...(opts.network ? { network: opts.network } : {}),
     }, opts.signal);
     return new Sandbox(info.sandboxID, api, info, opts.user);
+  }
+
+  /** The port proxy token this sandbox requires (null when its ports are public). */
+  get trafficAccessToken(): string | null { return this.info.trafficAccessToken; }
+
+  /** The URL of a port the sandbox listens on, through hearthd's port proxy (send `trafficAccessToken` if set). */
+  getPortUrl(port: number): string {
+    return `${this.api.url}/sandboxes/${this.id}/ports/${port}/`;
+  }
+
+  /** The egress policy in force. */
+  async getNetwork(signal?: AbortSignal): Promise<NetworkPolicy> {
+    return this.api.request<NetworkPolicy>('GET', `/sandboxes/${this.id}/network`, undefined, signal);
+  }
+
+  /** Replace the egress policy (fields not given take the host default); applies at once, open connections included. */
+  async setNetwork(policy: { allowInternetAccess?: boolean; allowOut?: string[]; denyOut?: string[] }, signal?: AbortSignal): Promise<NetworkPolicy> {
+    return this.api.request<NetworkPolicy>('PUT', `/sandboxes/${this.id}/network`, {
+      ...(policy.allowInternetAccess !== undefined ? { allow_internet_access: policy.allowInternetAccess } : {}),
+      ...(policy.allowOut ? { allowOut: policy.allowOut } : {}),
+      ...(policy.denyOut ? { denyOut: policy.denyOut } : {}),
+    }, signal);
   }
 
   /** Attach to an existing sandbox by id. */

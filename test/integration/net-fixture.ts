@@ -249,6 +249,8 @@ export interface NetDaemon {
   template: { kernelPath: string; initrdPath: string; rootfsPath: string; kernelArgs: string };
   /** hearthd's own listener, which serves the port proxy (host form under "sandbox.test"). */
   proxy: { url: string; port: number };
+  /** Closes this daemon, leaving sandboxes and slots as a crash-free stop does, and starts a new one on the same data dir. */
+  restart(): Promise<NetDaemon>;
   /** Destroys every sandbox, closes the daemon, removes the pool's slots and the data dir. */
   stop(): Promise<void>;
 }
@@ -259,12 +261,16 @@ export interface NetDaemon {
  * watch the pool's acquires from the first one (the template build's).
  */
 export async function startNetDaemon(opts: { tag: string; range: string; egressInterface: string }): Promise<NetDaemon> {
-  const image = await testImage();
   const tmp = await tempDir('hearth-net-it-');
   const cfg = loadConfig({
     dataDir: tmp.dir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, warmOnStart: false,
     network: 'netns', networkTag: opts.tag, networkRange: opts.range, networkPoolSize: 2, egressInterface: opts.egressInterface, proxyDomain: 'sandbox.test',
   }, {});
+  return openNetDaemon(cfg, tmp);
+}
+
+async function openNetDaemon(cfg: HearthConfig, tmp: { dir: string; remove(): Promise<void> }): Promise<NetDaemon> {
+  const image = await testImage();
   const d = await startDaemon(cfg, createLogger(process.env['HEARTH_TEST_LOG'] ?? 'warn'), { image });
   const pool = d.network.slots;
   if (!(pool instanceof NetnsSlots)) throw new Error('the daemon did not choose netns networking');
@@ -277,6 +283,11 @@ export async function startNetDaemon(opts: { tag: string; range: string; egressI
     storage: new FileRootfsBackend(storageChoice.chosen === 'dm' ? 'copy' : storageChoice.chosen, join(tmp.dir, 'direct')),
     template: { kernelPath: image.kernelPath, initrdPath: image.initrdPath, rootfsPath: image.rootfsPath, kernelArgs: image.kernelArgs },
     proxy: { url: d.url, port },
+    async restart() {
+      await d.manager.settled();
+      await d.close();
+      return openNetDaemon(cfg, tmp);
+    },
     async stop() {
       await d.manager.settled();
       for (const s of d.manager.list()) {

@@ -137,7 +137,7 @@ test('port proxy on the API listener: path and host forms, traffic token enforce
     const created = await post(t.app, '/sandboxes', { templateID: 'base', network: { allowPublicTraffic: false } }, { 'x-api-key': key });
     const s = created.json<{ sandboxID: string; trafficAccessToken: string }>();
     const upstreamPort = (upstream.address() as AddressInfo).port;
-    t.manager.portEndpoint = async (id) => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: t.manager.get(id).netPolicy.trafficToken });
+    t.manager.portEndpoint = async (id) => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: t.manager.get(id).netPolicy.trafficToken, lease: id });
     const url = await t.app.listen({ host: '127.0.0.1', port: 0 });
     const path = `${url}/sandboxes/${s.sandboxID}/ports/8080/hi?x=1`;
     assert.equal((await fetch(path)).status, 403, 'no token');

@@ -1,7 +1,7 @@
 /** `hearth completion bash`: a bash completion script (`source <(hearth completion bash)`). */
 const COMMANDS: Record<string, string[]> = {
   '': ['up', 'down', 'doctor', 'image', 'storage', 'keys', 'sandbox', 'exec', 'shell', 'files', 'cp', 'snapshot', 'completion', 'version', 'help'],
-  sandbox: ['create', 'ls', 'get', 'rm', 'timeout', 'pause', 'resume', 'snapshot', 'fork'],
+  sandbox: ['create', 'ls', 'get', 'rm', 'timeout', 'pause', 'resume', 'snapshot', 'fork', 'network', 'url'],
   files: ['ls', 'stat', 'cat', 'get', 'put', 'mkdir', 'rm', 'mv'],
   snapshot: ['ls', 'rm'],
   keys: ['create', 'ls', 'rm'],
@@ -11,7 +11,7 @@ const COMMANDS: Record<string, string[]> = {
 };
 
 /** Subcommands whose next word is a sandbox id (completed from `hearth sandbox ls --json`). */
-const TAKES_ID = ['exec', 'shell', 'get', 'rm', 'timeout', 'pause', 'resume', 'fork', 'ls', 'stat', 'cat', 'put', 'mkdir', 'mv'];
+const TAKES_ID = ['exec', 'shell', 'get', 'rm', 'timeout', 'pause', 'resume', 'fork', 'network', 'url', 'ls', 'stat', 'cat', 'put', 'mkdir', 'mv'];
 
 export function completionCommand(argv: string[]): number {
   if (argv[0] !== 'bash') {

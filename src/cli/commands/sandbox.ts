@@ -6,6 +6,7 @@ const HELP = `Usage: hearth sandbox <command>
 
   create [--template base] [--cpu N] [--memory MB] [--timeout SECONDS]
          [--env KEY=VALUE]... [--meta KEY=VALUE]...   create a sandbox and print its id
+         [--no-internet] [--allow-out CIDR]... [--deny-out CIDR]... [--private-ports]
   ls [--all] [--state running,paused]                list sandboxes
   get <id>                                           show one sandbox (also ended ones, with why)
   rm <id>...                                         destroy sandboxes
@@ -15,6 +16,9 @@ const HELP = `Usage: hearth sandbox <command>
   snapshot <id> [--name NAME]                        capture memory + disk as a named snapshot
   fork <id> [--count N]                              N new sandboxes from its current state
   create --snapshot <id|name>                        start a sandbox from a snapshot
+  network <id> [--internet on|off] [--allow-out CIDR]... [--deny-out CIDR]...
+                                                     show, or replace, its egress policy (deny wins)
+  url <id> <port>                                    the port proxy URL of a port it listens on
 
 Every command takes --json.`;
 
@@ -30,6 +34,8 @@ export async function sandboxCommand(argv: string[]): Promise<number> {
     case 'resume': return resume(rest);
     case 'snapshot': return snapshot(rest);
     case 'fork': return fork(rest);
+    case 'network': return network(rest);
+    case 'url': return portUrl(rest);
     case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return sub ? 0 : 2;
     default: throw new UsageError(`unknown command "sandbox ${sub}"\n\n${HELP}`);
   }
@@ -45,7 +51,8 @@ async function create(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: {
     template: { type: 'string', short: 't', default: 'base' }, snapshot: { type: 'string' }, cpu: { type: 'string' }, memory: { type: 'string' },
     timeout: { type: 'string' }, env: { type: 'string', short: 'e', multiple: true }, meta: { type: 'string', multiple: true },
-    json: { type: 'boolean' },
+    'no-internet': { type: 'boolean' }, 'allow-out': { type: 'string', multiple: true }, 'deny-out': { type: 'string', multiple: true },
+    'private-ports': { type: 'boolean' }, json: { type: 'boolean' },
   } });
   const cpu = int(values.cpu, '--cpu');
   const memoryMb = int(values.memory, '--memory');
@@ -59,10 +66,48 @@ async function create(argv: string[]): Promise<number> {
     ...(cpu !== undefined ? { cpu } : {}),
     ...(memoryMb !== undefined ? { memoryMb } : {}),
     ...(timeoutSec !== undefined ? { timeoutMs: timeoutSec * 1000 } : {}),
+    ...(values['no-internet'] ? { allowInternetAccess: false } : {}),
+    network: {
+      ...(values['allow-out'] ? { allowOut: values['allow-out'] } : {}),
+      ...(values['deny-out'] ? { denyOut: values['deny-out'] } : {}),
+      ...(values['private-ports'] ? { allowPublicTraffic: false } : {}),
+    },
   });
   if (values.json) { printJson(sbx.info); return 0; }
   process.stdout.write(`${sbx.id}\n`);
   process.stderr.write(`created in ${Math.round(performance.now() - t0)} ms (${(sbx.info.timings?.steps ?? []).map((s) => `${s.step} ${s.ms} ms`).join(', ')})\n`);
+  return 0;
+}
+
+async function network(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: {
+    internet: { type: 'string' }, 'allow-out': { type: 'string', multiple: true }, 'deny-out': { type: 'string', multiple: true }, json: { type: 'boolean' },
+  } });
+  const id = positionals[0];
+  if (!id) throw new UsageError('usage: hearth sandbox network <id> [--internet on|off] [--allow-out CIDR]... [--deny-out CIDR]...');
+  if (values.internet !== undefined && !['on', 'off'].includes(values.internet)) throw new UsageError(`--internet expects on or off, got "${values.internet}"`);
+  const sbx = await Sandbox.connect(id);
+  const change = values.internet !== undefined || values['allow-out'] || values['deny-out'];
+  const policy = change
+    ? await sbx.setNetwork({
+      ...(values.internet !== undefined ? { allowInternetAccess: values.internet === 'on' } : {}),
+      ...(values['allow-out'] ? { allowOut: values['allow-out'] } : {}),
+      ...(values['deny-out'] ? { denyOut: values['deny-out'] } : {}),
+    })
+    : await sbx.getNetwork();
+  if (values.json) { printJson(policy); return 0; }
+  process.stdout.write(`internet  ${policy.allow_internet_access ? 'on' : 'off'}\nallow     ${policy.allowOut.join(' ') || '-'}\ndeny      ${policy.denyOut.join(' ') || '-'}\n`);
+  return 0;
+}
+
+async function portUrl(argv: string[]): Promise<number> {
+  const { positionals } = parseArgs({ args: argv, allowPositionals: true, options: {} });
+  const [id, port] = positionals;
+  const n = int(port, 'port');
+  if (!id || n === undefined || n < 1 || n > 65535) throw new UsageError('usage: hearth sandbox url <id> <port 1-65535>');
+  const sbx = await Sandbox.connect(id);
+  process.stdout.write(`${sbx.getPortUrl(n)}\n`);
+  if (sbx.trafficAccessToken) process.stderr.write(`send the header e2b-traffic-access-token: ${sbx.trafficAccessToken}\n`);
   return 0;
 }
 

@@ -10,12 +10,18 @@
  * `(sandboxId, port) → {host, port} | null` (the sandbox slot's guestAddress).
  * Bodies stream in both directions with backpressure (pipe), never buffered.
  */
-import { Agent, request as httpRequest, STATUS_CODES, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpRequest, STATUS_CODES, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import net, { type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
+import { LeaseAgent, type LeasedRequestArgs } from '../../util/lease-agent.js';
 
-export interface PortEndpoint { host: string; port: number }
+export interface PortEndpoint {
+  host: string;
+  port: number;
+  /** The VM incarnation behind the address: pooled connections are reused only within one (see LeaseAgent). */
+  lease?: string;
+}
 
 /** An answer the resolver gives instead of an endpoint (e.g. 502 "port forwarding needs netns networking"). */
 export interface PortRefusal { status: number; message: string }
@@ -91,7 +97,7 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
   const prefix = opts.pathPrefix === undefined ? '/sandboxes' : opts.pathPrefix;
   const pathRe = prefix === null ? null : new RegExp(`^${escapeRe(prefix.replace(/\/+$/, ''))}/(${ID})/ports/(\\d{1,5})(/[^?]*)?(\\?.*)?$`);
   const hostRe = opts.domain ? new RegExp(`^(\\d{1,5})-(${ID})\\.${escapeRe(opts.domain.toLowerCase().replace(/^\.+|\.+$/g, ''))}$`) : null;
-  const agent = new Agent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 64, timeout: 60_000 });
+  const agent = new LeaseAgent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 64, timeout: 60_000 });
 
   function target(req: Pick<IncomingMessage, 'url' | 'headers'>): PortTarget | null {
     const url = req.url ?? '/';
@@ -168,7 +174,8 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
     // Request bodies keep their framing: chunked stays chunked, a length stays a length.
     if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
     Object.assign(headers, forwardedHeaders(req, t));
-    const up = httpRequest({ host: ep.host, port: ep.port, method: req.method, path: t.path, headers, agent, timeout: connectTimeoutMs });
+    const args: LeasedRequestArgs = { host: ep.host, port: ep.port, method: req.method, path: t.path, headers, agent, timeout: connectTimeoutMs, ...(ep.lease ? { lease: ep.lease } : {}) };
+    const up = httpRequest(args);
     let responded = false;
     const onConnectTimeout = (): void => { if (!responded) up.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })); };
     up.once('socket', (s: Socket) => {
