@@ -1,4 +1,4 @@
-import { readdir, stat } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Cleanup } from './cleanup.js';
@@ -13,6 +13,7 @@ import { StepTimer } from './steps.js';
 import { Semaphore } from './semaphore.js';
 import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
 import type { Store } from '../store/store.js';
+import type { Vmm, VmmKind } from '../vmm/types.js';
 import type { EgressPolicy } from '../network/types.js';
 import { exists, removeTree } from '../util/fs.js';
 import {
@@ -603,10 +604,7 @@ export class SandboxManager {
       await attempt('slot', () => this.deps.network.release(live.slot));
       this.live.delete(rec.id);
     } else {
-      if (rec.vmm) {
-        const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
-        if (vmm) await attempt('vmm', () => vmm.stop(AbortSignal.timeout(30_000)));
-      }
+      if (rec.vmm) { const h = rec.vmm; await attempt('vmm', () => this.stopRecorded(h)); }
       if (rec.disk) { const disk = rec.disk; await attempt('disk', () => this.deps.storage.remove(disk, AbortSignal.timeout(60_000))); }
       if (rec.network) { const net = rec.network; await attempt('slot', () => this.deps.network.release(this.deps.network.restore(net))); }
     }
@@ -742,8 +740,7 @@ export class SandboxManager {
       const rec = this.store.getSandbox(vm.sandboxId);
       if (rec && ACTIVE_STATES.includes(rec.state) && rec.vmm?.pid === vm.pid) continue;
       try {
-        const vmm = await this.deps.vmm.adopt({ kind: this.deps.vmm.kind, pid: vm.pid, runDir: vm.runDir! });
-        await vmm?.stop(AbortSignal.timeout(30_000));
+        await this.stopRecorded({ kind: this.deps.vmm.kind, pid: vm.pid, runDir: vm.runDir! });
         report.killedVms.push({ sandboxId: vm.sandboxId, pid: vm.pid });
       } catch (err) {
         report.errors.push(`vm ${vm.pid}: ${errorMessage(err)}`);
@@ -773,6 +770,26 @@ export class SandboxManager {
 
   lastReconcileReport(): ReconcileReport | null { return this.lastReconcile; }
 
+  /**
+   * Stop a VM known only from a record (restart, cleanup). One that is ours but
+   * cannot be controlled (its control socket is gone) is killed by pid: its
+   * slot and disk are released next, and must never be handed to another VM
+   * while it still holds them (a tap stays busy, a disk stays written).
+   */
+  private async stopRecorded(handle: { kind: VmmKind; pid: number; runDir: string }): Promise<void> {
+    let vmm: Vmm | null;
+    try {
+      vmm = await this.deps.vmm.adopt(handle);
+    } catch (err) {
+      const ours = (await this.deps.vmm.list?.())?.find((v) => v.pid === handle.pid && v.runDir === handle.runDir);
+      if (!ours) throw err;
+      this.log.warn({ pid: handle.pid, err: errorMessage(err) }, 'a VM that cannot be controlled is killed');
+      await killAndWait(handle.pid, 10_000);
+      return;
+    }
+    await vmm?.stop(AbortSignal.timeout(30_000));
+  }
+
   startReconciler(intervalMs = 60_000): void {
     this.reconcileTimer = setInterval(() => {
       this.reconcile().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'reconcile failed'));
@@ -782,10 +799,7 @@ export class SandboxManager {
 
   /** Stop a VMM and release the slot and disk a record names, leaving the paused dir alone. */
   private async releaseLeftovers(rec: SandboxRecord): Promise<void> {
-    if (rec.vmm) {
-      const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
-      await vmm?.stop(AbortSignal.timeout(30_000)).catch(() => undefined);
-    }
+    if (rec.vmm) await this.stopRecorded(rec.vmm).catch((err: unknown) => this.log.error({ sandbox: rec.id, err: errorMessage(err) }, 'could not stop a leftover VM'));
     if (rec.network) await this.deps.network.release(this.deps.network.restore(rec.network)).catch(() => undefined);
     if (rec.disk && !(await exists(join(pausedDir(this.config, rec.id), FILES.rootfs)))) {
       await this.deps.storage.detach(rec.disk, pausedDir(this.config, rec.id), AbortSignal.timeout(60_000)).catch(() => undefined);
@@ -808,6 +822,18 @@ async function dirUsage(dir: string): Promise<number> {
 }
 
 /** Wait for a shared promise, but let this caller give up on its own signal. */
+/** SIGKILL a process and wait until it is gone (or a zombie): bounded. */
+async function killAndWait(pid: number, timeoutMs: number): Promise<void> {
+  try { process.kill(pid, 'SIGKILL'); } catch { return; }
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const state = await readFile(`/proc/${pid}/stat`, 'utf8').then((s) => s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3), () => 'gone');
+    if (state === 'gone' || state === 'Z') return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new HostFailureError(`VM process ${pid} did not exit after SIGKILL within ${timeoutMs} ms`);
+}
+
 /**
  * One incarnation of a sandbox's VM: proxies key pooled connections by it, so a
  * keep-alive socket never outlives the VM (and slot) it was opened to.

@@ -77,6 +77,7 @@ export class FakeDriver implements VmmDriver {
   readonly vms: FakeVmm[] = [];
   constructor(private readonly w: World) {}
   create(): Vmm { const v = new FakeVmm(this.w); this.vms.push(v); return v; }
+  list?: () => Promise<{ sandboxId: string; pid: number; runDir?: string }[]>;
   async adopt(h: VmmHandle): Promise<Vmm | null> {
     const v = this.vms.find((x) => x.pid === h.pid && this.w.liveVms.has(h.pid));
     return v ?? null;

@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
@@ -183,6 +185,40 @@ test('recovery adopts a running sandbox whose VM is alive and fails one whose VM
     assert.equal(fresh.get(alive.id).state, 'destroyed');
     fresh.close();
   } finally { t.done(); }
+});
+
+test('recovery kills a VM that is ours but cannot be controlled before its slot and disk are released', async () => {
+  const t = setup();
+  // A real process stands in for a QEMU whose QMP socket is gone.
+  const stuck = spawn('sleep', ['60'], { stdio: 'ignore' });
+  try {
+    const s = await t.m.create({ templateId: 'base' }, signal());
+    t.m.close();
+    const rec = t.store.getSandbox(s.id)!;
+    t.store.updateSandbox({ ...rec, vmm: { ...rec.vmm!, pid: stuck.pid! } });
+    t.w.liveVms.delete(rec.vmm!.pid);
+    const order: string[] = [];
+    t.driver.adopt = async (h) => { if (h.pid === stuck.pid) throw new HostFailureError('QMP socket does not answer'); return null; };
+    t.driver.list = async () => [{ sandboxId: s.id, pid: stuck.pid!, runDir: rec.vmm!.runDir }];
+    const exited = new Promise<void>((r) => stuck.once('exit', () => r()));
+    const slots = t.deps.network;
+    const release = slots.release.bind(slots);
+    slots.release = async (slot) => {
+      const state = await readFile(`/proc/${stuck.pid}/stat`, 'utf8').then((x) => x.slice(x.lastIndexOf(')') + 2, x.lastIndexOf(')') + 3), () => 'gone');
+      order.push(`slot released, VM ${state === 'gone' || state === 'Z' ? 'gone' : 'alive'}`);
+      return release(slot);
+    };
+    const fresh = new SandboxManager(t.deps);
+    const res = await fresh.recover(signal());
+    await exited;
+    assert.deepEqual(res.failed, [s.id]);
+    assert.equal(stuck.signalCode, 'SIGKILL');
+    assert.deepEqual(order, ['slot released, VM gone'], 'the VM is gone before its slot is handed back');
+    fresh.close();
+  } finally {
+    stuck.kill('SIGKILL');
+    t.done();
+  }
 });
 
 test('timeouts destroy running sandboxes once endAt passes', async () => {
