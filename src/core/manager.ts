@@ -375,11 +375,14 @@ export class SandboxManager {
 
   /**
    * What a template snapshot depends on beyond its shape: the image, the kernel
-   * arguments, and the network backend (a guest booted on user-mode networking
-   * has another NIC set-up and address than one booted in a netns slot).
+   * and its arguments, the network backend (a guest booted on user-mode
+   * networking has another NIC set-up and address than one booted in a netns
+   * slot) and the VMM (QEMU and Firecracker snapshots are not interchangeable).
    */
   private warmKey(template: Template): string {
-    return createHash('sha256').update(`${template.imageHash}\n${template.kernelArgs}\n${this.deps.network.kind}`).digest('hex');
+    return createHash('sha256')
+      .update(`${template.imageHash}\n${template.kernelPath}\n${template.kernelArgs}\n${this.deps.network.kind}\n${this.deps.vmm.kind}`)
+      .digest('hex');
   }
 
   /** Resolves when no warm-template build is in flight (tests, shutdown). */

@@ -28,6 +28,14 @@ export interface HearthConfig {
   defaultMemoryMib: number;
   /** Require API keys even on loopback (they are always required on other addresses). */
   requireApiKey: boolean;
+  /** VMM: 'auto' = Firecracker where it can run (see src/daemon/vmm.ts), else QEMU. */
+  vmm: 'auto' | 'qemu' | 'firecracker';
+  /** The Firecracker binary (PATH lookup when bare). */
+  firecrackerBinary: string;
+  /** Firecracker guest kernel (vmlinux); null: the one `hearth image kernel --firecracker` built into the cache. */
+  firecrackerKernel: string | null;
+  /** How Firecracker restores get memory: 'file' (private mmap) or 'uffd' (page server). */
+  firecrackerMemory: 'file' | 'uffd';
   /** Network backend: 'auto' = netns where the host allows (root, iproute2, nftables), else user-mode. */
   network: 'auto' | 'netns' | 'user';
   /** Private IPv4 range for the slots' host-side /30s (must not overlap a host route). */
@@ -70,6 +78,10 @@ export function defaultConfig(): HearthConfig {
     defaultMemoryMib: 512,
     memoryOvercommit: 1.5,
     requireApiKey: false,
+    vmm: 'auto',
+    firecrackerBinary: 'firecracker',
+    firecrackerKernel: null,
+    firecrackerMemory: 'file',
     network: 'auto',
     networkRange: '10.201.0.0/16',
     networkPoolSize: 4,
@@ -97,6 +109,10 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
   HEARTH_MEMORY_OVERCOMMIT: 'memoryOvercommit',
   HEARTH_REQUIRE_API_KEY: 'requireApiKey',
+  HEARTH_VMM: 'vmm',
+  HEARTH_FIRECRACKER: 'firecrackerBinary',
+  HEARTH_FIRECRACKER_KERNEL: 'firecrackerKernel',
+  HEARTH_FIRECRACKER_MEMORY: 'firecrackerMemory',
   HEARTH_NETWORK: 'network',
   HEARTH_NETWORK_RANGE: 'networkRange',
   HEARTH_NETWORK_POOL_SIZE: 'networkPoolSize',
@@ -135,6 +151,8 @@ function validate(cfg: HearthConfig): void {
   if (!cfg.dataDir.startsWith('/')) throw new Error(`dataDir must be an absolute path, got "${cfg.dataDir}"`);
   if (!Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) throw new Error(`port must be 0..65535, got ${cfg.port}`);
   if (cfg.storage && !['dm', 'reflink', 'copy'].includes(cfg.storage)) throw new Error(`storage must be dm, reflink or copy, got "${cfg.storage}"`);
+  if (!['auto', 'qemu', 'firecracker'].includes(cfg.vmm)) throw new Error(`vmm must be auto, qemu or firecracker, got "${cfg.vmm}"`);
+  if (!['file', 'uffd'].includes(cfg.firecrackerMemory)) throw new Error(`firecrackerMemory must be file or uffd, got "${cfg.firecrackerMemory}"`);
   if (!['auto', 'netns', 'user'].includes(cfg.network)) throw new Error(`network must be auto, netns or user, got "${cfg.network}"`);
   if (!/^([a-z][a-z0-9]{0,3})?$/.test(cfg.networkTag)) throw new Error(`networkTag must be empty or a letter and up to 3 of [a-z0-9], got "${cfg.networkTag}"`);
   if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);

@@ -11,12 +11,14 @@ import { chooseRootfsBackend } from '../storage/select.js';
 import { createDmBackend, DmRootfsBackend } from '../storage/dm/index.js';
 import { LIVE_STATES } from '../core/types.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
-import { probeAccelerator } from '../vmm/probe.js';
 import { Store } from '../store/store.js';
 import { AGENT_PORT } from '../agent/protocol.js';
 import type { HearthConfig } from './config.js';
 import { runDoctor } from './doctor.js';
 import { createNetwork, type DaemonNetwork } from './network.js';
+import { chooseVmm } from './vmm.js';
+import { FirecrackerDriver } from '../vmm/firecracker/index.js';
+import type { VmmDriver } from '../vmm/types.js';
 import type { Template } from '../core/types.js';
 import { VERSION } from '../version.js';
 import { isLoopback } from '../api/auth.js';
@@ -70,9 +72,14 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
   const store = new Store(join(cfg.dataDir, 'hearth.db'));
   let network: DaemonNetwork | undefined;
   try {
-    if (opts.image) await registerTemplate(store, DEFAULT_TEMPLATE, opts.image, cfg);
-    const [accel, storageChoice] = await Promise.all([probeAccelerator(), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
-    log.info({ accel: accel.accel, reason: accel.reason }, `vmm: qemu with ${accel.accel}`);
+    network = await createNetwork(cfg, store, log);
+    const [vmmChoice, storageChoice] = await Promise.all([chooseVmm(cfg, network.choice.kind), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
+    log.info({ vmm: vmmChoice.kind, reason: vmmChoice.reason }, `vmm: ${vmmChoice.kind}`);
+    // Firecracker boots its own kernel (virtio-mmio and drivers built in); the rootfs and initramfs are shared.
+    if (opts.image) await registerTemplate(store, DEFAULT_TEMPLATE, vmmChoice.firecrackerKernel ? { ...opts.image, kernelPath: vmmChoice.firecrackerKernel } : opts.image, cfg);
+    const vmm: VmmDriver = vmmChoice.kind === 'firecracker'
+      ? new FirecrackerDriver({ firecrackerBinary: cfg.firecrackerBinary, memoryBackend: cfg.firecrackerMemory })
+      : new QemuDriver({ accel: vmmChoice.accel.accel });
     log.info({ storage: storageChoice.chosen, reason: storageChoice.reason }, `storage: ${storageChoice.chosen}`);
     const cloneKind = storageChoice.reflink ? 'reflink' : 'copy';
     const storage = storageChoice.chosen === 'dm'
@@ -82,13 +89,12 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     if (storage instanceof DmRootfsBackend) {
       await storage.recover(store.listSandboxes({ states: LIVE_STATES }).map((r) => r.id), AbortSignal.timeout(120_000));
     }
-    network = await createNetwork(cfg, store, log);
     // Slots before sandboxes: recover() restores the slots of the VMs it adopts.
     await network.start(AbortSignal.timeout(120_000));
     const manager = new SandboxManager({
       store,
       log,
-      vmm: new QemuDriver({ accel: accel.accel }),
+      vmm,
       storage,
       network: network.slots,
       agent: (endpoint, token) => new AgentControl(endpoint, token),

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { probeAccelerator, probeQemu } from '../vmm/probe.js';
 import { chooseRootfsBackend } from '../storage/select.js';
 import { chooseNetwork } from '../network/netns/index.js';
+import { chooseVmm } from './vmm.js';
 import type { HearthConfig } from './config.js';
 
 const execFileP = promisify(execFile);
@@ -17,7 +18,7 @@ export interface DoctorReport {
   storage: { dataDir: string; deviceMapper: boolean; reflink: boolean };
   userfaultfd: boolean;
   netns: { available: boolean; detail: string };
-  chosen: { vmm: string; accel: string; storage: string; storageReason: string; network: string; networkReason: string };
+  chosen: { vmm: string; vmmReason: string; accel: string; storage: string; storageReason: string; network: string; networkReason: string };
 }
 
 async function versionOf(cmd: string, args: string[]): Promise<string | null> {
@@ -40,6 +41,8 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
     readFile('/proc/sys/kernel/osrelease', 'utf8'),
     chooseNetwork({ prefer: cfg.network }),
   ]);
+  // 'auto' here even when Firecracker is forced: the doctor reports what is missing instead of failing.
+  const vmm = await chooseVmm({ ...cfg, vmm: cfg.vmm === 'qemu' ? 'qemu' : 'auto' }, network.kind);
   const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
   const root = process.getuid?.() === 0;
   const uffd = existsSync('/dev/userfaultfd') || await access('/proc/sys/vm/unprivileged_userfaultfd', constants.R_OK).then(() => true, () => false);
@@ -55,7 +58,8 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
       detail: network.checks.map((c) => `${c.name} ${c.ok ? 'ok' : 'missing'}`).join(', ') + (network.conntrack ? ', conntrack ok' : ', conntrack tool absent (optional)'),
     },
     chosen: {
-      vmm: 'qemu',
+      vmm: vmm.kind,
+      vmmReason: cfg.vmm === 'firecracker' && vmm.kind !== 'firecracker' ? `configured firecracker cannot start: ${vmm.reason}` : vmm.reason,
       accel: accel.accel,
       storage: storage.chosen,
       storageReason: storage.reason,

@@ -227,6 +227,23 @@ async function loadCached(dir: string): Promise<FirecrackerKernelInfo | undefine
 }
 
 /** Builds (or finds in the cache) the Firecracker guest kernel. */
+/**
+ * A Firecracker kernel `ensureFirecrackerKernel` built earlier with the current
+ * config fragment (any source version), without building or asking apt: what
+ * hearthd uses at start. Newest first; undefined when there is none.
+ */
+export async function findFirecrackerKernel(cacheDir: string, extraFragment: readonly string[] = []): Promise<FirecrackerKernelInfo | undefined> {
+  const fragmentHash = sha256([...FIRECRACKER_KERNEL_FRAGMENT, ...extraFragment].join('\n')).slice(0, 12);
+  const kernelsDir = join(cacheDir, 'kernels');
+  const names = (await readdir(kernelsDir).catch(() => [] as string[])).filter((n) => n.startsWith('firecracker_') && n.endsWith(`_${fragmentHash}`));
+  const found: FirecrackerKernelInfo[] = [];
+  for (const n of names) {
+    const k = await loadCached(join(kernelsDir, n));
+    if (k) found.push(k);
+  }
+  return found.sort((a, b) => b.packageVersion.localeCompare(a.packageVersion))[0];
+}
+
 export async function ensureFirecrackerKernel(opts: EnsureFirecrackerKernelOptions): Promise<FirecrackerKernelInfo> {
   const { cacheDir, signal } = opts;
   const progress = opts.progress ?? silentProgress;

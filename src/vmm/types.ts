@@ -55,6 +55,8 @@ export interface Vmm {
   stop(signal: AbortSignal): Promise<void>;
   readonly pid: number;
   readonly exited: Promise<ExitInfo>;
+  /** The guest answered after a boot or restore (a uffd page server stops recording its working set). */
+  markReady?(): Promise<void>;
 }
 
 /** What a driver records so that a later daemon can find (adopt or reap) its VM. */
@@ -71,4 +73,11 @@ export interface VmmDriver {
   adopt(handle: VmmHandle): Promise<Vmm | null>;
   /** Every VM of this kind on the host that carries Hearth's name (for reaping orphans). */
   list?(): Promise<{ sandboxId: string; pid: number; runDir?: string }[]>;
+  /**
+   * true: restore maps the snapshot's memory file privately and never writes it
+   * (Firecracker), so the manager passes the snapshot's file as is. Absent/false:
+   * the VMM runs on `VmConfig.memoryFilePath` and writes guest memory into it
+   * (QEMU, share=on), so the manager first fills it with a copy (reflink).
+   */
+  readonly restoreMapsSnapshotMemory?: boolean;
 }

@@ -35,24 +35,34 @@ export class FakeVmm implements Vmm {
   pid = 0;
   paused = false;
   cfg: VmConfig | undefined;
+  /** Firecracker-like: restores map the snapshot's memory (never the config's file); snapshots write memory into their dir. */
+  private ram = '';
   private resolveExit!: (i: ExitInfo) => void;
   readonly exited = new Promise<ExitInfo>((r) => { this.resolveExit = r; });
-  constructor(private readonly w: World) {}
+  constructor(private readonly w: World, private readonly mapsSnapshotMemory = false) {}
   private async start(cfg: VmConfig, how: 'boot' | 'restore'): Promise<void> {
     this.cfg = cfg;
     this.pid = this.w.nextPid++;
     this.w.liveVms.add(this.pid);
     this.w.events.push(`${how} ${cfg.sandboxId}`);
     this.w.fail(how);
-    if (how === 'boot') await writeFile(cfg.memoryFilePath, 'RAM');
+    if (how === 'boot' && !this.mapsSnapshotMemory) await writeFile(cfg.memoryFilePath, 'RAM');
+    if (how === 'boot') this.ram = 'RAM';
   }
   async boot(cfg: VmConfig): Promise<void> { await this.start(cfg, 'boot'); }
   async restore(s: SnapshotFiles, cfg: VmConfig): Promise<void> {
     // Like QEMU: the caller must have placed the memory file, and the state must exist.
-    await readFile(cfg.memoryFilePath);
+    // Like Firecracker: the snapshot's own memory file is read, the config's is never used.
+    if (this.mapsSnapshotMemory) {
+      this.ram = await readFile(s.memoryPath, 'utf8');
+      this.w.events.push(`map ${s.memoryPath.split('/').slice(-2).join('/')}`);
+    } else {
+      await readFile(cfg.memoryFilePath);
+    }
     await readFile(s.statePath);
     await this.start(cfg, 'restore');
   }
+  async markReady(): Promise<void> { if (this.mapsSnapshotMemory) this.w.events.push(`ready ${this.pid}`); }
   async pause(): Promise<void> { this.w.events.push('pause'); this.paused = true; }
   async resume(): Promise<void> { this.w.events.push('resume'); this.w.fail('resume'); this.paused = false; }
   async snapshot(dir: string): Promise<SnapshotFiles> {
@@ -60,6 +70,11 @@ export class FakeVmm implements Vmm {
     this.w.events.push('snapshot');
     this.w.fail('snapshot');
     await writeFile(`${dir}/vmstate`, 'STATE');
+    if (this.mapsSnapshotMemory) {
+      await writeFile(`${dir}/memory`, this.ram);
+      await writeFile(`${dir}/firecracker.json`, '{}');
+      return { dir, statePath: `${dir}/vmstate`, memoryPath: `${dir}/memory` };
+    }
     return { dir, statePath: `${dir}/vmstate`, memoryPath: this.cfg!.memoryFilePath };
   }
   async stop(): Promise<void> {
@@ -75,8 +90,8 @@ export class FakeVmm implements Vmm {
 export class FakeDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
   readonly vms: FakeVmm[] = [];
-  constructor(private readonly w: World) {}
-  create(): Vmm { const v = new FakeVmm(this.w); this.vms.push(v); return v; }
+  constructor(private readonly w: World, readonly restoreMapsSnapshotMemory = false) {}
+  create(): Vmm { const v = new FakeVmm(this.w, this.restoreMapsSnapshotMemory); this.vms.push(v); return v; }
   list?: () => Promise<{ sandboxId: string; pid: number; runDir?: string }[]>;
   async adopt(h: VmmHandle): Promise<Vmm | null> {
     const v = this.vms.find((x) => x.pid === h.pid && this.w.liveVms.has(h.pid));

@@ -11,7 +11,7 @@ import { silentLogger } from '../../src/core/log.js';
 import { AbortedError, CapacityError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
 import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner, type FaultPoint } from '../helpers/fakes.js';
 
-function setup() {
+function setup(opts: { mapsSnapshotMemory?: boolean } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-mgr-'));
   const w = new World();
   const store = new Store(':memory:');
@@ -19,7 +19,7 @@ function setup() {
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
     kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
   });
-  const driver = new FakeDriver(w);
+  const driver = new FakeDriver(w, opts.mapsSnapshotMemory ?? false);
   const deps = {
     store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),
     config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2, warmTemplates: true,
@@ -493,6 +493,32 @@ test('a policy the network backend can\'t honour is refused before any sandbox e
     await assert.rejects(t.m.create({ templateId: 'base', network: { egress: { internet: true } } }, signal()), InvalidArgumentError);
     const users = t.store.listSandboxes({}).filter((s) => s.metadata['hearth.internal'] !== 'template-build');
     assert.deepEqual(users, [], 'no record, not even a failed one');
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('a VMM that maps snapshot memory privately (Firecracker) gets the snapshot\'s file as is: no copies on create, resume or snapshot', async () => {
+  const t = setup({ mapsSnapshotMemory: true });
+  try {
+    const a = await t.m.create({ templateId: 'base' }, signal());
+    assert.ok(!t.w.events.includes('clone'), 'no memory clone on create');
+    assert.ok(t.w.events.some((e) => /^map [0-9a-f]{16}-1c-256m\/memory$/.test(e)), `restored from the template snapshot's file: ${t.w.events.join(', ')}`);
+    assert.ok(t.w.events.some((e) => e.startsWith('ready ')), 'the VMM was told the guest is ready');
+    t.w.events.length = 0;
+    let clones = 0;
+    t.w.onPoint = (p) => { if (p === 'clone') clones++; };
+    await t.m.pause(a.id, signal());
+    const pausedFiles = readdirSync(join(t.dataDir, 'sandboxes', a.id, 'paused')).sort();
+    assert.deepEqual(pausedFiles, ['firecracker.json', 'memory', 'meta.json', 'rootfs.ext4', 'vmstate'], 'everything the VMM wrote moved into the paused dir');
+    await t.m.resume(a.id, signal());
+    assert.ok(t.w.events.includes('map paused/memory'), t.w.events.join(', '));
+    const snap = await t.m.snapshot(a.id, 'fc-named', signal());
+    assert.deepEqual(readdirSync(snap.dir).sort(), ['firecracker.json', 'memory', 'rootfs.ext4', 'vmstate']);
+    const b = await t.m.create({ templateId: 'fc-named' }, signal());
+    assert.equal(b.state, 'running');
+    assert.equal(clones, 0, 'memory was never copied');
+    for (const s of t.m.list()) if (s.state !== 'destroyed') await t.m.destroy(s.id, signal());
+    await t.m.deleteSnapshot(snap.id);
     t.nothingLeft();
   } finally { t.done(); }
 });

@@ -133,7 +133,7 @@ function printDoctor(r: DoctorReport): void {
     ['reflink', `${yes(r.storage.reflink)} in ${r.storage.dataDir}`],
     ['userfaultfd', yes(r.userfaultfd)],
     ['netns', `${yes(r.netns.available)} (${r.netns.detail})`],
-    ['→ vmm', `${r.chosen.vmm} with ${r.chosen.accel}`],
+    ['→ vmm', `${r.chosen.vmm} with ${r.chosen.accel} (${r.chosen.vmmReason})`],
     ['→ storage', `${r.chosen.storage} (${r.chosen.storageReason})`],
     ['→ network', `${r.chosen.network} (${r.chosen.networkReason})`],
   ];

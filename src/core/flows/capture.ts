@@ -5,7 +5,7 @@ import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, SnapshotKind, SnapshotRecord, Template } from '../types.js';
 import { exists, removeTree } from '../../util/fs.js';
 import { randomId } from '../ids.js';
-import { FILES, sandboxDir, snapshotsDir, type LiveSandbox, type ManagerDeps } from './context.js';
+import { FILES, snapshotsDir, type LiveSandbox, type ManagerDeps } from './context.js';
 
 export function newSnapshotId(): string { return `s${randomId(20)}`; }
 
@@ -28,8 +28,11 @@ export async function captureSnapshot(
   let resumeError: unknown;
   try {
     try {
-      await steps.run('freeze+state', () => live.vmm.snapshot(staging, 'full', signal), signal);
-      await steps.run('memory', () => deps.cloneFile(join(sandboxDir(deps.config, rec.id), FILES.memory), join(staging, FILES.memory), signal), signal);
+      const files = await steps.run('freeze+state', () => live.vmm.snapshot(staging, 'full', signal), signal);
+      // QEMU leaves guest memory in the VM's own file (cloned here); Firecracker writes it into the snapshot dir.
+      if (files.memoryPath !== join(staging, FILES.memory)) {
+        await steps.run('memory', () => deps.cloneFile(files.memoryPath, join(staging, FILES.memory), signal), signal);
+      }
       await steps.run('disk', () => deps.storage.flatten(live.disk, join(staging, FILES.rootfs), signal), signal);
     } finally {
       try {

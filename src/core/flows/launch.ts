@@ -49,8 +49,10 @@ export async function launch(
     await steps.run('boot', () => vmm.boot(cfg, signal), signal);
   } else {
     const snap: SnapshotFiles = { dir: source.snapshot.dir, statePath: join(source.snapshot.dir, FILES.vmstate), memoryPath: join(source.snapshot.dir, FILES.memory) };
-    await steps.run('memory', () => deps.cloneFile(snap.memoryPath, cfg.memoryFilePath, signal), signal);
-    cleanup.add('memory file', () => unlink(cfg.memoryFilePath).catch(() => undefined));
+    if (!deps.vmm.restoreMapsSnapshotMemory) {
+      await steps.run('memory', () => deps.cloneFile(snap.memoryPath, cfg.memoryFilePath, signal), signal);
+      cleanup.add('memory file', () => unlink(cfg.memoryFilePath).catch(() => undefined));
+    }
     await steps.run('restore', () => vmm.restore(snap, cfg, signal), signal);
   }
   rec.vmm = { kind: vmm.kind, pid: vmm.pid, runDir: dir };
@@ -59,6 +61,7 @@ export async function launch(
   const endpoint = slot.guestAddress(config.agentPort);
   const timeoutMs = source.kind === 'boot' ? config.bootTimeoutMs : config.restoreTimeoutMs;
   await steps.run('agent', () => waitForAgent(deps, endpoint, undefined, live, cfg.consoleLogPath, timeoutMs, signal), signal);
+  await vmm.markReady?.();
   // The agent in a snapshot already holds the token of the sandbox it was taken from.
   const presented = source.kind === 'restore' ? source.snapshot.agentToken : undefined;
   await steps.run('init', () => deps.agent(endpoint, presented).init(initBody(rec), signal), signal);

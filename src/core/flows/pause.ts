@@ -1,4 +1,4 @@
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Cleanup } from '../cleanup.js';
 import { HostFailureError, errorMessage } from '../errors.js';
@@ -41,11 +41,12 @@ export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: 
   const dir = sandboxDir(deps.config, rec.id);
   const staging = join(dir, 'pause-staging');
   const paused = pausedDir(deps.config, rec.id);
-  const memoryPath = join(dir, FILES.memory);
+  // QEMU: guest memory is the VM's own file; Firecracker writes it into the staging dir.
+  let memoryPath = join(dir, FILES.memory);
   try {
     await removeTree(staging);
     await mkdir(staging, { recursive: true });
-    await steps.run('snapshot', () => live.vmm.snapshot(staging, 'full', signal), signal);
+    memoryPath = (await steps.run('snapshot', () => live.vmm.snapshot(staging, 'full', signal), signal)).memoryPath;
     // Durable before the VMM goes away: a paused sandbox must survive a host reboot.
     await steps.run('flush', async () => { await fsyncFile(memoryPath); await fsyncFile(join(staging, FILES.vmstate)); }, signal);
   } catch (err) {
@@ -71,9 +72,8 @@ export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: 
     diskDetached = true;
     await steps.run('move', async () => {
       await rename(memoryPath, join(paused, FILES.memory));
-      for (const f of [FILES.vmstate, `${FILES.vmstate}.json`]) {
-        if (await exists(join(staging, f))) await rename(join(staging, f), join(paused, f));
-      }
+      // The device state and whatever else the VMM wrote beside it (e.g. Firecracker's firecracker.json).
+      for (const f of await readdir(staging)) await rename(join(staging, f), join(paused, f));
       const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString() };
       await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
       await removeTree(staging);
@@ -109,8 +109,12 @@ export async function resumeSandbox(deps: ManagerDeps, rec: SandboxRecord, templ
     cleanup.add('root disk back to the paused dir', () => deps.storage.detach(disk, paused, AbortSignal.timeout(60_000)));
     const vmm = deps.vmm.create();
     const cfg = vmConfig(deps.config, rec, template, slot, disk);
-    await steps.run('memory', () => deps.cloneFile(join(paused, FILES.memory), cfg.memoryFilePath, signal), signal);
-    cleanup.add('memory copy', () => unlink(cfg.memoryFilePath).catch(() => undefined));
+    // A VMM that writes guest memory into its file runs on a copy: the paused memory is never
+    // consumed, so a failed resume can be retried. One that maps the file privately reads it as is.
+    if (!deps.vmm.restoreMapsSnapshotMemory) {
+      await steps.run('memory', () => deps.cloneFile(join(paused, FILES.memory), cfg.memoryFilePath, signal), signal);
+      cleanup.add('memory copy', () => unlink(cfg.memoryFilePath).catch(() => undefined));
+    }
     const live: LiveSandbox = { vmm, slot, disk, stopping: false };
     cleanup.addPriority('vmm', async () => { live.stopping = true; await vmm.stop(AbortSignal.timeout(30_000)); });
     const snap = { dir: paused, statePath: join(paused, FILES.vmstate), memoryPath: join(paused, FILES.memory) };
@@ -118,6 +122,7 @@ export async function resumeSandbox(deps: ManagerDeps, rec: SandboxRecord, templ
     rec.vmm = { kind: vmm.kind, pid: vmm.pid, runDir: sandboxDir(deps.config, rec.id) };
     const endpoint = slot.guestAddress(deps.config.agentPort);
     await steps.run('agent', () => waitForAgent(deps, endpoint, rec.agentToken, live, cfg.consoleLogPath, deps.config.restoreTimeoutMs, signal), signal);
+    await vmm.markReady?.();
     await steps.run('init', () => deps.agent(endpoint, rec.agentToken).init(initBody(rec), signal), signal);
     cleanup.commit();
     rec.agent = endpoint;

@@ -72,6 +72,8 @@ export interface FirecrackerDriverOptions {
 
 export class FirecrackerDriver implements VmmDriver {
   readonly kind = 'firecracker' as const;
+  /** Restores map the snapshot's memory file MAP_PRIVATE (File backend) or serve it read-only (Uffd). */
+  readonly restoreMapsSnapshotMemory = true;
   readonly settings: FirecrackerSettings;
 
   constructor(opts: FirecrackerDriverOptions = {}) {
