@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readFile, readlink, stat, truncate, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import http from 'node:http';
 import net from 'node:net';
@@ -28,6 +28,33 @@ async function assertGone(pid: number, runDir: string): Promise<void> {
   const f = runFiles(runDir);
   assert.equal(existsSync(f.qmpSocket), false, 'QMP socket left behind');
   assert.equal(existsSync(f.pidFile), false, 'pid file left behind');
+}
+
+/** Identity and confinement of a process, from /proc/<pid>/status and /proc/<pid>/root. */
+async function confinement(pid: number): Promise<{ uid: number[]; gid: number[]; groups: number[]; seccomp: number; noNewPrivs: number; capEff: string; root: string }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string) => (new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '').trim();
+  const nums = (name: string) => field(name).split(/\s+/).filter(Boolean).map(Number);
+  return {
+    uid: nums('Uid'), gid: nums('Gid'), groups: nums('Groups'),
+    seccomp: Number(field('Seccomp')), noNewPrivs: Number(field('NoNewPrivs')), capEff: field('CapEff'),
+    root: await readlink(`/proc/${pid}/root`),
+  };
+}
+
+/** Asserts QEMU runs unprivileged: one non-root uid=gid (real, effective, saved, fs), no capabilities, seccomp filter mode, chrooted. */
+async function assertUnprivileged(pid: number, runDir: string): Promise<number> {
+  const c = await confinement(pid);
+  const uid = c.uid[0]!;
+  assert.ok(uid >= 1_900_000_000 && uid < 1_900_065_536, `QEMU uid ${uid} is not a per-VM id`);
+  assert.deepEqual(c.uid, [uid, uid, uid, uid], 'real/effective/saved/fs uid');
+  assert.deepEqual(c.gid, [uid, uid, uid, uid], 'real/effective/saved/fs gid');
+  assert.deepEqual(c.groups, [uid], 'supplementary groups');
+  assert.equal(c.seccomp, 2, 'seccomp filter mode');
+  assert.equal(c.noNewPrivs, 1);
+  assert.equal(c.capEff, '0000000000000000', 'no effective capabilities');
+  assert.equal(c.root, runFiles(runDir).vmRoot, 'chrooted into <runDir>/vmroot');
+  return uid;
 }
 
 async function freePort(): Promise<number> {
@@ -77,14 +104,24 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
     const disk = await waitForConsole(cfg.consoleLogPath, /HEARTH-TEST-DISK sectors=(\d+)/);
     assert.equal(Number(disk[1]), (64 * 1024 * 1024) / 512, 'virtio-blk root disk visible through ACPI');
     // detached: its own session
-    const stat = await readFile(`/proc/${vm.pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const procStat = await readFile(`/proc/${vm.pid}/stat`, 'utf8');
+    const fields = procStat.slice(procStat.lastIndexOf(')') + 2).split(' ');
     assert.equal(Number(fields[3]), vm.pid, 'QEMU leads its own session');
     assert.equal(Number((await readFile(runFiles(cfg.runDir).pidFile, 'utf8')).trim()), vm.pid);
     const argv = (await readFile(`/proc/${vm.pid}/cmdline`, 'utf8')).split('\0');
     assert.ok(argv.includes('-name') && argv[argv.indexOf('-name') + 1]!.startsWith('hearth-boot1'));
     const listed = await listHearthQemuProcesses();
     assert.ok(listed.some((p) => p.pid === vm.pid && p.sandboxId === 'boot1' && p.runDir === cfg.runDir));
+    // least privilege (issue #8): per-VM uid/gid, no capabilities, seccomp, chroot
+    assert.equal((await driver.privilege()).mode, 'per-vm');
+    await assertUnprivileged(vm.pid, cfg.runDir);
+    assert.ok(argv.includes('-runas') && argv.includes('-chroot'));
+    assert.ok(argv.includes('-S'), 'starts paused; `cont` comes over QMP, i.e. after the drop');
+    assert.equal((await vm.status()).status, 'running');
+    assert.equal(argv[argv.indexOf('-sandbox') + 1], 'on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny');
+    const vmRoot = await stat(runFiles(cfg.runDir).vmRoot);
+    assert.equal(vmRoot.mode & 0o7777, 0o710);
+    assert.equal(vmRoot.uid, 0);
     const t1 = performance.now();
     await vm.stop(sig());
     measurements['stop (ms)'] = Math.round(performance.now() - t1);
@@ -97,6 +134,7 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
     const cfg = await lab.config('pause1');
     const vm = lab.track(driver.create());
     await vm.boot(cfg, sig());
+    await assertUnprivileged(vm.pid, cfg.runDir);
     await waitForConsole(cfg.consoleLogPath, /counter 2\b/);
     await vm.pause(sig());
     assert.equal((await vm.status()).status, 'paused');
@@ -111,8 +149,15 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
 
   it('snapshot writes only device state; a restore from a copy of the memory file continues the counter', async () => {
     const cfg = await lab.config('snap1');
+    await chmod(cfg.rootfsPath, 0o600); // root's alone: QEMU opens it before dropping privileges
     const vm = lab.track(driver.create());
     await vm.boot(cfg, sig());
+    const uids = new Set([await assertUnprivileged(vm.pid, cfg.runDir)]);
+    for (const f of [cfg.memoryFilePath, cfg.rootfsPath]) {
+      const st = await stat(f);
+      assert.equal(st.uid, 0, `${f} stays root's`);
+      assert.equal(st.mode & 0o077, 0, `${f} is not accessible to others`);
+    }
     await waitForConsole(cfg.consoleLogPath, /counter 3\b/);
     await vm.pause(sig());
     const c = await lastCounter(cfg.consoleLogPath);
@@ -139,6 +184,7 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
       t = performance.now();
       await r.restore(snap, rcfg, sig());
       const toRunning = Math.round(performance.now() - t);
+      uids.add(await assertUnprivileged(r.pid, rcfg.runDir));
       assert.equal((await r.status()).status, 'running');
       await waitForConsole(rcfg.consoleLogPath, /counter \d+/, 5000);
       const toCounter = Math.round(performance.now() - t);
@@ -150,6 +196,7 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
       await waitForConsole(rcfg.consoleLogPath, new RegExp(`counter ${c + 3}\\b`), 5000);
       const seen = await counters(rcfg.consoleLogPath);
       assert.ok(seen[0]! >= c && seen[0]! <= c + 2, `restored guest continued from ${seen[0]}, paused at ${c}`);
+      if (id === 'rest2') assert.equal(uids.size, 3, 'every VM has a uid of its own');
       await r.stop(sig());
       await assertGone(r.pid, rcfg.runDir);
     }
@@ -251,6 +298,7 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
       await vm.boot(cfg, sig());
       assert.equal(Number((await readFile(runFiles(cfg.runDir).pidFile, 'utf8')).trim()), vm.pid, 'nsenter execs QEMU: same pid');
       assert.equal((await stat(`/proc/${vm.pid}/ns/net`)).ino, (await stat(`/run/netns/${ns}`)).ino, 'QEMU is in the slot namespace');
+      await assertUnprivileged(vm.pid, cfg.runDir);
       await waitForConsole(cfg.consoleLogPath, /HEARTH-TEST-NET up/);
       let body = '';
       for (let i = 0; i < 50 && !body.includes(GUEST_PAGE); i++) {
@@ -267,6 +315,7 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
       await copyFile(snap.memoryPath, rcfg.memoryFilePath);
       const r = lab.track(driver.create());
       await r.restore(snap, rcfg, sig());
+      await assertUnprivileged(r.pid, rcfg.runDir);
       const again = await execFileP('nsenter', [`--net=/run/netns/${ns}`, '--', 'curl', '-sS', '-m', '5', 'http://10.0.2.15/']).then((x) => x.stdout, (e: Error) => e.message);
       assert.match(again, new RegExp(GUEST_PAGE));
       await r.stop(sig());
@@ -353,10 +402,74 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
     assert.equal(await lastCounter(cfg.consoleLogPath), c);
     await adopted.resume(sig());
     await waitForConsole(cfg.consoleLogPath, new RegExp(`counter ${c + 2}\\b`), 5000);
+    // the adopted, unprivileged QEMU can still write a snapshot (the socket goes to its uid)
+    await assertUnprivileged(adopted.pid, cfg.runDir);
+    const snap = await adopted.snapshot(`${lab.dir}/adopt1.snapshot`, 'full', sig());
+    assert.ok((await fileSize(snap.statePath)) > 0);
+    await adopted.resume(sig());
     await adopted.stop(sig());
     await held(adopted.exited);
     await held(vm.exited);
     await assertGone(vm.pid, cfg.runDir);
     assert.equal(await other.adopt(handle), null);
+  });
+
+  it('a loop-device root disk (root:disk 0660) works unprivileged, across a snapshot and resume', async (t) => {
+    const cfg0 = await lab.config('loop1');
+    let dev: string;
+    try {
+      dev = (await execFileP('losetup', ['--find', '--show', cfg0.rootfsPath])).stdout.trim();
+    } catch (err) {
+      t.skip(`no loop device: ${(err as Error).message}`);
+      return;
+    }
+    try {
+      const cfg = { ...cfg0, rootfsPath: dev };
+      const vm = lab.track(driver.create());
+      await vm.boot(cfg, sig());
+      await assertUnprivileged(vm.pid, cfg.runDir);
+      const disk = await waitForConsole(cfg.consoleLogPath, /HEARTH-TEST-DISK sectors=(\d+)/);
+      assert.equal(Number(disk[1]), (64 * 1024 * 1024) / 512);
+      await waitForConsole(cfg.consoleLogPath, /counter 1\b/);
+      await vm.snapshot(`${lab.dir}/loop1.snapshot`, 'full', sig());
+      const c = await lastCounter(cfg.consoleLogPath);
+      await vm.resume(sig()); // re-activates the block device: must not need to reopen /dev/loopN
+      await waitForConsole(cfg.consoleLogPath, new RegExp(`counter ${c + 2}\\b`), 5000);
+      await vm.stop(sig());
+      await assertGone(vm.pid, cfg.runDir);
+    } finally {
+      await execFileP('losetup', ['-d', dev]).catch(() => {});
+    }
+  });
+
+  it('privilege dropping can be turned off (QEMU stays root, still under seccomp); boot time with and without', async () => {
+    const legacy = new QemuDriver({ privilege: { user: 'root' }, log: () => {} });
+    assert.equal((await legacy.privilege()).mode, 'none');
+    const times: Record<'dropped' | 'root', number[]> = { dropped: [], root: [] };
+    for (let i = 0; i < 3; i++) {
+      for (const [kind, d] of [['dropped', driver], ['root', legacy]] as const) {
+        const cfg = await lab.config(`bt-${kind}-${i}`);
+        const vm = lab.track(d.create());
+        const t0 = performance.now();
+        await vm.boot(cfg, sig());
+        await waitForConsole(cfg.consoleLogPath, new RegExp(MARKER));
+        times[kind].push(Math.round(performance.now() - t0));
+        const c = await confinement(vm.pid);
+        assert.equal(c.seccomp, 2);
+        if (kind === 'root') {
+          assert.deepEqual(c.uid, [0, 0, 0, 0]);
+          assert.equal(c.root, '/');
+          // and the snapshot path for a root QEMU (absolute socket path in runDir) still works
+          if (i === 0) assert.ok((await fileSize((await vm.snapshot(`${lab.dir}/bt-root.snapshot`, 'full', sig())).statePath)) > 0);
+        } else {
+          await assertUnprivileged(vm.pid, cfg.runDir);
+        }
+        await vm.stop(sig());
+        await assertGone(vm.pid, cfg.runDir);
+      }
+    }
+    const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+    measurements['boot to marker, privileges dropped (median ms, runs)'] = `${median(times.dropped)} (${times.dropped.join(', ')})`;
+    measurements['boot to marker, QEMU as root (median ms, runs)'] = `${median(times.root)} (${times.root.join(', ')})`;
   });
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InvalidArgumentError } from '../../src/core/errors.js';
 import {
-  buildQemuArgs, kernelCmdline, memoryPathFromArgv, parseGuestCidr, parseQemuArgv, parseQemuOpts, qemuEscape, runFiles, spawnCommand,
+  buildQemuArgs, sandboxOption, kernelCmdline, memoryPathFromArgv, parseGuestCidr, parseQemuArgv, parseQemuOpts, qemuEscape, runFiles, spawnCommand,
   type QemuCmdlineOptions,
 } from '../../src/vmm/qemu/cmdline.js';
 import type { VmConfig } from '../../src/vmm/types.js';
@@ -48,7 +48,7 @@ describe('QEMU command line', () => {
       'virtio-net-device,netdev=n0',
       'virtio-rng-device',
     ]);
-    assert.deepEqual(values(args, '-drive'), ['id=root,file=/data/sandboxes/sb-123/rootfs.img,if=none,format=raw,cache=writeback,aio=threads,discard=unmap']);
+    assert.deepEqual(values(args, '-drive'), ['id=root,file=/data/sandboxes/sb-123/rootfs.img,if=none,format=raw,cache=writeback,aio=threads,discard=unmap,auto-read-only=off']);
     assert.deepEqual(values(args, '-kernel'), ['/k/vmlinuz']);
     assert.deepEqual(values(args, '-initrd'), ['/k/initrd.img']);
     assert.deepEqual(values(args, '-chardev'), [
@@ -61,6 +61,7 @@ describe('QEMU command line', () => {
     assert.deepEqual(values(args, '-name'), ['hearth-sb-123,process=hearth-sb-123']);
     assert.deepEqual(values(args, '-sandbox'), ['on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
     assert.ok(!args.includes('-incoming') && !args.includes('-S'));
+    assert.ok(!args.includes('-runas') && !args.includes('-chroot'), 'no privilege drop unless asked');
   });
 
   it('adds console, root and (microvm under TCG) tsc_early_khz before the caller\'s kernel arguments', () => {
@@ -130,7 +131,7 @@ describe('QEMU command line', () => {
     assert.deepEqual(parseQemuArgv(args), { sandboxId: 'sb-123', runDir: '/run/hearth/sb-123' });
     assert.equal(parseQemuArgv(['qemu-system-x86_64', '-name', 'someone-else']), undefined);
     assert.equal(parseQemuArgv(['qemu-system-x86_64']), undefined);
-    assert.deepEqual(runFiles('/r'), { qmpSocket: '/r/qmp.sock', pidFile: '/r/qemu.pid', stderrLog: '/r/qemu.log' });
+    assert.deepEqual(runFiles('/r'), { qmpSocket: '/r/qmp.sock', pidFile: '/r/qemu.pid', stderrLog: '/r/qemu.log', vmRoot: '/r/vmroot' });
   });
 
   it('rejects configurations QEMU would misread or that break the Unix socket limit', () => {
@@ -147,5 +148,32 @@ describe('QEMU command line', () => {
     assert.ok(!args.includes('-sandbox'));
     assert.ok(!args.includes('-initrd'));
     assert.match(values(args, '-drive')[0]!, /cache=none,aio=native/);
+  });
+
+  it('drops to an unprivileged uid:gid (-runas) and chroots, with seccomp allowing only QEMU\'s own set*id', () => {
+    const args = buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 1_900_000_123, gid: 1_900_000_123 }, chrootDir: '/run/hearth/sb-123/vmroot' });
+    assert.deepEqual(values(args, '-runas'), ['1900000123:1900000123']);
+    assert.deepEqual(values(args, '-chroot'), ['/run/hearth/sb-123/vmroot']);
+    // QEMU installs the filter before it calls setgid/setuid: deny (and children) would kill it with SIGSYS.
+    assert.deepEqual(values(args, '-sandbox'), ['on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny']);
+    assert.equal(sandboxOption(false), 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+    // the image must stay O_RDWR while migration inactivates it: an unprivileged QEMU cannot reopen it
+    assert.match(values(args, '-drive')[0]!, /,auto-read-only=off$/);
+    // still recognised by reconciliation
+    assert.deepEqual(parseQemuArgv(['qemu-system-x86_64', ...args]), { sandboxId: 'sb-123', runDir: '/run/hearth/sb-123' });
+    assert.equal(memoryPathFromArgv(['qemu-system-x86_64', ...args]), '/data/sandboxes/sb-123/mem');
+    // tap: nsenter (root) enters the namespace, QEMU drops privileges itself afterwards
+    const tap = cfg({ network: { kind: 'tap', netnsName: 'hearth-3', tapName: 'tap0', mac: '02:fc:00:00:00:03' } });
+    const cmd = spawnCommand(tap, 'qemu-system-x86_64', buildQemuArgs(tap, { ...tcg, runAs: { uid: 5000, gid: 5001 } }));
+    assert.equal(cmd.file, 'nsenter');
+    assert.deepEqual(values(cmd.args, '-runas'), ['5000:5001']);
+    assert.ok(!cmd.args.includes('-chroot'));
+  });
+
+  it('refuses root or malformed identities and a relative chroot', () => {
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 0, gid: 5 } }), InvalidArgumentError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 5, gid: 0 } }), InvalidArgumentError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 1.5, gid: 5 } }), InvalidArgumentError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 5, gid: 5 }, chrootDir: 'vmroot' }), InvalidArgumentError);
   });
 });

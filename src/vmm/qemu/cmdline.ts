@@ -22,6 +22,16 @@ export interface QemuCmdlineOptions {
   driveAio?: DriveAio;
   /** `-sandbox on,...` (seccomp). Default true. */
   seccomp?: boolean;
+  /**
+   * Drop to this uid/gid once QEMU has opened its files (`-runas uid:gid`). QEMU
+   * calls setgid/setgroups/setuid after installing the seccomp filter, so the
+   * filter must allow them (`elevateprivileges=allow`; deny and children kill
+   * QEMU with SIGSYS, measured). After the drop the process has no capabilities
+   * and NoNewPrivs, so set*id cannot regain anything.
+   */
+  runAs?: { uid: number; gid: number };
+  /** `-chroot <dir>` (with runAs): QEMU chroots there before dropping privileges. */
+  chrootDir?: string;
   /** Start with `-incoming defer` (restore). */
   incoming?: boolean;
   /** Start with vCPUs stopped (`-S`); restore uses it so that `cont` is explicit. */
@@ -34,12 +44,19 @@ export function cpuModel(accel: Accel): string {
 }
 
 /** Files of one VM inside its runDir. */
-export function runFiles(runDir: string): { qmpSocket: string; pidFile: string; stderrLog: string } {
+export function runFiles(runDir: string): { qmpSocket: string; pidFile: string; stderrLog: string; vmRoot: string } {
   return {
     qmpSocket: path.join(runDir, 'qmp.sock'),
     pidFile: path.join(runDir, 'qemu.pid'),
     stderrLog: path.join(runDir, 'qemu.log'),
+    /** QEMU's working directory (and chroot) when it runs unprivileged: holds only mig.sock during a snapshot. */
+    vmRoot: path.join(runDir, 'vmroot'),
   };
+}
+
+/** The `-sandbox` value: everything denied, except set*id when QEMU must drop privileges itself (-runas). */
+export function sandboxOption(runAs: boolean): string {
+  return `on,obsolete=deny,elevateprivileges=${runAs ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`;
 }
 
 const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -159,9 +176,20 @@ export function buildQemuArgs(cfg: VmConfig, opts: QemuCmdlineOptions): string[]
     '-object', `memory-backend-file,id=mem,size=${cfg.memoryMib}M,mem-path=${qemuEscape(cfg.memoryFilePath)},share=on`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
   ];
+  if (opts.runAs) {
+    const { uid, gid } = opts.runAs;
+    if (!Number.isInteger(uid) || !Number.isInteger(gid) || uid <= 0 || gid <= 0 || uid >= 0xffffffff || gid >= 0xffffffff) {
+      throw new InvalidArgumentError(`runAs must be a non-root uid:gid, got ${uid}:${gid}`, 'runAs');
+    }
+    args.push('-runas', `${uid}:${gid}`);
+    if (opts.chrootDir) {
+      if (!path.isAbsolute(opts.chrootDir)) throw new InvalidArgumentError('chrootDir must be an absolute path', 'chrootDir');
+      args.push('-chroot', opts.chrootDir);
+    }
+  }
   if (opts.seccomp ?? true) {
     // spawn=deny is possible because snapshots never use exec: migration (see vmm.ts).
-    args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+    args.push('-sandbox', sandboxOption(opts.runAs !== undefined));
   }
   args.push(
     '-chardev', `file,id=con0,path=${qemuEscape(cfg.consoleLogPath)},append=on`,
@@ -172,8 +200,10 @@ export function buildQemuArgs(cfg: VmConfig, opts: QemuCmdlineOptions): string[]
   args.push('-append', kernelCmdline(cfg, opts));
   const cache = opts.driveCache ?? 'writeback';
   const aio = opts.driveAio ?? 'threads';
+  // auto-read-only=off: the image stays O_RDWR while migration inactivates it, so QEMU re-uses its fd
+  // instead of reopening the path (which an unprivileged QEMU could not do).
   args.push(
-    '-drive', `id=root,file=${qemuEscape(cfg.rootfsPath)},if=none,format=raw,cache=${cache},aio=${aio},discard=unmap`,
+    '-drive', `id=root,file=${qemuEscape(cfg.rootfsPath)},if=none,format=raw,cache=${cache},aio=${aio},discard=unmap,auto-read-only=off`,
     '-device', `${dev('virtio-blk-device', 'virtio-blk-pci')},drive=root`,
     ...netdevArgs(cfg, machine),
     '-device', dev('virtio-rng-device', 'virtio-rng-pci'),

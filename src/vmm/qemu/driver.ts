@@ -9,6 +9,7 @@ import type { VmmDriver, VmmHandle } from '../types.js';
 import { memoryPathFromArgv, parseQemuArgv, type DriveAio, type DriveCache, type QemuMachine } from './cmdline.js';
 import { identifyQemu, QemuVmm, type QemuSettings } from './vmm.js';
 import { listHearthQemuProcesses, type HearthQemuProcess } from './process.js';
+import { resolvePrivilege, VmIdAllocator, type QemuPrivilege, type QemuPrivilegeOptions } from './privilege.js';
 
 export interface QemuDriverOptions {
   /** Default qemu-system-x86_64 (from PATH). */
@@ -21,8 +22,15 @@ export interface QemuDriverOptions {
   tscKhz?: number;
   driveCache?: DriveCache;
   driveAio?: DriveAio;
-  /** Seccomp sandbox (`-sandbox on,...,spawn=deny`); default true. */
+  /** Seccomp sandbox (`-sandbox on,...,spawn=deny`); default true. `privilege.seccomp` wins if both are set. */
   seccomp?: boolean;
+  /**
+   * Least privilege (issue #8): by default, when hearthd is root, each QEMU drops to a uid/gid of its
+   * own (`-runas`), chroots into an empty `<runDir>/vmroot` and runs under seccomp. See privilege.ts.
+   */
+  privilege?: QemuPrivilegeOptions;
+  /** Where the driver reports how QEMU is confined ('info') or why it cannot be ('warn'). Default: warnings to stderr. */
+  log?: (level: 'info' | 'warn', message: string) => void;
   startTimeoutMs?: number;
   snapshotTimeoutMs?: number;
   restoreTimeoutMs?: number;
@@ -38,9 +46,12 @@ export class QemuDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
   private readonly settings: QemuSettings;
   private tsc: Promise<number | undefined> | undefined;
+  private privilegeP: Promise<QemuPrivilege> | undefined;
+  private ids: VmIdAllocator | undefined;
 
   constructor(private readonly opts: QemuDriverOptions = {}) {
     const qemuBinary = opts.qemuBinary ?? DEFAULT_QEMU_BINARY;
+    const seccomp = opts.privilege?.seccomp ?? opts.seccomp ?? true;
     this.settings = {
       qemuBinary,
       resolveCmdlineOptions: async (signal) => {
@@ -52,8 +63,18 @@ export class QemuDriver implements VmmDriver {
           tscKhz,
           driveCache: opts.driveCache ?? 'writeback',
           driveAio: opts.driveAio ?? 'threads',
-          seccomp: opts.seccomp ?? true,
+          seccomp,
         };
+      },
+      privilegeFor: async (sandboxId) => {
+        const p = await this.privilege();
+        if (p.mode === 'user') return { uid: p.uid!, gid: p.gid!, chroot: p.chroot, release: () => {} };
+        if (p.mode === 'per-vm') {
+          this.ids ??= new VmIdAllocator(p.idRange);
+          const id = await this.ids.acquire(sandboxId);
+          return { ...id, chroot: p.chroot };
+        }
+        return undefined;
       },
       startTimeoutMs: opts.startTimeoutMs ?? 10_000,
       snapshotTimeoutMs: opts.snapshotTimeoutMs ?? 60_000,
@@ -64,6 +85,22 @@ export class QemuDriver implements VmmDriver {
       netnsDir: opts.netnsDir ?? '/run/netns',
       onStep: opts.onStep,
     };
+  }
+
+  /**
+   * How QEMU processes are confined on this host (resolved once: options, euid, user lookup).
+   * The reason is logged once: as a warning when a requested drop is not possible.
+   */
+  privilege(): Promise<QemuPrivilege> {
+    this.privilegeP ??= resolvePrivilege({ ...this.opts.privilege, seccomp: this.opts.privilege?.seccomp ?? this.opts.seccomp }).then((p) => {
+      const requested = this.opts.privilege?.user ?? 'per-vm';
+      const degraded = (p.mode === 'none' && requested !== 'root' && requested !== 'none')
+        || (p.mode === 'per-vm' && requested !== 'per-vm');
+      const log = this.opts.log ?? ((level, message) => { if (level === 'warn') console.warn(`hearth qemu: ${message}`); });
+      log(degraded ? 'warn' : 'info', `QEMU privilege: ${p.reason}${p.seccomp ? '; seccomp on' : '; seccomp OFF'}`);
+      return p;
+    });
+    return this.privilegeP;
   }
 
   /** Hearth's QEMU processes on this host (by `-name hearth-<id>`), for reconciliation. */

@@ -100,3 +100,19 @@ export async function tailFile(path: string, bytes = 2048): Promise<string> {
     await fh?.close();
   }
 }
+
+/** Effective uid and gid of a process (from /proc/<pid>/status), or undefined if it is gone. */
+export async function readProcIds(pid: number, procRoot = '/proc'): Promise<{ uid: number; gid: number } | undefined> {
+  try {
+    const raw = await readFile(`${procRoot}/${pid}/status`, 'utf8');
+    const field = (name: string) => {
+      const m = new RegExp(`^${name}:\\s+(\\d+)\\s+(\\d+)`, 'm').exec(raw);
+      return m ? Number(m[2]) : undefined;
+    };
+    const uid = field('Uid');
+    const gid = field('Gid');
+    return uid === undefined || gid === undefined ? undefined : { uid, gid };
+  } catch {
+    return undefined;
+  }
+}

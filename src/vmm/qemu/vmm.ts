@@ -14,10 +14,16 @@
  * migration, and `exec:` would need QEMU to fork a shell, which the seccomp
  * sandbox forbids with spawn=deny). Restore hands the state file to the new
  * QEMU as an inherited fd (fd 3) and runs `migrate-incoming fd:3`.
+ *
+ * Least privilege: when the driver says so, QEMU drops to an unprivileged
+ * uid/gid after opening its files (-runas) and chroots into <runDir>/vmroot
+ * (-chroot), which is also its working directory; the snapshot socket is then
+ * <runDir>/vmroot/mig.sock, owned by the VM's uid, and QEMU connects to it by
+ * the relative path `mig.sock`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, closeSync, openSync, constants as fsConstants } from 'node:fs';
-import { access, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { access, chmod, chown, mkdir, open, readFile, readlink, realpath, rename, rm, rmdir, stat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -26,7 +32,7 @@ import {
 } from '../../core/errors.js';
 import type { ExitInfo, SnapshotFiles, VmConfig, Vmm } from '../types.js';
 import { buildQemuArgs, cpuModel, runFiles, spawnCommand, type QemuCmdlineOptions } from './cmdline.js';
-import { readProcCmdline, readProcStat, tailFile, watchPidExit } from './process.js';
+import { readProcCmdline, readProcIds, readProcStat, tailFile, watchPidExit } from './process.js';
 import { QmpClient } from './qmp.js';
 
 /** Everything a QemuVmm needs from its driver (resolved lazily: the accelerator probe is async). */
@@ -43,6 +49,11 @@ export interface QemuSettings {
   stopQuitMs: number;
   stopTermMs: number;
   stopKillMs: number;
+  /**
+   * The identity QEMU drops to for this VM (-runas), and whether it chroots into
+   * <runDir>/vmroot; undefined: QEMU keeps hearthd's identity. `release` frees a per-VM id.
+   */
+  privilegeFor?(sandboxId: string, signal: AbortSignal): Promise<{ uid: number; gid: number; chroot: boolean; release(): void } | undefined>;
   /** Where the network namespaces live (tap networking). */
   netnsDir: string;
   /** Step timings (DESIGN §3.5: the manager logs them). */
@@ -87,6 +98,8 @@ export class QemuVmm implements Vmm {
   private resolveExited!: (info: ExitInfo) => void;
   readonly exited: Promise<ExitInfo>;
   private stopping: Promise<void> | undefined;
+  /** Frees the per-VM uid once the process is gone. */
+  private releaseIds: (() => void) | undefined;
   /** Durations (ms) of the last boot/restore/snapshot/stop steps, for logs and benchmarks. */
   readonly timings: Record<string, number> = {};
 
@@ -230,7 +243,7 @@ export class QemuVmm implements Vmm {
     if (st.running) await this.pause(signal);
     const statePath = path.join(dir, 'vmstate');
     const tmpPath = `${statePath}.tmp`;
-    const sockPath = path.join(cfg.runDir, 'mig.sock');
+    const { sockPath, uri, owner } = await this.migrationSocket();
     await rm(sockPath, { force: true });
     const server = net.createServer();
     let received: Promise<void> | undefined;
@@ -248,12 +261,18 @@ export class QemuVmm implements Vmm {
         server.once('error', reject);
         server.listen(sockPath, () => { server.off('error', reject); resolve(); });
       });
+      // An unprivileged QEMU must be able to connect; nobody else (another VM's uid) may. Until the
+      // chown the socket is root's with the umask's mode (no write bit for others: no connect).
+      if (owner) {
+        await chown(sockPath, owner.uid, owner.gid);
+        await chmod(sockPath, 0o600);
+      }
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, { signal });
       // The default bandwidth cap (128 MiB/s) would throttle a full-RAM stream; device state is tiny anyway.
       await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 * MiB }, { signal });
       let t = performance.now();
       started = true;
-      await qmp.execute('migrate', { uri: `unix:${sockPath}` }, { signal });
+      await qmp.execute('migrate', { uri }, { signal });
       await this.waitMigration('snapshot', this.settings.snapshotTimeoutMs, signal);
       this.step('snapshot', 'migrate', t);
       t = performance.now();
@@ -356,7 +375,24 @@ export class QemuVmm implements Vmm {
     await removeRunFiles(cfg.runDir);
     let t = performance.now();
     const base = await s.resolveCmdlineOptions(signal);
-    const qemuArgs = buildQemuArgs(cfg, { ...base, ...mode });
+    const priv = await s.privilegeFor?.(cfg.sandboxId, signal);
+    if (priv) {
+      this.releaseIds = priv.release;
+      // Root-owned, searchable only by root and the VM's group: QEMU's cwd (and chroot), where mig.sock appears.
+      await mkdir(files.vmRoot, { recursive: true, mode: 0o710 });
+      await chown(files.vmRoot, 0, priv.gid);
+      await chmod(files.vmRoot, 0o710);
+    }
+    // QEMU drops privileges at the end of its start-up, after it has already started the vCPUs
+    // unless told -S: a dropping QEMU starts paused and gets `cont` over QMP once it listens,
+    // i.e. after the drop, so no guest instruction ever runs in a root QEMU.
+    const contOnQmp = priv !== undefined && !mode.paused && !mode.incoming;
+    const qemuArgs = buildQemuArgs(cfg, {
+      ...base,
+      ...mode,
+      ...(contOnQmp ? { paused: true } : {}),
+      ...(priv ? { runAs: { uid: priv.uid, gid: priv.gid }, chrootDir: priv.chroot ? files.vmRoot : undefined } : {}),
+    });
     this.layout = layoutOf(cfg, base);
     const cmd = spawnCommand(cfg, s.qemuBinary, qemuArgs, s.netnsDir);
     if (cfg.network.kind === 'tap') await checkReadable(path.join(s.netnsDir, cfg.network.netnsName), 'network namespace');
@@ -366,7 +402,7 @@ export class QemuVmm implements Vmm {
     try {
       const stdio: (number | 'ignore')[] = ['ignore', logFd, logFd];
       if (stateFd !== undefined) stdio.push(stateFd);
-      child = spawn(cmd.file, cmd.args, { detached: true, stdio });
+      child = spawn(cmd.file, cmd.args, { detached: true, stdio, ...(priv ? { cwd: files.vmRoot } : {}) });
     } finally {
       closeSync(logFd);
     }
@@ -397,6 +433,7 @@ export class QemuVmm implements Vmm {
     }
     const v = this.qmp!.greeting?.version.qemu;
     if (v && this.layout) this.layout.qemuVersion = `${v.major}.${v.minor}.${v.micro}`;
+    if (contOnQmp) await this.qmp!.execute('cont', undefined, { signal });
     this.step(mode.incoming ? 'restore' : 'boot', 'qmp', t);
   }
 
@@ -436,6 +473,7 @@ export class QemuVmm implements Vmm {
       }
     } catch { /* reported below through the original error */ }
     if (this._pid <= 0 && !this.hasExited) this.markExited({ code: null, signal: null });
+    if (this.hasExited) this.releaseIds?.();
     if (this.cfg) await removeRunFiles(this.cfg.runDir).catch(() => {});
   }
 
@@ -470,6 +508,26 @@ export class QemuVmm implements Vmm {
     }
   }
 
+  /**
+   * Where the snapshot stream's socket goes. A QEMU started in <runDir>/vmroot (unprivileged,
+   * possibly chrooted there) connects to `mig.sock` relative to its working directory, so neither
+   * the runDir's ancestors nor the chroot matter; an older QEMU gets the absolute path. If QEMU
+   * runs as another uid than hearthd, the socket is handed to that uid.
+   */
+  private async migrationSocket(): Promise<{ sockPath: string; uri: string; owner?: { uid: number; gid: number } }> {
+    const files = runFiles(this.cfg!.runDir);
+    const [cwd, vmRoot, ids] = await Promise.all([
+      readlink(`/proc/${this._pid}/cwd`).catch(() => undefined),
+      realpath(files.vmRoot).catch(() => undefined),
+      readProcIds(this._pid),
+    ]);
+    const euid = process.geteuid?.() ?? -1;
+    const owner = ids && euid === 0 && ids.uid !== 0 ? ids : undefined;
+    if (cwd !== undefined && cwd === vmRoot) return { sockPath: path.join(files.vmRoot, 'mig.sock'), uri: 'unix:mig.sock', owner };
+    const sockPath = path.join(this.cfg!.runDir, 'mig.sock');
+    return { sockPath, uri: `unix:${sockPath}`, owner };
+  }
+
   private requireQmp(op: string): QmpClient {
     if (this.phase !== 'running' || !this.qmp) throw new HostFailureError(`cannot ${op}: the VM is ${this.phase === 'running' ? 'not connected' : this.phase}`);
     if (!this.qmp.isOpen) throw new HostFailureError(`cannot ${op}: QMP connection to QEMU pid ${this._pid} is closed${this.hasExited ? ' (QEMU exited)' : ''}`);
@@ -479,6 +537,7 @@ export class QemuVmm implements Vmm {
   private markExited(info: ExitInfo): void {
     if (this.exitInfo) return;
     this.exitInfo = info;
+    this.releaseIds?.();
     this.resolveExited(info);
   }
 
@@ -555,6 +614,8 @@ async function removeRunFiles(runDir: string): Promise<void> {
   await rm(f.qmpSocket, { force: true });
   await rm(f.pidFile, { force: true });
   await rm(path.join(runDir, 'mig.sock'), { force: true });
+  await rm(path.join(f.vmRoot, 'mig.sock'), { force: true });
+  await rmdir(f.vmRoot).catch(() => {}); // empty unless a snapshot is being written; recreated by start
 }
 
 async function checkReadable(p: string, what: string, writable = false): Promise<void> {
