@@ -28,6 +28,11 @@ export interface HearthConfig {
   defaultMemoryMib: number;
   /** Require API keys even on loopback (they are always required on other addresses). */
   requireApiKey: boolean;
+  /**
+   * Who QEMU runs as after start-up (when hearthd is root): 'per-vm' (a uid/gid of
+   * its own per VM, chrooted; default), a user name or 'uid:gid' (shared), or 'root'.
+   */
+  qemuUser: string;
   /** VMM: 'auto' = Firecracker where it can run (see src/daemon/vmm.ts), else QEMU. */
   vmm: 'auto' | 'qemu' | 'firecracker';
   /** The Firecracker binary (PATH lookup when bare). */
@@ -78,6 +83,7 @@ export function defaultConfig(): HearthConfig {
     defaultMemoryMib: 512,
     memoryOvercommit: 1.5,
     requireApiKey: false,
+    qemuUser: 'per-vm',
     vmm: 'auto',
     firecrackerBinary: 'firecracker',
     firecrackerKernel: null,
@@ -110,6 +116,7 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_MEMORY_OVERCOMMIT: 'memoryOvercommit',
   HEARTH_REQUIRE_API_KEY: 'requireApiKey',
   HEARTH_VMM: 'vmm',
+  HEARTH_QEMU_USER: 'qemuUser',
   HEARTH_FIRECRACKER: 'firecrackerBinary',
   HEARTH_FIRECRACKER_KERNEL: 'firecrackerKernel',
   HEARTH_FIRECRACKER_MEMORY: 'firecrackerMemory',

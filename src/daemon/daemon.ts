@@ -79,7 +79,11 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     if (opts.image) await registerTemplate(store, DEFAULT_TEMPLATE, vmmChoice.firecrackerKernel ? { ...opts.image, kernelPath: vmmChoice.firecrackerKernel } : opts.image, cfg);
     const vmm: VmmDriver = vmmChoice.kind === 'firecracker'
       ? new FirecrackerDriver({ firecrackerBinary: cfg.firecrackerBinary, memoryBackend: cfg.firecrackerMemory })
-      : new QemuDriver({ accel: vmmChoice.accel.accel });
+      : new QemuDriver({ accel: vmmChoice.accel.accel, privilege: { user: cfg.qemuUser }, log: (level, msg) => log[level]({ component: 'qemu' }, msg) });
+    if (vmm instanceof QemuDriver) {
+      const p = await vmm.privilege();
+      log.info({ qemuPrivilege: p.mode }, `qemu: ${p.reason}`);
+    }
     log.info({ storage: storageChoice.chosen, reason: storageChoice.reason }, `storage: ${storageChoice.chosen}`);
     const cloneKind = storageChoice.reflink ? 'reflink' : 'copy';
     const storage = storageChoice.chosen === 'dm'

@@ -6,6 +6,7 @@ import { probeAccelerator, probeQemu } from '../vmm/probe.js';
 import { chooseRootfsBackend } from '../storage/select.js';
 import { chooseNetwork } from '../network/netns/index.js';
 import { chooseVmm } from './vmm.js';
+import { resolvePrivilege } from '../vmm/qemu/index.js';
 import type { HearthConfig } from './config.js';
 
 const execFileP = promisify(execFile);
@@ -13,7 +14,7 @@ const execFileP = promisify(execFile);
 export interface DoctorReport {
   host: { kernel: string; cpus: number; memoryMib: number; root: boolean };
   kvm: { device: boolean; runsGuests: boolean; detail: string };
-  qemu: { found: boolean; version: string | null; ignoreShared: boolean; detail: string };
+  qemu: { found: boolean; version: string | null; ignoreShared: boolean; detail: string; privilege: string };
   firecracker: { found: boolean; version: string | null };
   storage: { dataDir: string; deviceMapper: boolean; reflink: boolean };
   userfaultfd: boolean;
@@ -42,6 +43,7 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
     chooseNetwork({ prefer: cfg.network }),
   ]);
   // 'auto' here even when Firecracker is forced: the doctor reports what is missing instead of failing.
+  const privilege = await resolvePrivilege({ user: cfg.qemuUser });
   const vmm = await chooseVmm({ ...cfg, vmm: cfg.vmm === 'qemu' ? 'qemu' : 'auto' }, network.kind);
   const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
   const root = process.getuid?.() === 0;
@@ -49,7 +51,7 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
   return {
     host: { kernel: kernel.trim(), cpus: (await import('node:os')).cpus().length, memoryMib: Math.round(memKb / 1024), root },
     kvm: { device: existsSync('/dev/kvm'), runsGuests: accel.accel === 'kvm', detail: accel.reason },
-    qemu: { found: qemu.found, version: qemu.version, ignoreShared: qemu.ignoreShared, detail: qemu.detail },
+    qemu: { found: qemu.found, version: qemu.version, ignoreShared: qemu.ignoreShared, detail: qemu.detail, privilege: privilege.reason },
     firecracker: { found: fc !== null, version: fc },
     storage: { dataDir: cfg.dataDir, deviceMapper: storage.deviceMapper, reflink: storage.reflink },
     userfaultfd: uffd,

@@ -127,7 +127,7 @@ function printDoctor(r: DoctorReport): void {
   const lines: [string, string][] = [
     ['host', `${r.host.kernel}, ${r.host.cpus} CPUs, ${r.host.memoryMib} MiB, ${r.host.root ? 'root' : 'not root'}`],
     ['kvm', `/dev/kvm ${yes(r.kvm.device)}; runs ordinary guests: ${yes(r.kvm.runsGuests)} (${r.kvm.detail})`],
-    ['qemu', r.qemu.found ? `${r.qemu.version}; x-ignore-shared: ${yes(r.qemu.ignoreShared)}` : `not found (${r.qemu.detail})`],
+    ['qemu', r.qemu.found ? `${r.qemu.version}; x-ignore-shared: ${yes(r.qemu.ignoreShared)}; ${r.qemu.privilege}` : `not found (${r.qemu.detail})`],
     ['firecracker', r.firecracker.found ? String(r.firecracker.version) : 'not found'],
     ['device-mapper', yes(r.storage.deviceMapper)],
     ['reflink', `${yes(r.storage.reflink)} in ${r.storage.dataDir}`],
