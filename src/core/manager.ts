@@ -55,6 +55,9 @@ export interface ReconcileReport {
 
 export interface ForkResult { sandbox?: SandboxRecord; error?: { code: string; message: string } }
 
+/** Pause steps during which the VMM still runs (src/core/flows/pause.ts): an interrupted pause there is undone. */
+const BEFORE_STOP = new Set(['start', 'snapshot', 'flush']);
+
 /** States in which a sandbox holds (or may hold) host resources and is not paused. */
 const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming', 'destroying'];
 
@@ -694,9 +697,20 @@ export class SandboxManager {
     const interrupted = new Map(this.store.listJournal().map((j) => [j.sandboxId, j]));
     for (const rec of this.store.listSandboxes({ states: [...ACTIVE_STATES, 'paused'] })) {
       const j = interrupted.get(rec.id);
-      if (rec.state === 'running' && !j && rec.vmm && rec.network && rec.disk && rec.agent) {
+      // A pause or snapshot interrupted before the VMM was stopped: the VM is whole, only its vCPUs may be frozen.
+      const frozen = j !== undefined && ((j.op === 'pause' && rec.state === 'pausing' && BEFORE_STOP.has(j.step)) || (j.op === 'snapshot' && rec.state === 'running'));
+      if ((rec.state === 'running' || frozen) && (!j || frozen) && rec.vmm && rec.network && rec.disk && rec.agent) {
         const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
+        if (vmm && frozen) {
+          await vmm.resume(AbortSignal.timeout(10_000)).catch((err: unknown) => this.log.warn({ sandbox: rec.id, err: errorMessage(err) }, 'recovery: resuming the vCPUs failed'));
+          await removeTree(join(sandboxDir(this.config, rec.id), 'pause-staging')).catch(() => undefined);
+        }
         if (vmm && await this.deps.agent(rec.agent, rec.agentToken).health(signal)) {
+          if (frozen) {
+            rec.state = 'running';
+            this.store.updateSandbox(rec);
+            this.log.warn({ sandbox: rec.id, op: j.op, step: j.step }, `recovery: the daemon stopped during ${j.op} (step ${j.step}) before the VM was stopped; resumed and adopted it`);
+          }
           const live: LiveSandbox = { vmm, slot: this.deps.network.restore(rec.network), disk: rec.disk, stopping: false };
           this.live.set(rec.id, live);
           this.watchExit(rec.id, live);

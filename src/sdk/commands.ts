@@ -73,6 +73,9 @@ export class CommandHandle {
       }
     } catch (err) {
       throw mapConnectError(err);
+    } finally {
+      // The end event is the last thing a command sends: finish the call (and its timers) in the background.
+      void events.return?.().catch(() => undefined);
     }
   }
 

@@ -71,6 +71,14 @@ export async function openStream(
         const n = await it.next();
         return n.done ? { done: true, value: undefined } : { done: false, value: n.value.event };
       },
+      // Connect releases a call's deadline timer only when its stream is read to the end (its
+      // iterator has no return()): read what is left, which after the end event is nothing.
+      return: async () => {
+        try {
+          for (let n = await it.next(); !n.done; n = await it.next()) { /* drain */ }
+        } catch { /* the call failed or was aborted: Connect cleaned up */ }
+        return { done: true, value: undefined };
+      },
     },
   };
 }

@@ -67,6 +67,8 @@ export class PtyHandle {
     } catch (err) {
       if (this.abort.signal.aborted) return undefined;
       throw mapConnectError(err);
+    } finally {
+      void this.events.return?.().catch(() => undefined);
     }
   }
 

@@ -522,3 +522,34 @@ test('a VMM that maps snapshot memory privately (Firecracker) gets the snapshot\
     t.nothingLeft();
   } finally { t.done(); }
 });
+
+test('recovery undoes a pause or snapshot the daemon died in before the VMM was stopped: vCPUs resumed, sandbox adopted running', async () => {
+  const t = setup();
+  try {
+    const a = await t.m.create({ templateId: 'base' }, signal());
+    const b = await t.m.create({ templateId: 'base' }, signal());
+    const c = await t.m.create({ templateId: 'base' }, signal());
+    t.m.close();
+    // a: died in pause's flush (vCPUs frozen); b: died in a snapshot's capture; c: died after pause stopped the VMM.
+    const vmOf = (id: string) => t.driver.vms.find((v) => v.pid === t.store.getSandbox(id)!.vmm!.pid)!;
+    t.store.updateSandbox({ ...t.store.getSandbox(a.id)!, state: 'pausing' });
+    t.store.journalStep(t.store.journalBegin(a.id, 'pause', 'start'), 'flush');
+    vmOf(a.id).paused = true;
+    t.store.journalStep(t.store.journalBegin(b.id, 'snapshot', 'start'), 'freeze+state');
+    vmOf(b.id).paused = true;
+    t.store.updateSandbox({ ...t.store.getSandbox(c.id)!, state: 'pausing' });
+    t.store.journalStep(t.store.journalBegin(c.id, 'pause', 'start'), 'detach');
+    const fresh = new SandboxManager(t.deps);
+    const res = await fresh.recover(signal());
+    assert.deepEqual(res.adopted.sort(), [a.id, b.id].sort());
+    assert.deepEqual(res.failed, [c.id], 'a pause past its stop step has no VM to go back to');
+    for (const id of [a.id, b.id]) {
+      assert.equal(fresh.get(id).state, 'running');
+      assert.equal(vmOf(id).paused, false, 'its vCPUs run again');
+    }
+    assert.deepEqual(t.store.listJournal(), []);
+    for (const s of fresh.list()) if (s.state !== 'destroyed') await fresh.destroy(s.id, signal());
+    fresh.close();
+    t.nothingLeft();
+  } finally { t.done(); }
+});
