@@ -70,6 +70,7 @@ const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing'
  */
 export class SandboxManager {
   private readonly live = new Map<string, LiveSandbox>();
+  private closed = false;
   private readonly lock = new KeyedLock();
   private readonly starts: Semaphore;
   private readonly warming = new Map<string, Promise<SnapshotRecord>>();
@@ -627,7 +628,7 @@ export class SandboxManager {
   /** A VMM that exits on its own (guest panic, OOM kill) fails the sandbox and releases its resources. */
   private watchExit(id: string, live: LiveSandbox): void {
     void live.vmm.exited.then(async (info) => {
-      if (live.stopping || this.live.get(id) !== live) return;
+      if (this.closed || live.stopping || this.live.get(id) !== live) return;
       const reason = `VMM exited unexpectedly (code ${info.code}, signal ${info.signal})`;
       this.log.warn({ sandbox: id, ...info }, reason);
       await this.lock.run(id, 'reap', async () => {
@@ -824,9 +825,16 @@ export class SandboxManager {
   }
 
   /** Stop background work. Running VMs are left running: a restarted daemon adopts them. */
+  /**
+   * Stop the timers and let go of every VM without stopping it: the next daemon
+   * adopts them. A VM that exits afterwards is that daemon's business, not this one's.
+   */
   close(): void {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     if (this.reconcileTimer) clearInterval(this.reconcileTimer);
+    this.closed = true;
+    for (const live of this.live.values()) live.vmm.detach?.();
+    this.live.clear();
   }
 }
 

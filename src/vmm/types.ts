@@ -57,6 +57,8 @@ export interface Vmm {
   readonly exited: Promise<ExitInfo>;
   /** The guest answered after a boot or restore (a uffd page server stops recording its working set). */
   markReady?(): Promise<void>;
+  /** Let go of the VM without stopping it (daemon shutdown), so that another daemon can adopt it. */
+  detach?(): void;
 }
 
 /** What a driver records so that a later daemon can find (adopt or reap) its VM. */

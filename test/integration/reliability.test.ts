@@ -21,6 +21,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Sandbox, CommandExitError } from '../../src/sdk/index.js';
 import { alive, startTestDaemon, testImage, type TestDaemon } from '../helpers/daemon.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
+import { chooseNetwork } from '../../src/network/netns/index.js';
+import { freeTestRange, randomTag, sweep } from '../helpers/netns.js';
+
+// The child daemons run sandboxes as hearthd does by default here (netns slots), with this test's
+// own tag and range; their slots outlive them by design, so the after-hook sweeps the tag.
+const netTag = randomTag();
+const netEnv: Record<string, string> = (await chooseNetwork()).kind === 'netns'
+  ? { HEARTH_NETWORK: 'netns', HEARTH_NETWORK_TAG: netTag, HEARTH_NETWORK_RANGE: await freeTestRange(), HEARTH_NETWORK_POOL_SIZE: '2' }
+  : { HEARTH_NETWORK: 'user' };
 
 const DAEMON_MAIN = join(PACKAGE_ROOT, 'dist', 'daemon', 'main.js');
 
@@ -88,7 +97,7 @@ async function spawnDaemon(dataDir: string, logPath: string): Promise<ChildDaemo
   const proc = spawn(process.execPath, [DAEMON_MAIN, '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir], {
     env: {
       ...process.env,
-      HEARTH_NETWORK: 'user',
+      ...netEnv,
       HEARTH_CACHE_DIR: process.env['HEARTH_IMAGE_CACHE'] ?? '/var/cache/hearth',
       HEARTH_BOOT_TIMEOUT_MS: '120000',
       HEARTH_LOG_LEVEL: 'info',
@@ -200,6 +209,7 @@ describe('hearthd SIGKILL: running VMs survive and are adopted', () => {
     for (const l of logs) l.end();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
     if (logPath) await rm(logPath, { force: true });
+    if (netEnv['HEARTH_NETWORK_TAG']) await sweep(netTag);
   });
 
   test('5 running sandboxes survive a SIGKILL of hearthd; the next daemon adopts them; destroy leaves nothing', async () => {
@@ -263,11 +273,8 @@ describe('hearthd SIGKILL: running VMs survive and are adopted', () => {
     process.stderr.write(`sigkill-adopt: create+counters ${created - t0} ms, restart ${restarted - created} ms, checks ${destroyed - restarted} ms (incl. destroy)\n`);
   });
 
-  // Known broken (issue #8): recover() fails a sandbox whose daemon died in pause's
-  // snapshot/flush steps although its QEMU is alive and only frozen (it could be `cont`-ed and adopted).
-  test('SIGKILL while a pause is in flight: the sandbox is never lost and no QEMU is stray', {
-    todo: 'recover() marks a sandbox caught mid-pause (before the VMM stop step) failed instead of resuming and adopting it',
-  }, async () => {
+  // recover() resumes and adopts a VM caught in pause's snapshot/flush steps (frozen, not stopped).
+  test('SIGKILL while a pause is in flight: the sandbox is never lost and no QEMU is stray', async () => {
     current ??= await spawnDaemon(dataDir, logPath);
     const s = await Sandbox.create({ url: current.url, timeoutMs: 3_600_000 });
     const pid = Number((await s.commands.run(COUNTER, { timeoutMs: 60_000 })).stdout.trim());

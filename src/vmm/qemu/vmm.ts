@@ -528,6 +528,14 @@ export class QemuVmm implements Vmm {
     return { sockPath, uri: `unix:${sockPath}`, owner };
   }
 
+  /**
+   * Let go of the VM without stopping it (daemon shutdown): QEMU serves one QMP
+   * client at a time, so the next daemon can only adopt the VM once this closes.
+   */
+  detach(): void {
+    this.qmp?.close();
+  }
+
   private requireQmp(op: string): QmpClient {
     if (this.phase !== 'running' || !this.qmp) throw new HostFailureError(`cannot ${op}: the VM is ${this.phase === 'running' ? 'not connected' : this.phase}`);
     if (!this.qmp.isOpen) throw new HostFailureError(`cannot ${op}: QMP connection to QEMU pid ${this._pid} is closed${this.hasExited ? ' (QEMU exited)' : ''}`);
