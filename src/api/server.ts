@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -14,6 +15,9 @@ import { ErrorSchema, TemplateSchema } from './schemas.js';
 import { presentTemplate } from './present.js';
 import { NotFoundError } from '../core/errors.js';
 import { isPublicPath, verifyApiKey } from './auth.js';
+
+/** How long close() lets requests in flight finish before it cuts their connections. */
+const CLOSE_GRACE_MS = 1000;
 
 /** The dashboard's own pages and assets (the data it shows comes from the API, which checks keys). */
 function isDashboardPath(url: string): boolean {
@@ -69,6 +73,16 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (!ports.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
   });
   app.addHook('onClose', async () => { ports.close(); });
+
+  // Shutdown must not wait for long-lived streams (a background command's output, a terminal, a
+  // WebSocket through the port proxy): they would hold close() for as long as they live. Requests
+  // in flight get a short grace; then every connection still open is cut. Guest processes keep running.
+  const sockets = new Set<Socket>();
+  app.server.on('connection', (s: Socket) => { sockets.add(s); s.once('close', () => sockets.delete(s)); });
+  app.addHook('preClose', (done) => {
+    setTimeout(() => { for (const s of sockets) s.destroy(); }, CLOSE_GRACE_MS).unref();
+    done();
+  });
 
   // envd traffic bypasses Fastify's body parsing: it is streamed to the guest as is.
   app.addHook('onRequest', (req, reply, done) => {

@@ -93,26 +93,34 @@ describe(`hearthd on netns networking (tag ${tag})`, { skip }, () => {
   test('a daemon restart adopts a running sandbox in its slot and resumes a paused one in a new slot', async () => {
     const running = await Sandbox.create({ url: d!.url });
     const paused = await Sandbox.create({ url: d!.url, allowInternetAccess: false });
-    await running.commands.run('sh -c "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done"', { background: true });
+    // Written by rename, so a reader never sees a half-written (empty) file.
+    await running.commands.run('sh -c "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; sleep 0.2; done"', { background: true, timeoutMs: 0 });
     await paused.pause();
     const before = d!.manager.get(running.id).network;
     const pid = d!.manager.get(running.id).vmm!.pid;
+    const t0 = performance.now();
     d = await d!.restart();
+    const restartMs = Math.round(performance.now() - t0);
+    assert.ok(restartMs < 15_000, `restart took ${restartMs} ms (an open command stream must not hold shutdown)`);
     const again = await Sandbox.connect(running.id, { url: d.url });
-    assert.equal(again.info.state, 'running');
-    assert.deepEqual(d.manager.get(running.id).network, before, 'the same slot');
-    assert.equal(again.info.vmm!.pid, pid, 'the same QEMU');
-    const n1 = Number((await again.commands.run('cat /tmp/n')).stdout);
-    await new Promise((r) => setTimeout(r, 1000));
-    assert.ok(Number((await again.commands.run('cat /tmp/n')).stdout) > n1, 'its loop kept counting');
-    assert.equal(await reaches(again, internetUrl), true);
-    assert.equal(d.pool.stats().pendingRecovery, 0, 'no used slot left unclaimed');
-    const p = await Sandbox.connect(paused.id, { url: d.url });
-    await p.resume();
-    assert.equal(await reaches(p, internetUrl), false, 'its egress survived the restart');
-    const slot = d.pool.slotFor(d.manager.get(p.id).network!)!;
-    assert.equal((await stat(`/proc/${d.manager.get(p.id).vmm!.pid}/ns/net`)).ino, (await stat(`/run/netns/${slot.netnsName}`)).ino);
-    await Promise.all([again.kill(), p.kill()]);
+    try {
+      assert.equal(again.info.state, 'running');
+      assert.deepEqual(d.manager.get(running.id).network, before, 'the same slot');
+      assert.equal(again.info.vmm!.pid, pid, 'the same QEMU');
+      const n1 = Number((await again.commands.run('cat /tmp/n')).stdout);
+      await new Promise((r) => setTimeout(r, 1000));
+      const n2 = Number((await again.commands.run('cat /tmp/n')).stdout);
+      assert.ok(n2 > n1, `its loop kept counting (${n1} → ${n2}; ${(await again.commands.run('ps -eo pid,stat,args | grep -v ps')).stdout})`);
+      assert.equal(await reaches(again, internetUrl), true);
+      assert.equal(d.pool.stats().pendingRecovery, 0, 'no used slot left unclaimed');
+      const p = await Sandbox.connect(paused.id, { url: d.url });
+      await p.resume();
+      assert.equal(await reaches(p, internetUrl), false, 'its egress survived the restart');
+      const slot = d.pool.slotFor(d.manager.get(p.id).network!)!;
+      assert.equal((await stat(`/proc/${d.manager.get(p.id).vmm!.pid}/ns/net`)).ino, (await stat(`/run/netns/${slot.netnsName}`)).ino);
+    } finally {
+      await Promise.all([running.id, paused.id].map((id) => d!.manager.destroy(id, AbortSignal.timeout(60_000)).catch(() => undefined)));
+    }
   });
 
   test('50 create/destroy cycles leave only the pool\'s free slots', async () => {
