@@ -1,5 +1,6 @@
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { LeaseAgent, type LeasedRequestArgs } from '../util/lease-agent.js';
+import type { StreamRegistry } from '../util/stream-registry.js';
 import type { FastifyBaseLogger } from 'fastify';
 import type { SandboxManager } from '../core/manager.js';
 import { HearthError } from '../core/errors.js';
@@ -48,7 +49,9 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
  * memory). If the upstream breaks mid-answer the client socket is destroyed, not
  * ended cleanly: E2B's SDK reads that as "sandbox killed while running".
  */
-export async function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse): Promise<void> {
+export async function proxyToSandbox(
+  manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse, streams?: StreamRegistry,
+): Promise<void> {
   const pathOnly = target.path.split('?')[0] ?? '/';
   if (INTERNAL_PATHS.has(pathOnly)) {
     sendJson(res, 404, { code: 404, path: pathOnly, message: 'This endpoint is reserved for the Hearth control plane and is not reachable through the sandbox URL' });
@@ -80,6 +83,8 @@ export async function proxyToSandbox(manager: SandboxManager, log: FastifyBaseLo
   if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
   const args: LeasedRequestArgs = { host: endpoint.host, port: endpoint.port, method: req.method, path: target.path, headers, agent: upstreamAgent, lease };
   const up = httpRequest(args);
+  // Cut at once when the sandbox's VM goes away (see StreamRegistry).
+  streams?.add(target.sandboxId, res, (fn) => res.once('close', fn));
   up.on('response', (upRes) => {
     const out: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(upRes.headers)) {

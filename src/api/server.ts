@@ -8,6 +8,7 @@ import type { Store } from '../store/store.js';
 import { errorBody, handleError } from './errors.js';
 import { proxyTargetOf, proxyToSandbox } from './proxy.js';
 import { sandboxPortProxy } from './port-proxy.js';
+import { StreamRegistry } from '../util/stream-registry.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
@@ -72,7 +73,11 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.server.on('upgrade', (req, socket, head: Buffer) => {
     if (!ports.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
   });
-  app.addHook('onClose', async () => { ports.close(); });
+  // A sandbox whose VM went away (paused, destroyed, failed): its streams end now, not when TCP gives up.
+  const envdStreams = new StreamRegistry();
+  const onVmGone = (id: string): void => { ports.cut(id); envdStreams.cut(id); };
+  deps.manager.events.on('vm-gone', onVmGone);
+  app.addHook('onClose', async () => { ports.close(); deps.manager.events.off('vm-gone', onVmGone); });
 
   // Shutdown must not wait for long-lived streams (a background command's output, a terminal, a
   // WebSocket through the port proxy): they would hold close() for as long as they live. Requests
@@ -89,7 +94,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const target = proxyTargetOf(req.url, req.headers);
     if (!target) { done(); return; }
     void reply.hijack();
-    proxyToSandbox(deps.manager, req.log, target, req.raw, reply.raw).catch((err: unknown) => {
+    proxyToSandbox(deps.manager, req.log, target, req.raw, reply.raw, envdStreams).catch((err: unknown) => {
       req.log.error({ err }, 'proxy failed');
       if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });
       reply.raw.end(JSON.stringify(errorBody(502, `proxy error: ${String(err)}`, 'host_failure')));

@@ -1,6 +1,7 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { Cleanup } from './cleanup.js';
 import {
   CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted,
@@ -70,6 +71,8 @@ const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing'
  */
 export class SandboxManager {
   private readonly live = new Map<string, LiveSandbox>();
+  /** 'vm-gone' (sandboxId): its VM stopped for good or was paused; streams to it can be cut at once. */
+  readonly events = new EventEmitter<{ 'vm-gone': [string] }>();
   private closed = false;
   private readonly lock = new KeyedLock();
   private readonly starts: Semaphore;
@@ -421,7 +424,7 @@ export class SandboxManager {
       try {
         const out = await pauseSandbox(this.deps, rec, live, steps, signal);
         if (out.ok) {
-          this.live.delete(id);
+          this.dropLive(id);
           Object.assign(rec, { state: 'paused', pausedAt: new Date().toISOString(), vmm: null, agent: null, disk: null, network: null });
           rec.timings = { op: 'pause', steps: steps.steps };
           this.store.updateSandbox(rec);
@@ -434,7 +437,7 @@ export class SandboxManager {
           this.store.updateSandbox(rec);
           throw new HostFailureError(`pause of ${id} failed; the sandbox was resumed and is still running: ${errorMessage(out.error)}`, { cause: out.error });
         }
-        this.live.delete(id);
+        this.dropLive(id);
         await removeTree(sandboxDir(this.config, id)).catch(() => undefined);
         Object.assign(rec, { vmm: null, disk: null, network: null });
         this.markFailed(rec, out.reason);
@@ -609,7 +612,7 @@ export class SandboxManager {
       await attempt('vmm', () => live.vmm.stop(AbortSignal.timeout(30_000)));
       await attempt('disk', () => this.deps.storage.remove(live.disk, AbortSignal.timeout(60_000)));
       await attempt('slot', () => this.deps.network.release(live.slot));
-      this.live.delete(rec.id);
+      this.dropLive(rec.id);
     } else {
       if (rec.vmm) { const h = rec.vmm; await attempt('vmm', () => this.stopRecorded(h)); }
       if (rec.disk) { const disk = rec.disk; await attempt('disk', () => this.deps.storage.remove(disk, AbortSignal.timeout(60_000))); }
@@ -617,6 +620,11 @@ export class SandboxManager {
     }
     await attempt('files', () => removeTree(sandboxDir(this.config, rec.id)));
     return errors;
+  }
+
+  /** The VM of a sandbox is gone (paused, destroyed, failed): connections to it are dead, tell the proxies. */
+  private dropLive(id: string): void {
+    if (this.live.delete(id)) this.events.emit('vm-gone', id);
   }
 
   private mustLive(id: string): LiveSandbox {

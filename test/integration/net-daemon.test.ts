@@ -93,8 +93,8 @@ describe(`hearthd on netns networking (tag ${tag})`, { skip }, () => {
   test('a daemon restart adopts a running sandbox in its slot and resumes a paused one in a new slot', async () => {
     const running = await Sandbox.create({ url: d!.url });
     const paused = await Sandbox.create({ url: d!.url, allowInternetAccess: false });
-    // Written by rename, so a reader never sees a half-written (empty) file.
-    await running.commands.run('sh -c "i=0; while true; do i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; sleep 0.2; done"', { background: true, timeoutMs: 0 });
+    // Single quotes: the login shell must not expand $i. Written by rename: a reader never sees an empty file.
+    await running.commands.run("sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; sleep 0.2; done'", { background: true, timeoutMs: 0 });
     await paused.pause();
     const before = d!.manager.get(running.id).network;
     const pid = d!.manager.get(running.id).vmm!.pid;

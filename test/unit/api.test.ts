@@ -188,3 +188,26 @@ test('close() does not wait for long-lived streams: an endless proxied response 
     await t.done().catch(() => undefined);
   }
 });
+
+test('destroying a sandbox ends the streams proxied to it at once', { timeout: 15_000 }, async () => {
+  const t = await setup();
+  const upstream = createServer((_req, res) => { res.writeHead(200); res.write('tick\n'); /* never ends */ });
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  try {
+    const created = await post(t.app, '/sandboxes', { templateID: 'base' });
+    const id = created.json<{ sandboxID: string }>().sandboxID;
+    const upstreamPort = (upstream.address() as AddressInfo).port;
+    t.manager.portEndpoint = async () => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: null, lease: id });
+    const url = await t.app.listen({ host: '127.0.0.1', port: 0 });
+    const reader = (await fetch(`${url}/sandboxes/${id}/ports/8080/stream`)).body!.getReader();
+    assert.equal(new TextDecoder().decode((await reader.read()).value), 'tick\n');
+    const t0 = performance.now();
+    await t.manager.destroy(id, AbortSignal.timeout(10_000));
+    await assert.rejects(reader.read());
+    assert.ok(performance.now() - t0 < 2000, 'cut at once');
+  } finally {
+    upstream.closeAllConnections();
+    upstream.close();
+    await t.done();
+  }
+});

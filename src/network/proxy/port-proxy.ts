@@ -15,6 +15,7 @@ import net, { type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
 import { LeaseAgent, type LeasedRequestArgs } from '../../util/lease-agent.js';
+import { StreamRegistry } from '../../util/stream-registry.js';
 
 export interface PortEndpoint {
   host: string;
@@ -71,6 +72,8 @@ export interface PortProxy {
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean;
   /** Handles an HTTP upgrade (WebSocket) (true) or leaves it to the caller (false). */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  /** Cuts every connection in flight to a sandbox (its VM is gone). */
+  cut(sandboxId: string): number;
   /** Closes idle upstream connections. */
   close(): void;
 }
@@ -98,6 +101,7 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
   const pathRe = prefix === null ? null : new RegExp(`^${escapeRe(prefix.replace(/\/+$/, ''))}/(${ID})/ports/(\\d{1,5})(/[^?]*)?(\\?.*)?$`);
   const hostRe = opts.domain ? new RegExp(`^(\\d{1,5})-(${ID})\\.${escapeRe(opts.domain.toLowerCase().replace(/^\.+|\.+$/g, ''))}$`) : null;
   const agent = new LeaseAgent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 64, timeout: 60_000 });
+  const inflight = new StreamRegistry();
 
   function target(req: Pick<IncomingMessage, 'url' | 'headers'>): PortTarget | null {
     const url = req.url ?? '/';
@@ -176,6 +180,7 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
     Object.assign(headers, forwardedHeaders(req, t));
     const args: LeasedRequestArgs = { host: ep.host, port: ep.port, method: req.method, path: t.path, headers, agent, timeout: connectTimeoutMs, ...(ep.lease ? { lease: ep.lease } : {}) };
     const up = httpRequest(args);
+    inflight.add(t.sandboxId, res, (fn) => res.once('close', fn));
     let responded = false;
     const onConnectTimeout = (): void => { if (!responded) up.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })); };
     up.once('socket', (s: Socket) => {
@@ -238,6 +243,7 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
     admit(t, req.headers).then((r) => {
       if ('text' in r) { fail(r); return; }
       const up = net.connect({ host: r.host, port: r.port });
+      inflight.add(t.sandboxId, socket, (fn) => socket.once('close', fn));
       let connected = false;
       up.setTimeout(connectTimeoutMs, () => { if (!connected) up.destroy(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' })); });
       up.on('connect', () => {
@@ -276,7 +282,7 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
     return true;
   }
 
-  return { target, handleRequest, handleUpgrade, close: () => agent.destroy() };
+  return { target, handleRequest, handleUpgrade, cut: (id) => inflight.cut(id), close: () => agent.destroy() };
 }
 
 /** Whether a request carries a body (RFC 9112 §6.3: a length or chunked framing). */
