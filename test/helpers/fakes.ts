@@ -24,9 +24,11 @@ export class World {
   readonly tokens: { presented: string | undefined; set: string | undefined }[] = [];
   /** Called for every fault point reached, before the fault check (tests abort requests here). */
   onPoint: (point: FaultPoint) => void = () => undefined;
+  /** The error a fault throws, when not the default HostFailureError (e.g. an ENOSPC from the file system). */
+  readonly errors = new Map<FaultPoint, () => Error>();
   fail(point: FaultPoint): void {
     this.onPoint(point);
-    if (this.faults.has(point)) throw new HostFailureError(`injected ${point} failure`);
+    if (this.faults.has(point)) throw this.errors.get(point)?.() ?? new HostFailureError(`injected ${point} failure`);
   }
 }
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -550,6 +550,146 @@ test('recovery undoes a pause or snapshot the daemon died in before the VMM was 
     assert.deepEqual(t.store.listJournal(), []);
     for (const s of fresh.list()) if (s.state !== 'destroyed') await fresh.destroy(s.id, signal());
     fresh.close();
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+// ---------------------------------------------------------------- fault matrix gaps (docs/reliability.md)
+
+const enospc = (): Error => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+
+test('fault matrix: ENOSPC at create, pause and snapshot fails the step cleanly, says so, and leaves the sandbox as defined', async () => {
+  const t = setup();
+  try {
+    t.w.errors.set('disk.create', enospc);
+    t.w.faults.add('disk.create');
+    await assert.rejects(t.m.create({ templateId: 'base' }, signal()), /no space left on device/);
+    t.w.faults.clear();
+    t.nothingLeft();
+    const s = await running(t);
+    t.w.errors.set('snapshot', enospc);
+    t.w.faults.add('snapshot');
+    await assert.rejects(t.m.pause(s.id, signal()), /still running: ENOSPC/);
+    assert.equal(t.m.get(s.id).state, 'running', 'a pause that cannot write its snapshot leaves a running sandbox');
+    assert.equal(existsSync(join(t.dataDir, 'sandboxes', s.id, 'pause-staging')), false);
+    await assert.rejects(t.m.snapshot(s.id, 'full-disk', signal()), /ENOSPC/);
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.deepEqual(t.store.listSnapshots({ kind: 'named' }), []);
+    assert.deepEqual(readdirSync(join(t.dataDir, 'snapshots')), [], 'no half snapshot directory');
+    t.w.faults.clear();
+    await t.m.destroy(s.id, signal());
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('fault matrix: a VMM that will not stop during destroy is a hard error; disk and slot are still released and a retry finishes', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    t.w.faults.add('stop');
+    await assert.rejects(t.m.destroy(s.id, signal()), /could not release everything/);
+    assert.equal(t.m.get(s.id).state, 'failed');
+    assert.match(t.m.get(s.id).endReason ?? '', /injected stop failure/);
+    assert.deepEqual([...t.w.disks], [], 'the disk was still removed');
+    assert.deepEqual([...t.w.slots], [], 'the slot was still released');
+    t.w.faults.clear();
+    await t.m.destroy(s.id, signal());
+    assert.equal(t.m.get(s.id).state, 'destroyed');
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('fault matrix: a fork whose capture fails, or is cancelled, leaves the source running and no temporary snapshot', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    t.w.faults.add('snapshot');
+    await assert.rejects(t.m.fork(s.id, 2, undefined, signal()));
+    t.w.faults.clear();
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.ok(t.w.events.includes('resume'), 'the source was resumed');
+    const ac = new AbortController();
+    t.w.onPoint = (p) => { if (p === 'snapshot') ac.abort(); };
+    await assert.rejects(t.m.fork(s.id, 2, undefined, ac.signal));
+    t.w.onPoint = () => undefined;
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.equal(t.store.listSnapshots({ kind: 'fork' }).length, 0);
+    assert.deepEqual(readdirSync(join(t.dataDir, 'snapshots')), []);
+    assert.equal(t.m.list(['running']).filter((x) => !x.metadata['hearth.internal']).length, 1, 'no child was made');
+    await t.m.destroy(s.id, signal());
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('fault matrix: hearthd killed mid-create, mid-resume and mid-destroy: after recovery every sandbox is in a defined state and nothing is held', async () => {
+  const t = setup();
+  try {
+    const creating = await running(t);
+    const resuming = await running(t);
+    const destroying = await running(t);
+    await t.m.pause(resuming.id, signal());
+    t.m.close();
+    // mid-create: the VM runs, the agent was never initialised.
+    t.store.updateSandbox({ ...t.store.getSandbox(creating.id)!, state: 'creating', agent: null });
+    t.store.journalStep(t.store.journalBegin(creating.id, 'create', 'start'), 'agent');
+    // mid-resume: a VM restored from the complete paused files, not yet answering.
+    const r = t.store.getSandbox(resuming.id)!;
+    const vm = t.driver.create();
+    await vm.restore({ dir: 'x', statePath: join(t.dataDir, 'sandboxes', r.id, 'paused', 'vmstate'), memoryPath: '' }, {
+      sandboxId: r.id, vcpus: 1, memoryMib: 256, kernelPath: '/k', kernelArgs: '', rootfsPath: '/d', memoryFilePath: join(t.dataDir, 'sandboxes', r.id, 'paused', 'memory'),
+      runDir: join(t.dataDir, 'sandboxes', r.id), consoleLogPath: '/dev/null', network: { kind: 'user', forwards: [], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' },
+    }, signal());
+    t.store.updateSandbox({ ...r, state: 'resuming', vmm: { kind: 'qemu', pid: vm.pid, runDir: join(t.dataDir, 'sandboxes', r.id) } });
+    t.store.journalStep(t.store.journalBegin(resuming.id, 'resume', 'start'), 'agent');
+    // mid-destroy: the VM was stopped, the disk not yet removed.
+    t.store.updateSandbox({ ...t.store.getSandbox(destroying.id)!, state: 'destroying' });
+    t.store.journalStep(t.store.journalBegin(destroying.id, 'destroy', 'start'), 'disk');
+
+    const fresh = new SandboxManager(t.deps);
+    const res = await fresh.recover(signal());
+    await fresh.reconcile();
+    assert.deepEqual(res.paused, [resuming.id], 'the interrupted resume is paused again, its files intact');
+    assert.deepEqual(pausedFiles(t, resuming.id), [true, true, true, true]);
+    assert.deepEqual(res.failed.sort(), [creating.id, destroying.id].sort());
+    assert.match(fresh.get(creating.id).endReason ?? '', /daemon stopped during create \(step agent\)/);
+    assert.deepEqual([...t.w.liveVms], [], 'no VM left running');
+    assert.deepEqual([...t.w.slots], [], 'no slot held');
+    assert.deepEqual([...t.w.disks], [], 'no live disk: the paused one was detached back into its dir');
+    assert.deepEqual(t.store.listJournal(), []);
+    await fresh.destroy(destroying.id, signal());
+    assert.equal(fresh.get(destroying.id).state, 'destroyed', 'a destroy interrupted by the crash finishes on the next call');
+    assert.equal((await fresh.resume(resuming.id, signal())).state, 'running', 'and the paused one resumes');
+    for (const s of fresh.list()) if (s.state !== 'destroyed') await fresh.destroy(s.id, signal());
+    fresh.close();
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('fault matrix: reconcile reaps orphans it finds: a VM under the data dir nobody owns, sandbox and snapshot directories without a row', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    const orphanVm = t.driver.create();
+    const orphanDir = join(t.dataDir, 'sandboxes', 'iorphan');
+    mkdirSync(orphanDir, { recursive: true });
+    await orphanVm.boot({
+      sandboxId: 'iorphan', vcpus: 1, memoryMib: 256, kernelPath: '/k', kernelArgs: '', rootfsPath: '/d', memoryFilePath: join(orphanDir, 'memory'),
+      runDir: orphanDir, consoleLogPath: '/dev/null', network: { kind: 'user', forwards: [], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' },
+    }, signal());
+    t.driver.list = async () => [
+      { sandboxId: s.id, pid: t.m.get(s.id).vmm!.pid, runDir: join(t.dataDir, 'sandboxes', s.id) },
+      { sandboxId: 'iorphan', pid: orphanVm.pid, runDir: orphanDir },
+      { sandboxId: 'iforeign', pid: 99999, runDir: '/elsewhere/sandboxes/iforeign' },
+    ];
+    mkdirSync(join(t.dataDir, 'snapshots', 'sorphan'), { recursive: true });
+    const report = await t.m.reconcile();
+    assert.deepEqual(report.killedVms, [{ sandboxId: 'iorphan', pid: orphanVm.pid }]);
+    assert.ok(!t.w.liveVms.has(orphanVm.pid));
+    assert.ok(t.w.liveVms.has(t.m.get(s.id).vmm!.pid), 'an owned VM is untouched');
+    assert.deepEqual(report.removedSandboxDirs, ['iorphan']);
+    assert.deepEqual(report.removedSnapshotDirs, ['sorphan']);
+    assert.equal(t.m.lastReconcileReport(), report);
+    await t.m.destroy(s.id, signal());
     t.nothingLeft();
   } finally { t.done(); }
 });
