@@ -693,3 +693,26 @@ test('fault matrix: reconcile reaps orphans it finds: a VM under the data dir no
     t.nothingLeft();
   } finally { t.done(); }
 });
+
+test('fault matrix: a pause cancelled mid-snapshot leaves a running sandbox; a VMM that crashes after its snapshot was written still pauses, and resumes', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    const ac = new AbortController();
+    t.w.onPoint = (p) => { if (p === 'snapshot') ac.abort(); };
+    await assert.rejects(t.m.pause(s.id, ac.signal));
+    t.w.onPoint = () => undefined;
+    assert.equal(t.m.get(s.id).state, 'running');
+    assert.equal(existsSync(join(t.dataDir, 'sandboxes', s.id, 'pause-staging')), false);
+    // The VMM dies on its own between the (flushed) snapshot and the stop step.
+    const vm = t.driver.vms.find((v) => v.pid === t.m.get(s.id).vmm!.pid)!;
+    t.w.onPoint = (p) => { if (p === 'stop') vm.crash(); };
+    await t.m.pause(s.id, signal());
+    t.w.onPoint = () => undefined;
+    assert.equal(t.m.get(s.id).state, 'paused', 'the capture was complete: nothing is lost');
+    assert.deepEqual(pausedFiles(t, s.id), [true, true, true, true]);
+    assert.equal((await t.m.resume(s.id, signal())).state, 'running');
+    await t.m.destroy(s.id, signal());
+    t.nothingLeft();
+  } finally { t.done(); }
+});
