@@ -12,7 +12,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync, readdirSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync, readdirSync, statSync, type WriteStream } from 'node:fs';
 import { copyFile, link, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -336,7 +336,7 @@ async function createForAbuse(opts: Parameters<typeof Sandbox.create>[0]): Promi
   }
 }
 
-describe('isolation: one sandbox abusing CPU, processes or memory does not hurt the others', () => {
+describe('isolation: one sandbox abusing CPU, processes, memory or its disk does not hurt the others', () => {
   let d: TestDaemon;
 
   before(async () => { d = await startTestDaemon(); });
@@ -412,5 +412,24 @@ describe('isolation: one sandbox abusing CPU, processes or memory does not hurt 
     assert.match(f.stdout, /Mem:/);
     await a.kill();
     assert.equal(running(qemu), false);
+  });
+
+  test('rm -rf / in A: B and the template image are untouched, and A is destroyed cleanly', async () => {
+    const [a, b] = await Promise.all([createForAbuse({ url: d.url }), createForAbuse({ url: d.url })]);
+    const image = (await testImage()).rootfsPath;
+    const before = statSync(image);
+    await b.files.write('/home/user/keep.txt', 'b is fine');
+    // Detached so the exec returns; the agent (already in memory) may lose its own files.
+    await a.commands.run('setsid sh -c "rm -rf --no-preserve-root / >/dev/null 2>&1" </dev/null >/dev/null 2>&1 & echo started', { timeoutMs: 30_000 });
+    await sleep(8000);
+    assert.equal(await b.files.read('/home/user/keep.txt'), 'b is fine');
+    assert.equal((await b.commands.run('ls /usr/bin | wc -l')).stdout.trim() !== '0', true, 'B still has its files');
+    const after = statSync(image);
+    assert.equal(after.mtimeMs, before.mtimeMs, 'the template image was not written');
+    assert.equal(after.ctimeMs, before.ctimeMs, 'nor its inode changed');
+    const qemuA = (await a.getInfo()).vmm!.pid;
+    await a.kill();
+    assert.equal(running(qemuA), false);
+    await b.kill();
   });
 });
