@@ -10,9 +10,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { stat } from 'node:fs/promises';
 import { chooseNetwork } from '../../src/network/netns/index.js';
-import { Sandbox, CommandExitError } from '../../src/sdk/index.js';
+import { Sandbox } from '../../src/sdk/index.js';
 import {
-  INTERNET_SERVER, freeTestRange, randomTag, startInternet, startNetDaemon, sweep, tagged, type NetDaemon, type TestInternet,
+  INTERNET_SERVER, freeTestRange, guestCurl, randomTag, startInternet, startNetDaemon, sweep, tagged, until, type NetDaemon, type TestInternet,
 } from './net-fixture.js';
 
 const tag = randomTag();
@@ -20,23 +20,7 @@ const choice = await chooseNetwork();
 const skip = choice.kind === 'netns' ? false : choice.reason;
 
 async function reaches(s: Sandbox, url: string): Promise<boolean> {
-  try {
-    await s.commands.run(`curl -sS -m 3 ${url}`, { timeoutMs: 15_000 });
-    return true;
-  } catch (err) {
-    if (err instanceof CommandExitError) return false;
-    throw err;
-  }
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return (await guestCurl(s.commands, url)).ok;
 }
 
 describe(`hearthd on netns networking (tag ${tag})`, { skip }, () => {

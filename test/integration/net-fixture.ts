@@ -18,6 +18,8 @@ import type { AddressInfo } from 'node:net';
 import { GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, NS_VETH_NAME, TAP_NAME } from '../../src/network/netns/addressing.js';
 import { MemorySlotStore, NetnsSlots, type NetnsSlot, type NetnsSlotsOptions } from '../../src/network/netns/index.js';
 import { createPortProxy, type PortProxy } from '../../src/network/proxy/index.js';
+import { CommandExitError } from '../../src/sdk/index.js';
+import type { Commands } from '../../src/sdk/commands.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { Store } from '../../src/store/store.js';
 import { SandboxManager } from '../../src/core/manager.js';
@@ -235,6 +237,29 @@ export async function tempDir(prefix: string): Promise<{ dir: string; remove(): 
 }
 
 export { execFileP, NS_VETH_NAME };
+
+/** curl from inside a guest; ok = an HTTP answer arrived. */
+export async function guestCurl(cmds: Pick<Commands, 'run'>, url: string, timeoutSec = 3): Promise<{ ok: boolean; out: string }> {
+  try {
+    const r = await cmds.run(`curl -sS -m ${timeoutSec} ${url}`, { timeoutMs: (timeoutSec + 10) * 1000 });
+    return { ok: true, out: r.stdout };
+  } catch (err) {
+    if (err instanceof CommandExitError) return { ok: false, out: err.stderr };
+    throw err;
+  }
+}
+
+/** Poll `fn` until it gives a value (errors count as not yet). */
+export async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 
 // ------------------------------------------------------------------ real VMs
 export interface NetDaemon {

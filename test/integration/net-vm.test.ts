@@ -16,7 +16,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { chooseNetwork } from '../../src/network/netns/index.js';
 import { WebSocket } from 'ws';
-import { Sandbox, CommandExitError } from '../../src/sdk/index.js';
+import { Sandbox } from '../../src/sdk/index.js';
 import { Commands } from '../../src/sdk/commands.js';
 import { envdClients } from '../../src/sdk/envd.js';
 import { AgentControl } from '../../src/client/agent-rest.js';
@@ -26,7 +26,7 @@ import type { VmConfig } from '../../src/vmm/types.js';
 import type { QemuVmm } from '../../src/vmm/qemu/vmm.js';
 import type { RootDisk } from '../../src/storage/types.js';
 import {
-  INTERNET_HOST_ADDR, INTERNET_SERVER, INTERNET_SERVER_2, counterOf, freeTestRange, randomTag, startInternet, startNetDaemon, sweep, tagged, tempDir,
+  INTERNET_HOST_ADDR, INTERNET_SERVER, INTERNET_SERVER_2, counterOf, freeTestRange, randomTag, startInternet, startNetDaemon, sweep, tagged, tempDir, guestCurl, until,
   type NetDaemon, type TestInternet,
 } from './net-fixture.js';
 
@@ -67,26 +67,6 @@ srv.on('upgrade', (req, sock) => {
 });
 srv.listen(8080, '0.0.0.0', () => console.log('listening'));
 `;
-
-async function guestCurl(cmds: Commands | Sandbox['commands'], url: string, timeoutSec = 3): Promise<{ ok: boolean; out: string }> {
-  try {
-    const r = await cmds.run(`curl -sS -m ${timeoutSec} ${url}`, { timeoutMs: (timeoutSec + 10) * 1000 });
-    return { ok: true, out: r.stdout };
-  } catch (err) {
-    if (err instanceof CommandExitError) return { ok: false, out: err.stderr };
-    throw err;
-  }
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe(`netns networking with real VMs (tag ${tag})`, { skip: netnsSkip }, () => {
   let internet: TestInternet | undefined;

@@ -163,51 +163,46 @@ test('port proxy on the API listener: path and host forms, traffic token enforce
   }
 });
 
-test('close() does not wait for long-lived streams: an endless proxied response is cut after a short grace', { timeout: 15_000 }, async () => {
-  const t = await setup();
+/** A sandbox whose port 8080 streams `tick` and never ends, read through hearthd's port proxy. */
+async function endlessStream(t: Awaited<ReturnType<typeof setup>>): Promise<{ id: string; reader: ReadableStreamDefaultReader<Uint8Array>; close(): void }> {
   const upstream = createServer((_req, res) => { res.writeHead(200); res.write('tick\n'); /* never ends */ });
   await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  const created = await post(t.app, '/sandboxes', { templateID: 'base' });
+  const id = created.json<{ sandboxID: string }>().sandboxID;
+  const upstreamPort = (upstream.address() as AddressInfo).port;
+  t.manager.portEndpoint = async () => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: null, lease: id });
+  const url = await t.app.listen({ host: '127.0.0.1', port: 0 });
+  const reader = (await fetch(`${url}/sandboxes/${id}/ports/8080/stream`)).body!.getReader();
+  assert.equal(new TextDecoder().decode((await reader.read()).value), 'tick\n');
+  return { id, reader, close: () => { upstream.closeAllConnections(); upstream.close(); } };
+}
+
+test('close() does not wait for long-lived streams: an endless proxied response is cut after a short grace', { timeout: 15_000 }, async () => {
+  const t = await setup();
+  const s = await endlessStream(t);
   try {
-    const created = await post(t.app, '/sandboxes', { templateID: 'base' });
-    const id = created.json<{ sandboxID: string }>().sandboxID;
-    const upstreamPort = (upstream.address() as AddressInfo).port;
-    t.manager.portEndpoint = async () => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: null, lease: id });
-    const url = await t.app.listen({ host: '127.0.0.1', port: 0 });
-    const res = await fetch(`${url}/sandboxes/${id}/ports/8080/stream`);
-    const reader = res.body!.getReader();
-    assert.equal(new TextDecoder().decode((await reader.read()).value), 'tick\n');
     const t0 = performance.now();
     await t.manager.settled();
     await t.app.close();
     const ms = performance.now() - t0;
     assert.ok(ms < 5000, `close took ${Math.round(ms)} ms`);
-    await assert.rejects(reader.read(), 'the client stream was cut');
+    await assert.rejects(s.reader.read(), 'the client stream was cut');
   } finally {
-    upstream.closeAllConnections();
-    upstream.close();
+    s.close();
     await t.done().catch(() => undefined);
   }
 });
 
 test('destroying a sandbox ends the streams proxied to it at once', { timeout: 15_000 }, async () => {
   const t = await setup();
-  const upstream = createServer((_req, res) => { res.writeHead(200); res.write('tick\n'); /* never ends */ });
-  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  const s = await endlessStream(t);
   try {
-    const created = await post(t.app, '/sandboxes', { templateID: 'base' });
-    const id = created.json<{ sandboxID: string }>().sandboxID;
-    const upstreamPort = (upstream.address() as AddressInfo).port;
-    t.manager.portEndpoint = async () => ({ host: '127.0.0.1', port: upstreamPort, trafficToken: null, lease: id });
-    const url = await t.app.listen({ host: '127.0.0.1', port: 0 });
-    const reader = (await fetch(`${url}/sandboxes/${id}/ports/8080/stream`)).body!.getReader();
-    assert.equal(new TextDecoder().decode((await reader.read()).value), 'tick\n');
     const t0 = performance.now();
-    await t.manager.destroy(id, AbortSignal.timeout(10_000));
-    await assert.rejects(reader.read());
+    await t.manager.destroy(s.id, AbortSignal.timeout(10_000));
+    await assert.rejects(s.reader.read());
     assert.ok(performance.now() - t0 < 2000, 'cut at once');
   } finally {
-    upstream.closeAllConnections();
-    upstream.close();
+    s.close();
     await t.done();
   }
 });
