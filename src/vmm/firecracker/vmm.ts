@@ -38,6 +38,7 @@ import { idFromArgv, launchCommand, vmLayout, type Isolation, type JailerSetting
 import { SNAPSHOT_META_FILE, readSnapshotMeta, writeSnapshotMeta, type FirecrackerSnapshotMeta } from './snapshot-meta.js';
 import { checkSupported, featuresOf, snapshotCompatible, type FirecrackerFeatures, type FirecrackerVersionInfo } from './version.js';
 import { VsockHttpClient } from './vsock.js';
+import { exitedWithin } from '../exit.js';
 
 export type MemoryBackendKind = 'file' | 'uffd';
 
@@ -824,14 +825,7 @@ export class FirecrackerVmm implements Vmm {
   }
 
   private async waitExit(ms: number): Promise<boolean> {
-    if (this.hasExited) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const ok = await Promise.race([
-      this.exited.then(() => true),
-      new Promise<boolean>((r) => { timer = setTimeout(() => r(false), ms); }),
-    ]);
-    clearTimeout(timer);
-    return ok;
+    return this.hasExited || exitedWithin(this.exited, ms);
   }
 
   /** Signals our Firecracker only: our child, or a foreign pid whose start time still matches and whose --id is ours. */

@@ -34,6 +34,8 @@ import type { ExitInfo, SnapshotFiles, VmConfig, Vmm } from '../types.js';
 import { buildQemuArgs, cpuModel, runFiles, spawnCommand, type QemuCmdlineOptions } from './cmdline.js';
 import { readProcCmdline, readProcIds, readProcStat, tailFile, watchPidExit } from './process.js';
 import { QmpClient } from './qmp.js';
+import { exitedWithin } from '../exit.js';
+import { writeFileAtomic } from '../../util/fs.js';
 
 /** Everything a QemuVmm needs from its driver (resolved lazily: the accelerator probe is async). */
 export interface QemuSettings {
@@ -550,14 +552,7 @@ export class QemuVmm implements Vmm {
   }
 
   private async waitExit(ms: number): Promise<boolean> {
-    if (this.hasExited) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const ok = await Promise.race([
-      this.exited.then(() => true),
-      new Promise<boolean>((r) => { timer = setTimeout(() => r(false), ms); }),
-    ]);
-    clearTimeout(timer);
-    return ok;
+    return this.hasExited || exitedWithin(this.exited, ms);
   }
 
   /** Sends a signal to our QEMU only: our child, or an adopted pid whose start time still matches. */
@@ -603,18 +598,6 @@ function layoutOf(cfg: VmConfig, o: Omit<QemuCmdlineOptions, 'incoming' | 'pause
     vcpus: cfg.vcpus,
     memoryMib: cfg.memoryMib,
   };
-}
-
-async function writeFileAtomic(p: string, data: string): Promise<void> {
-  const tmp = `${p}.tmp`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, p);
 }
 
 async function removeRunFiles(runDir: string): Promise<void> {
