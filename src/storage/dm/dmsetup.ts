@@ -1,7 +1,7 @@
 import { HostFailureError, throwIfAborted } from '../../core/errors.js';
 import type { Logger } from '../../core/log.js';
 import type { CommandRunner } from '../../util/exec.js';
-import { sleep } from '../loop/abortable.js';
+import { sleep } from '../../util/abort.js';
 
 /**
  * `dmsetup` through the injected CommandRunner. Only `remove` retries, and

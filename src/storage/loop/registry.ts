@@ -2,7 +2,7 @@ import { realpath } from 'node:fs/promises';
 import { AbortedError, HostFailureError, throwIfAborted } from '../../core/errors.js';
 import type { Logger } from '../../core/log.js';
 import { runCommand, type CommandRunner } from '../../util/exec.js';
-import { abortable } from './abortable.js';
+import { abortable } from '../../util/abort.js';
 import { attachLoop, detachLoop, listLoops, loopHolders, type LoopInfo } from './losetup.js';
 
 /** A counted reference to the shared read-only loop device of one base image. */

@@ -12,7 +12,8 @@
  * '/drives/{drive_id}', { drive_id }, body)` only compiles with a Drive body.
  */
 import http from 'node:http';
-import { AbortedError, HostFailureError, TimeoutError, errorMessage } from '../../core/errors.js';
+import { HostFailureError, TimeoutError, errorMessage } from '../../core/errors.js';
+import { abortError } from '../../util/abort.js';
 import type { ApiPath, MethodOf, PathParams, RequestBody, ResponseBody } from './api-types.js';
 
 export class FirecrackerApiError extends HostFailureError {
@@ -143,8 +144,3 @@ export class FirecrackerClient {
   }
 }
 
-function abortError(signal: AbortSignal): AbortedError {
-  const e = new AbortedError();
-  (e as { cause?: unknown }).cause = signal.reason;
-  return e;
-}

@@ -39,6 +39,7 @@ import { SNAPSHOT_META_FILE, readSnapshotMeta, writeSnapshotMeta, type Firecrack
 import { checkSupported, featuresOf, snapshotCompatible, type FirecrackerFeatures, type FirecrackerVersionInfo } from './version.js';
 import { VsockHttpClient } from './vsock.js';
 import { exitedWithin } from '../exit.js';
+import { sleep } from '../../util/abort.js';
 
 export type MemoryBackendKind = 'file' | 'uffd';
 
@@ -664,7 +665,7 @@ export class FirecrackerVmm implements Vmm {
       } catch (err) {
         if (err instanceof AbortedError || err instanceof InstanceMismatchError) throw err;
         lastError = err;
-        await delay(Math.min(5 + attempt * 2, 25), signal);
+        await sleep(Math.min(5 + attempt * 2, 25), signal);
       }
     }
     if (layout.mode === 'jailer' && s.jailer?.newPidNs) await this.followJailedPid();
@@ -885,21 +886,6 @@ async function checkReadable(p: string, what: string, writable = false): Promise
 async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try { await fh.sync(); } catch { /* not supported everywhere */ } finally { await fh.close(); }
-}
-
-function delay(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) { reject(abortError(signal)); return; }
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(timer); reject(abortError(signal!)); };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-function abortError(signal: AbortSignal): AbortedError {
-  const e = new AbortedError();
-  (e as { cause?: unknown }).cause = signal.reason;
-  return e;
 }
 
 /** Keeps Hearth errors (their class is the API contract) and prefixes context; wraps anything else as a host failure. */

@@ -14,7 +14,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { AbortedError, HostFailureError, TimeoutError, throwIfAborted } from '../../core/errors.js';
+import { HostFailureError, TimeoutError, throwIfAborted } from '../../core/errors.js';
+import { abortError, sleep } from '../../util/abort.js';
 
 /** The guest did not accept (not listening yet, or the VM is restoring): retry. */
 export class VsockNotReadyError extends HostFailureError {}
@@ -44,7 +45,7 @@ export function vsockConnect(udsPath: string, port: number, opts: { timeoutMs?: 
       if (err) { s.destroy(); reject(err); } else resolve(conn!);
     };
     const timer = setTimeout(() => finish(new VsockNotReadyError(`vsock ${udsPath} port ${port}: no answer to CONNECT within ${timeoutMs} ms`)), timeoutMs);
-    const onAbort = () => { const e = new AbortedError(); (e as { cause?: unknown }).cause = opts.signal?.reason; finish(e); };
+    const onAbort = () => { finish(abortError(opts.signal!)); };
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const onError = (err: NodeJS.ErrnoException) => {
       const gone = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
@@ -174,7 +175,7 @@ export class VsockHttpClient {
       const timer = setTimeout(() => r.destroy(new VsockNotReadyError(`no response within ${timeoutMs} ms`)), timeoutMs);
       r.on('error', (err) => {
         clearTimeout(timer);
-        if (req.signal?.aborted) { const e = new AbortedError(); (e as { cause?: unknown }).cause = req.signal.reason; reject(e); return; }
+        if (req.signal?.aborted) { reject(abortError(req.signal)); return; }
         reject(err);
       });
       r.end(body);
@@ -212,11 +213,3 @@ function isResetBeforeResponse(err: unknown): boolean {
   return code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNREFUSED' || code === 'ENOENT';
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) { const e = new AbortedError(); (e as { cause?: unknown }).cause = signal.reason; reject(e); return; }
-    const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(t); const e = new AbortedError(); (e as { cause?: unknown }).cause = signal!.reason; reject(e); };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}

@@ -35,6 +35,7 @@ import { buildQemuArgs, cpuModel, runFiles, spawnCommand, type QemuCmdlineOption
 import { readProcCmdline, readProcIds, readProcStat, tailFile, watchPidExit } from './process.js';
 import { QmpClient } from './qmp.js';
 import { exitedWithin } from '../exit.js';
+import { sleep } from '../../util/abort.js';
 import { writeFileAtomic } from '../../util/fs.js';
 
 /** Everything a QemuVmm needs from its driver (resolved lazily: the accelerator probe is async). */
@@ -430,7 +431,7 @@ export class QemuVmm implements Vmm {
         break;
       } catch (err) {
         if (err instanceof AbortedError) throw err;
-        await delay(Math.min(5 + attempt * 2, 25), signal);
+        await sleep(Math.min(5 + attempt * 2, 25), signal);
       }
     }
     const v = this.qmp!.greeting?.version.qemu;
@@ -505,7 +506,7 @@ export class QemuVmm implements Vmm {
           break;
       }
       if (Date.now() > deadline) throw new TimeoutError(`${op}: migration still '${m.status ?? 'none'}' after ${timeoutMs} ms`);
-      await delay(interval, signal);
+      await sleep(interval, signal);
       interval = Math.min(interval * 2, 20);
     }
   }
@@ -620,21 +621,6 @@ async function checkReadable(p: string, what: string, writable = false): Promise
 async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
   try { await fh.sync(); } finally { await fh.close(); }
-}
-
-function delay(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) { reject(abortError(signal)); return; }
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(timer); reject(abortError(signal!)); };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-function abortError(signal: AbortSignal): AbortedError {
-  const e = new AbortedError();
-  (e as { cause?: unknown }).cause = signal.reason;
-  return e;
 }
 
 async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

@@ -1,6 +1,7 @@
-import { AbortedError } from '../../core/errors.js';
+import { AbortedError } from '../core/errors.js';
 
-function abortError(signal: AbortSignal): AbortedError {
+/** The AbortedError for an aborted signal, with the signal's reason as its cause. */
+export function abortError(signal: AbortSignal): AbortedError {
   const e = new AbortedError();
   (e as { cause?: unknown }).cause = signal.reason;
   return e;
