@@ -11,14 +11,14 @@
  * disks), HEARTH_IMAGE_DIR/HEARTH_IMAGE_CACHE (the image).
  */
 import { parseArgs } from 'node:util';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Sandbox } from '../src/sdk/index.js';
-import { startTestDaemon } from '../test/helpers/daemon.js';
+import { qemuPidsUnder, startTestDaemon } from '../test/helpers/daemon.js';
 import { log, stats, writeResults, type Stats } from './lib.js';
 
 const { values } = parseArgs({ options: {
@@ -52,17 +52,6 @@ const gc: () => void = (() => {
   setFlagsFromString('--expose-gc');
   return runInNewContext('gc') as () => void;
 })();
-
-function qemuPidsUnder(dir: string): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let argv: string[];
-    try { argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0'); } catch { continue; }
-    if (argv[0] && basename(argv[0]).startsWith('qemu-system') && argv.some((a) => a.includes(dir))) out.push(Number(name));
-  }
-  return out;
-}
 
 /** Loop devices: all of them (`losetup -a` lines), and those backed by a file under `dir`. */
 function loopDevices(dir: string): { total: number; underDataDir: string[] } {

@@ -5,9 +5,9 @@
  * QEMU VMs. `stop()` destroys every sandbox it can and checks nothing is left.
  */
 import { mkdtemp, rm, readdir } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { loadConfig, type HearthConfig } from '../../src/daemon/config.js';
 import { startDaemon, type Daemon } from '../../src/daemon/daemon.js';
 import { createLogger } from '../../src/core/log.js';
@@ -90,4 +90,17 @@ async function daemonOn(cfg: HearthConfig): Promise<TestDaemon> {
 /** Is a process with this pid alive? */
 export function alive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch { return false; }
+}
+
+/** QEMU processes whose command line mentions `dir` (the data dir: pid file, QMP socket, disks), sorted. */
+export function qemuPidsUnder(dir: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let argv: string[];
+    try { argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0'); } catch { continue; }
+    if (!argv[0] || !basename(argv[0]).startsWith('qemu-system')) continue;
+    if (argv.some((a) => a.includes(dir))) out.push(Number(name));
+  }
+  return out.sort((a, b) => a - b);
 }

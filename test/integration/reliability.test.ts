@@ -12,14 +12,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync, readdirSync, statSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync, statSync, type WriteStream } from 'node:fs';
 import { copyFile, link, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Sandbox, CommandExitError } from '../../src/sdk/index.js';
-import { alive, startTestDaemon, testImage, type TestDaemon } from '../helpers/daemon.js';
+import { alive, qemuPidsUnder, startTestDaemon, testImage, type TestDaemon } from '../helpers/daemon.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 import { chooseNetwork } from '../../src/network/netns/index.js';
 import { freeTestRange, randomTag, sweep } from '../helpers/netns.js';
@@ -45,19 +45,6 @@ async function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
-}
-
-/** QEMU processes whose command line mentions `dir` (the data dir: pid file, QMP socket, disks). */
-function qemuPidsUnder(dir: string): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let argv: string[];
-    try { argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0'); } catch { continue; }
-    if (!argv[0] || !basename(argv[0]).startsWith('qemu-system')) continue;
-    if (argv.some((a) => a.includes(dir))) out.push(Number(name));
-  }
-  return out.sort((a, b) => a - b);
 }
 
 /** Alive and not a zombie (an exited QEMU adopted from a killed daemon is reaped by init, later). */

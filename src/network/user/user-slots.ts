@@ -41,8 +41,7 @@ export class UserModeSlots implements NetworkSlots {
   }
 
   async setEgress(_slot: Slot, egress: Partial<EgressPolicy>): Promise<EgressPolicy> {
-    checkNoEgress(egress);
-    return this.egressOf();
+    return this.checkEgress(egress);
   }
 
   checkEgress(egress: Partial<EgressPolicy>): EgressPolicy {
