@@ -32,18 +32,24 @@ export function presentEgress(e: EgressPolicy): NetworkPolicy {
   return { allow_internet_access: e.internet, allowOut: e.allow, denyOut: e.deny };
 }
 
+/**
+ * A sandbox's detail. An ended one (destroyed or failed) shows no secrets: its
+ * record no longer holds them (the store drops them as it ends), and this never
+ * shows them for an ended state whatever the record says.
+ */
 export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null): SandboxDetail {
+  const ended = s.state === 'destroyed' || s.state === 'failed';
   return {
     ...presentListItem(s, template),
-    envdAccessToken: s.agentToken,
-    envVars: s.envVars,
+    envdAccessToken: ended ? '' : s.agentToken,
+    envVars: ended ? {} : s.envVars,
     lifecycle: { onTimeout: s.lifecycle.onTimeout, autoResume: s.lifecycle.autoResume, autoExtend: s.lifecycle.autoExtend },
     vmm: s.vmm ? { kind: s.vmm.kind, pid: s.vmm.pid } : null,
     diskUsageBytes,
     timings: s.timings ? { op: s.timings.op, steps: s.timings.steps.map(([step, ms]) => ({ step, ms })) } : null,
     network: egress ? presentEgress(egress) : null,
     allowPublicTraffic: s.netPolicy.trafficToken === null,
-    trafficAccessToken: s.netPolicy.trafficToken,
+    trafficAccessToken: ended ? null : s.netPolicy.trafficToken,
   };
 }
 

@@ -13,7 +13,7 @@ import { assertTransition } from './state.js';
 import { StepTimer } from './steps.js';
 import { Semaphore } from './semaphore.js';
 import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
-import type { Store } from '../store/store.js';
+import { withoutSecrets, type Store } from '../store/store.js';
 import type { Vmm, VmmKind } from '../vmm/types.js';
 import type { EgressPolicy } from '../network/types.js';
 import { exists, removeTree } from '../util/fs.js';
@@ -81,6 +81,8 @@ export class SandboxManager {
   private expiryTimer: NodeJS.Timeout | undefined;
   private reconcileTimer: NodeJS.Timeout | undefined;
   private lastReconcile: ReconcileReport | null = null;
+  /** How long ended sandboxes stay (ms); null: until purged by hand (setEndedRetention not called). */
+  private endedRetentionMs: number | null = null;
 
   constructor(private readonly deps: ManagerDeps) {
     this.log = deps.log;
@@ -590,13 +592,14 @@ export class SandboxManager {
         this.markFailed(rec, `${reason}; release failed: ${errors.join('; ')}`);
         throw new HostFailureError(`sandbox ${id}: could not release everything: ${errors.join('; ')}`);
       }
-      Object.assign(rec, { state: 'destroyed', endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, vmm: null, disk: null, network: null, agent: null });
+      Object.assign(rec, withoutSecrets(rec), { state: 'destroyed', endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, vmm: null, disk: null, network: null, agent: null });
       this.store.updateSandbox(rec);
+      this.purgeIfDue(rec.id);
     });
   }
 
   /**
-   * Release every host resource of a sandbox in the order DESIGN §3 fixes:
+   * Release every host resource of a sandbox in a fixed order:
    * stop the VMM (and wait for its exit) → disk → slot → files. Every step runs
    * even if an earlier one failed. Works from memory (a live sandbox) or from
    * the record alone (failed, or left by a crashed daemon).
@@ -649,12 +652,44 @@ export class SandboxManager {
     });
   }
 
+  /**
+   * A failed sandbox never runs again (it can only be destroyed): its secrets
+   * go now, even if releasing its resources failed and their handles stay.
+   */
   private markFailed(rec: SandboxRecord, reason: string): void {
-    rec.state = 'failed';
-    rec.endReason = reason;
-    rec.endedAt = new Date().toISOString();
-    rec.agent = null;
+    Object.assign(rec, withoutSecrets(rec), { state: 'failed', endReason: reason, endedAt: new Date().toISOString(), agent: null });
     this.store.updateSandbox(rec);
+    this.purgeIfDue(rec.id);
+  }
+
+  // ---------------------------------------------------------------- retention
+
+  /**
+   * Keep ended sandboxes (destroyed, or failed with nothing left on the host)
+   * this long after they end, then purge them (purgeEnded). 0: an ended
+   * sandbox's rows are deleted as it ends.
+   */
+  setEndedRetention(hours: number): void {
+    if (!Number.isFinite(hours) || hours < 0) throw new InvalidArgumentError(`ended sandbox retention must be a number of hours >= 0, got ${hours}`);
+    this.endedRetentionMs = hours * 3_600_000;
+  }
+
+  /**
+   * Delete the ended sandboxes whose retention passed, with their journal and
+   * idempotency rows (named snapshots taken from them stay), skipping any that
+   * an operation holds. Returns their ids; nothing before setEndedRetention.
+   */
+  purgeEnded(now = Date.now()): string[] {
+    if (this.endedRetentionMs === null) return [];
+    const cutoff = new Date(now - this.endedRetentionMs).toISOString();
+    const { purged, scrubbed } = this.store.purgeEndedSandboxes(cutoff, (id) => this.lock.isBusy(id));
+    if (scrubbed) this.log.warn({ scrubbed }, `retention: dropped the secrets still kept by ${scrubbed} ended sandboxes`);
+    return purged;
+  }
+
+  /** Retention 0: the sandbox that just ended goes at once (it stays if it still holds host resources). */
+  private purgeIfDue(id: string): void {
+    if (this.endedRetentionMs === 0) this.store.purgeEndedSandbox(id);
   }
 
   // ---------------------------------------------------------------- timeouts

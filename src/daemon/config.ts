@@ -20,6 +20,12 @@ export interface HearthConfig {
   restoreTimeoutMs: number;
   maxConcurrentStarts: number;
   maxForks: number;
+  /**
+   * Hours an ended sandbox (destroyed, or failed with nothing left on the host)
+   * stays visible before its rows are purged; 0: purged as it ends. Its secrets
+   * are dropped as it ends whatever this is.
+   */
+  endedRetentionHours: number;
   /** Build the default template's warm snapshot when hearthd starts (else on first create). */
   warmOnStart: boolean;
   /** Restore sandboxes from a template's warm snapshot instead of booting them. */
@@ -77,6 +83,7 @@ export function defaultConfig(): HearthConfig {
     restoreTimeoutMs: 30_000,
     maxConcurrentStarts: 2,
     maxForks: 20,
+    endedRetentionHours: 24,
     warmOnStart: true,
     warmTemplates: true,
     defaultVcpus: 1,
@@ -111,6 +118,7 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_BOOT_TIMEOUT_MS: 'bootTimeoutMs',
   HEARTH_RESTORE_TIMEOUT_MS: 'restoreTimeoutMs',
   HEARTH_MAX_CONCURRENT_STARTS: 'maxConcurrentStarts',
+  HEARTH_ENDED_RETENTION_HOURS: 'endedRetentionHours',
   HEARTH_DEFAULT_MEMORY_MB: 'defaultMemoryMib',
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
   HEARTH_MEMORY_OVERCOMMIT: 'memoryOvercommit',
@@ -157,6 +165,9 @@ function parseNumber(name: string, v: string): number {
 function validate(cfg: HearthConfig): void {
   if (!cfg.dataDir.startsWith('/')) throw new Error(`dataDir must be an absolute path, got "${cfg.dataDir}"`);
   if (!Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) throw new Error(`port must be 0..65535, got ${cfg.port}`);
+  if (typeof cfg.endedRetentionHours !== 'number' || !Number.isFinite(cfg.endedRetentionHours) || cfg.endedRetentionHours < 0) {
+    throw new Error(`endedRetentionHours must be a number of hours >= 0, got ${String(cfg.endedRetentionHours)}`);
+  }
   if (cfg.storage && !['dm', 'reflink', 'copy'].includes(cfg.storage)) throw new Error(`storage must be dm, reflink or copy, got "${cfg.storage}"`);
   if (!['auto', 'qemu', 'firecracker'].includes(cfg.vmm)) throw new Error(`vmm must be auto, qemu or firecracker, got "${cfg.vmm}"`);
   if (!['file', 'uffd'].includes(cfg.firecrackerMemory)) throw new Error(`firecrackerMemory must be file or uffd, got "${cfg.firecrackerMemory}"`);

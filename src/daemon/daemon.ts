@@ -44,6 +44,9 @@ export interface Daemon {
 
 export const DEFAULT_TEMPLATE = 'base';
 
+/** How often hearthd purges the ended sandboxes whose retention (endedRetentionHours) passed. */
+export const PURGE_INTERVAL_MS = 10 * 60_000;
+
 /** (Re)register the default template from the current image; a changed image gives a new version. */
 export async function registerTemplate(store: Store, id: string, image: BuiltImage, cfg: HearthConfig): Promise<Template> {
   const existing = store.getTemplate(id);
@@ -71,6 +74,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
   await mkdir(join(cfg.dataDir, 'sandboxes'), { recursive: true });
   const store = new Store(join(cfg.dataDir, 'hearth.db'));
   let network: DaemonNetwork | undefined;
+  let purgeTimer: NodeJS.Timeout | undefined;
   try {
     network = await createNetwork(cfg, store, log);
     const [vmmChoice, storageChoice] = await Promise.all([chooseVmm(cfg, network.choice.kind), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
@@ -117,12 +121,25 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         capacityMemoryMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit),
       },
     });
+    // Before recovery, so sandboxes it fails follow the same retention (0: deleted as they end).
+    manager.setEndedRetention(cfg.endedRetentionHours);
     const recovered = await manager.recover(AbortSignal.timeout(120_000));
     const report = await manager.reconcile();
     report.recovered = recovered;
     await network.finishRecovery();
     manager.startExpiry();
     manager.startReconciler();
+    const purge = (atStart: boolean): void => {
+      try {
+        const n = manager.purgeEnded().length;
+        if (n > 0 || atStart) log.info({ purged: n, retentionHours: cfg.endedRetentionHours }, `retention: purged ${n} sandboxes that ended more than ${cfg.endedRetentionHours} h ago`);
+      } catch (err) {
+        log.error({ err: String(err) }, 'retention: purging ended sandboxes failed');
+      }
+    };
+    purge(true);
+    purgeTimer = setInterval(() => purge(false), PURGE_INTERVAL_MS);
+    purgeTimer.unref();
     if (cfg.warmOnStart && cfg.warmTemplates && opts.image) {
       // In the background: the API is up at once; a create that comes first waits for this build.
       const t = store.getTemplate(DEFAULT_TEMPLATE)!;
@@ -142,6 +159,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     return {
       app, manager, store, network: net, url,
       async close(opts = {}) {
+        clearInterval(purgeTimer);
         manager.close();
         await app.close();
         try {
@@ -152,6 +170,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       },
     };
   } catch (err) {
+    clearInterval(purgeTimer);
     await network?.close().catch(() => undefined);
     store.close();
     throw err;

@@ -30,6 +30,8 @@ export class Store {
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
+    // Deleted and overwritten content is zeroed, so a dropped token or env value does not linger in free space.
+    this.db.pragma('secure_delete = ON');
     this.migrate();
   }
 
@@ -112,6 +114,42 @@ export class Store {
 
   deleteSandbox(id: string): void {
     this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+  }
+
+  // ---- retention: an ended sandbox loses its secrets at once (sandboxToRow) and its rows after a while
+
+  /**
+   * Delete the sandboxes that ended (destroyed, or failed with nothing left on
+   * the host) at or before `endedBefore` (ISO time), with their journal and
+   * idempotency rows, except those `skip` names (busy). Snapshots taken from
+   * them stay: they are the user's. Also rewrites ended rows that still hold
+   * secrets (written before secrets were dropped at the end), then checkpoints
+   * the WAL so the old page images go too. Returns the ids deleted.
+   */
+  purgeEndedSandboxes(endedBefore: string, skip: (id: string) => boolean = () => false): { purged: string[]; scrubbed: number } {
+    const out = this.db.transaction(() => {
+      const stale = this.db.prepare(`SELECT * FROM sandboxes WHERE state IN ('destroyed', 'failed')
+        AND (agent_token != '' OR env_vars != '{}' OR json_extract(net_policy, '$.trafficToken') != '')`).all() as Row[];
+      for (const r of stale) this.updateSandbox(sandboxFromRow(r));
+      const due = this.db.prepare(`SELECT id FROM sandboxes WHERE ${PURGEABLE} AND COALESCE(ended_at, created_at) <= ?`)
+        .all(endedBefore) as { id: string }[];
+      const purged = due.map((r) => r.id).filter((id) => !skip(id) && this.purgeRows(id));
+      return { purged, scrubbed: stale.length };
+    })();
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
+    return out;
+  }
+
+  /** Delete one ended sandbox now (retention 0), if it has ended and holds nothing on the host. */
+  purgeEndedSandbox(id: string): boolean {
+    return this.db.transaction(() => this.purgeRows(id))();
+  }
+
+  private purgeRows(id: string): boolean {
+    if (this.db.prepare(`DELETE FROM sandboxes WHERE id = ? AND ${PURGEABLE}`).run(id).changes !== 1) return false;
+    this.db.prepare('DELETE FROM journal WHERE sandbox_id = ?').run(id);
+    this.db.prepare('DELETE FROM idempotency WHERE sandbox_id = ?').run(id);
+    return true;
   }
 
   // ---- snapshots
@@ -234,7 +272,27 @@ function templateFromRow(r: Row): Template {
   };
 }
 
-function sandboxToRow(s: SandboxRecord): Row {
+/** Ended for good: nothing in the guest can be reached any more, and the row is purged after the retention time. */
+export function isEnded(state: SandboxState): boolean {
+  return state === 'destroyed' || state === 'failed';
+}
+
+/** Ended, and nothing on the host left to release (a failed destroy keeps its handles for the next try). */
+const PURGEABLE = `state IN ('destroyed', 'failed') AND vmm IS NULL AND disk IS NULL AND network IS NULL`;
+
+/**
+ * A record without its secrets, as an ended sandbox keeps it: no agent token,
+ * no env vars (names and values both go), and a traffic token of '' in place of
+ * one it had (so the record still says its traffic was not public). Metadata
+ * stays: it is labels, shown in listings, until the row is purged.
+ */
+export function withoutSecrets(s: SandboxRecord): SandboxRecord {
+  return { ...s, agentToken: '', envVars: {}, netPolicy: { ...s.netPolicy, trafficToken: s.netPolicy.trafficToken === null ? null : '' } };
+}
+
+/** The row written for a record; an ended sandbox's never carries its secrets, whoever ended it. */
+function sandboxToRow(rec: SandboxRecord): Row {
+  const s = isEnded(rec.state) ? withoutSecrets(rec) : rec;
   return {
     ...s,
     envVars: JSON.stringify(s.envVars),
