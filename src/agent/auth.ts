@@ -17,13 +17,15 @@ export function headerValue(req: IncomingMessage, name: string): string | undefi
 }
 
 /**
- * Routes exempt from the X-Access-Token check (envd.md §3). `/files` does its own check
- * (token or URL signature); `/init` checks the token only when it would change it.
+ * Routes exempt from the X-Access-Token check; `pathname` is the normalised path
+ * (src/util/request-target.ts). `/files` does its own check (token or URL signature).
+ * `/init` is not exempt: once a token is set, every `/init` must present it, whatever
+ * its body (it sets the env, default user, workdir and clock), and the init handler
+ * checks again under its lock. Before the first token (a cold boot) it is open.
  */
 export function isExemptRoute(method: string, pathname: string): boolean {
   if (pathname === '/health') return method === 'GET' || method === 'HEAD';
   if (pathname === '/files') return method === 'GET' || method === 'POST' || method === 'HEAD';
-  if (pathname === '/init') return method === 'POST';
   return false;
 }
 

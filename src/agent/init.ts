@@ -4,7 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { headerValue, safeEqual } from './auth.js';
 import { BodyTooLargeError, readBody, sendError, sendJson } from './http-util.js';
 import { errorMessage, log } from './log.js';
-import { ENVD_VERSION, HEADER_ACCESS_TOKEN, type InitRequestBody } from './protocol.js';
+import { ENVD_VERSION, HEADER_ACCESS_TOKEN, UNAUTHORIZED_MESSAGE, type InitRequestBody } from './protocol.js';
 import type { AgentState } from './state.js';
 import { lookupUser } from './users.js';
 
@@ -96,13 +96,22 @@ function setClock(dateBin: string, ms: number): Promise<void> {
 
 /**
  * `POST /init`: sandbox env, access token, default user/workdir, clock, and Hearth's extension
- * (sandbox id, entropy). Calls are serialized. An existing token can only be replaced or cleared
- * by a request that presents it in X-Access-Token.
+ * (sandbox id, entropy). Calls are serialized. Once a token is set, every call must present it
+ * in X-Access-Token (constant-time compare), whatever the body; only the first call after a cold
+ * boot, with no token yet, is accepted without one. The server's token gate checks this too;
+ * the check here runs under the lock, so a tokenless call that passed the gate while the first
+ * /init was still applying is refused once that /init has set the token.
  */
 export function createInitHandler(state: AgentState): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   let lock: Promise<void> = Promise.resolve();
 
   const apply = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (state.accessToken !== undefined) {
+      const presented = headerValue(req, HEADER_ACCESS_TOKEN);
+      if (presented === undefined || !safeEqual(presented, state.accessToken)) {
+        return sendJson(res, 401, { code: 401, message: UNAUTHORIZED_MESSAGE });
+      }
+    }
     let raw: unknown = {};
     try {
       const body = await readBody(req, MAX_INIT_BODY);
@@ -118,16 +127,8 @@ export function createInitHandler(state: AgentState): (req: IncomingMessage, res
       return sendText(res, 400, errorMessage(e));
     }
 
-    if (p.accessToken !== undefined) {
-      const next = p.accessToken ?? undefined;
-      if (state.accessToken !== undefined && next !== state.accessToken) {
-        const presented = headerValue(req, HEADER_ACCESS_TOKEN);
-        if (presented === undefined || !safeEqual(presented, state.accessToken)) {
-          return sendJson(res, 401, { code: 401, message: 'access token reset not authorized' });
-        }
-      }
-      state.accessToken = next;
-    }
+    // The caller presented the current token (checked above), so it may replace or clear it.
+    if (p.accessToken !== undefined) state.accessToken = p.accessToken ?? undefined;
     if (p.envVars) state.envVars = p.envVars;
     if (p.defaultUser) state.defaultUser = p.defaultUser;
     if (p.defaultWorkdir !== undefined) state.defaultWorkdir = p.defaultWorkdir ?? undefined;

@@ -5,6 +5,7 @@ import type { ConnectRouter } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
 import { Process } from '../gen/process/process_pb.js';
+import { normaliseTarget } from '../util/request-target.js';
 import { isExemptRoute, tokenAccepted } from './auth.js';
 import { UserCgroup } from './cgroup.js';
 import { applyCors } from './cors.js';
@@ -69,8 +70,17 @@ export function createAgent(config: AgentConfig): Agent {
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const method = req.method ?? 'GET';
-    const url = new URL(req.url ?? '/', 'http://agent');
-    const pathname = url.pathname;
+    // One canonical target (the same function hearthd's envd proxy decides on), set back on
+    // req.url so every handler, the Connect adapter included, sees only that form. The URL is
+    // built from it by concatenation: as a relative reference, `//init` would parse as a host.
+    const target = normaliseTarget(req.url ?? '/');
+    if (!target.ok) {
+      sendError(res, 400, `bad request target: ${target.message}`);
+      return;
+    }
+    req.url = target.path + target.query;
+    const url = new URL('http://agent' + target.path + target.query);
+    const pathname = target.path;
 
     if (applyCors(req, res)) return;
     if (!isExemptRoute(method, pathname) && !tokenAccepted(req, state.accessToken)) {

@@ -5,33 +5,48 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { SandboxManager } from '../core/manager.js';
 import { HearthError } from '../core/errors.js';
 import { AGENT_PORT } from '../agent/protocol.js';
-
-/** envd routes that belong to the control plane only (envd.md §4.3). */
-const INTERNAL_PATHS = new Set(['/init', '/freeze', '/unfreeze', '/collapse', '/fsfreeze', '/fsthaw', '/upgrade']);
+import { isControlPlanePath, normaliseTarget } from '../util/request-target.js';
 
 /** Hop-by-hop headers are connection-specific and must not be forwarded (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
 
 const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256 });
 
-export interface ProxyTarget { sandboxId: string; port: number; path: string }
+/**
+ * `path` is the envd target (path and query) in its canonical form
+ * (src/util/request-target.ts), exactly what is forwarded to the agent; when the
+ * target was refused, `invalid` says why and the request is answered 400.
+ */
+export interface ProxyTarget { sandboxId: string; port: number; path: string; invalid?: string }
+
+/** `/sandboxes/<id>/envd`, followed by the envd target (or nothing, meaning `/`). */
+const ENVD_PATH_FORM = /^\/sandboxes\/([a-z0-9]{1,64})\/envd(?=[/?#]|$)/;
+
+/** The canonical envd target of a raw one; `invalid` set when it is refused. */
+function envdTarget(sandboxId: string, port: number, raw: string): ProxyTarget {
+  const n = normaliseTarget(raw);
+  return n.ok ? { sandboxId, port, path: n.path + n.query } : { sandboxId, port, path: raw, invalid: n.message };
+}
 
 /**
  * Which requests are envd traffic for a sandbox:
  *  - path form  `/sandboxes/<id>/envd/<rest>` (what Hearth's SDK, CLI and dashboard use);
  *  - header form `E2b-Sandbox-Id` + `E2b-Sandbox-Port` on any path (E2B SDKs with E2B_SANDBOX_URL=<hearthd>).
+ * The envd target (`<rest>`, or the whole target in the header form) is normalised here,
+ * whether or not the caller already normalised the URL: hearthd and the agent must decide
+ * on the same string, and the agent routes on this normalised form.
  */
 export function proxyTargetOf(url: string, headers: IncomingMessage['headers']): ProxyTarget | null {
-  const m = /^\/sandboxes\/([a-z0-9]{1,64})\/envd(\/.*)?$/.exec(url.split('?')[0] ?? '');
+  const m = ENVD_PATH_FORM.exec(url);
   if (m) {
-    const query = url.includes('?') ? url.slice(url.indexOf('?')) : '';
-    return { sandboxId: m[1]!, port: AGENT_PORT, path: (m[2] ?? '/') + query };
+    const rest = url.slice(m[0].length); // '', or starting with '/', '?' or '#'
+    return envdTarget(m[1]!, AGENT_PORT, rest.startsWith('/') ? rest : '/' + rest);
   }
   const id = headers['e2b-sandbox-id'];
   if (typeof id === 'string' && id.length > 0) {
     const portHeader = headers['e2b-sandbox-port'];
     const port = typeof portHeader === 'string' && /^\d+$/.test(portHeader) ? Number(portHeader) : AGENT_PORT;
-    return { sandboxId: id, port, path: url };
+    return envdTarget(id, port, url);
   }
   return null;
 }
@@ -52,8 +67,15 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 export async function proxyToSandbox(
   manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse, streams?: StreamRegistry,
 ): Promise<void> {
-  const pathOnly = target.path.split('?')[0] ?? '/';
-  if (INTERNAL_PATHS.has(pathOnly)) {
+  // Decide on the canonical form (again: a target built elsewhere may not be), and forward only that.
+  const n = target.invalid === undefined ? normaliseTarget(target.path) : { ok: false as const, message: target.invalid };
+  if (!n.ok) {
+    sendJson(res, 400, { code: 400, message: `bad envd request target: ${n.message}`, error_code: 'invalid_argument' });
+    return;
+  }
+  const pathOnly = n.path;
+  const forwardPath = n.path + n.query;
+  if (isControlPlanePath(pathOnly)) {
     sendJson(res, 404, { code: 404, path: pathOnly, message: 'This endpoint is reserved for the Hearth control plane and is not reachable through the sandbox URL' });
     return;
   }
@@ -81,7 +103,7 @@ export async function proxyToSandbox(
     if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
   }
   if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
-  const args: LeasedRequestArgs = { host: endpoint.host, port: endpoint.port, method: req.method, path: target.path, headers, agent: upstreamAgent, lease };
+  const args: LeasedRequestArgs = { host: endpoint.host, port: endpoint.port, method: req.method, path: forwardPath, headers, agent: upstreamAgent, lease };
   const up = httpRequest(args);
   // Cut at once when the sandbox's VM goes away (see StreamRegistry).
   streams?.add(target.sandboxId, res, (fn) => res.once('close', fn));

@@ -361,8 +361,9 @@ describe('agent REST', () => {
       const denied = await fetch(`${secured.baseUrl}/init`, { method: 'POST', body: JSON.stringify({ accessToken: 'other' }) });
       assert.equal(denied.status, 401);
       assert.equal((await fetch(`${secured.baseUrl}/envs`, { headers: { 'X-Access-Token': token } })).status, 200);
-      // Same token again needs no proof (idempotent re-init after resume).
-      assert.equal((await fetch(`${secured.baseUrl}/init`, { method: 'POST', body: JSON.stringify({ accessToken: token }) })).status, 204);
+      // Once a token is set every /init needs it, even one that keeps the token (re-init after resume).
+      assert.equal((await fetch(`${secured.baseUrl}/init`, { method: 'POST', body: JSON.stringify({ accessToken: token }) })).status, 401);
+      assert.equal((await fetch(`${secured.baseUrl}/init`, { method: 'POST', headers: { 'X-Access-Token': token }, body: JSON.stringify({ accessToken: token }) })).status, 204);
       const next = token + '-2';
       const ok = await fetch(`${secured.baseUrl}/init`, { method: 'POST', headers: { 'X-Access-Token': token }, body: JSON.stringify({ accessToken: next }) });
       assert.equal(ok.status, 204);
