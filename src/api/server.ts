@@ -10,11 +10,10 @@ import { proxyTargetOf, proxyToSandbox } from './proxy.js';
 import { sandboxPortProxy } from './port-proxy.js';
 import { StreamRegistry } from '../util/stream-registry.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
+import { templateRoutes } from './routes/templates.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
-import { ErrorSchema, TemplateSchema } from './schemas.js';
-import { presentTemplate } from './present.js';
-import { NotFoundError } from '../core/errors.js';
+import { ErrorSchema } from './schemas.js';
 import { isPublicPath, verifyApiKey } from './auth.js';
 
 /** How long close() lets requests in flight finish before it cuts their connections. */
@@ -124,17 +123,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   app.get('/doctor', { schema: { summary: 'Host capabilities and the drivers in use', tags: ['host'] } }, async () => deps.doctor());
 
-  app.get('/templates', { schema: { summary: 'List templates', tags: ['templates'], response: { 200: Type.Array(TemplateSchema) } } },
-    async () => deps.store.listTemplates().map(presentTemplate));
-
-  app.get('/templates/:templateID', {
-    schema: { summary: 'Get a template', tags: ['templates'], params: Type.Object({ templateID: Type.String({ maxLength: 128 }) }), response: { 200: TemplateSchema, 404: ErrorSchema } },
-  }, async (req) => {
-    const t = deps.store.getTemplate(req.params.templateID);
-    if (!t) throw new NotFoundError(`template ${req.params.templateID} does not exist`);
-    return presentTemplate(t);
-  });
-
+  templateRoutes(app, deps.manager, deps.store);
   sandboxRoutes(app, deps.manager, deps.store);
   snapshotRoutes(app, deps.manager, deps.store);
   webRoutes(app); // dashboard at / and /ui/* (docs/dashboard.md)

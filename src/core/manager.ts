@@ -4,9 +4,9 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Cleanup } from './cleanup.js';
 import {
-  CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted,
+  CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted, type ErrorCode,
 } from './errors.js';
-import { newAgentToken, newSandboxId, newTrafficToken } from './ids.js';
+import { newAgentToken, newSandboxId, newTrafficToken, randomId } from './ids.js';
 import { KeyedLock } from './lock.js';
 import type { Logger } from './log.js';
 import { assertTransition } from './state.js';
@@ -17,6 +17,7 @@ import { withoutSecrets, type Store } from '../store/store.js';
 import type { Vmm, VmmKind } from '../vmm/types.js';
 import type { EgressPolicy } from '../network/types.js';
 import { exists, removeTree } from '../util/fs.js';
+import { abortError, abortable } from '../util/abort.js';
 import {
   FILES, pausedDir, sandboxDir, type LiveSandbox, type ManagerDeps,
 } from './flows/context.js';
@@ -35,8 +36,15 @@ export interface CreateSandboxInput {
   metadata?: Record<string, string>;
   timeoutSec?: number;
   lifecycle?: Partial<Pick<Lifecycle, 'onTimeout' | 'autoResume' | 'autoExtend'>>;
-  /** A retried create with the same key returns the first one's sandbox instead of making another. */
+  /**
+   * A retried create with the same key (and the same request) gets the first
+   * one's outcome instead of making another sandbox; see `createSandbox`.
+   */
   idempotencyKey?: string;
+  /** Whose key it is (the API key's id); keys of different owners never meet. Default ''. */
+  idempotencyScope?: string;
+  /** Hash of the canonical request the key came with (the API hashes its body); default: of this input. */
+  requestHash?: string;
   network?: {
     /** Egress policy; fields not given take the host's default. */
     egress?: Partial<EgressPolicy>;
@@ -56,6 +64,55 @@ export interface ReconcileReport {
 
 export interface ForkResult { sandbox?: SandboxRecord; error?: { code: string; message: string } }
 
+/** Settings of the manager beyond ManagerConfig's; each has a default. */
+export interface ManagerSettings {
+  /** Most warm snapshots (distinct shapes) kept per template, builds in flight included (default 4). */
+  warmShapesPerTemplate?: number;
+}
+
+export type SandboxManagerDeps = ManagerDeps & { config: ManagerDeps['config'] & ManagerSettings };
+
+export const DEFAULT_WARM_SHAPES_PER_TEMPLATE = 4;
+
+/** An idempotency key is forgotten this long after its first use. */
+export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+
+/** The idempotency key was first used with another request (the API answers 422). */
+export class IdempotencyMismatchError extends InvalidArgumentError {
+  constructor(readonly key: string) {
+    super(`Idempotency-Key ${JSON.stringify(key)} was first used with a different request; send the same request to get its outcome, or use a new key`, 'idempotency-key');
+  }
+}
+
+/** A template's warm snapshot as the API lists it. */
+export interface TemplateSnapshotInfo {
+  snapshot: SnapshotRecord;
+  lastUsedAt: string;
+  /** Allocated bytes of its files. */
+  sizeBytes: number;
+  /** Made from the template's current image, kernel, network backend and VMM (else never used again, and dropped first). */
+  current: boolean;
+  /** Creates restoring from it right now. */
+  inUse: number;
+}
+
+/** A create's hold on a warm snapshot while it restores from it: such a snapshot is never removed. */
+interface WarmLease { snapshot: SnapshotRecord; release(): void }
+
+/** A warm-snapshot build shared by the creates that wait for it; aborted when the last one leaves. */
+interface WarmBuild {
+  templateId: string;
+  ac: AbortController;
+  waiters: Set<{ lease: WarmLease | null }>;
+  promise: Promise<SnapshotRecord>;
+}
+
+/** An idempotency key claimed by a create in flight. */
+interface KeyClaim { scope: string; key: string; sandboxId: string; done(): void }
+
+/** Warm snapshot directories: `<warm key prefix>-<vcpus>c-<memory>m-<random>` (older ones without the suffix). */
+const WARM_DIR = /^[0-9a-f]{16}-\d+c-\d+m(-[a-z0-9]+)?(\.staging)?$/;
+
 /** Pause steps during which the VMM still runs (src/core/flows/pause.ts): an interrupted pause there is undone. */
 const BEFORE_STOP = new Set(['start', 'snapshot', 'flush']);
 
@@ -63,7 +120,7 @@ const BEFORE_STOP = new Set(['start', 'snapshot', 'flush']);
 const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming', 'destroying'];
 
 /**
- * The sandbox manager: the state machine of DESIGN §3. Every operation takes
+ * The sandbox manager: the sandbox state machine. Every operation takes
  * the sandbox's lock, journals its steps, registers a compensation for each
  * resource it acquires, and runs cleanup with a fresh signal on failure. The
  * flows themselves live in ./flows; drivers are reached only through the Vmm,
@@ -76,7 +133,14 @@ export class SandboxManager {
   private closed = false;
   private readonly lock = new KeyedLock();
   private readonly starts: Semaphore;
-  private readonly warming = new Map<string, Promise<SnapshotRecord>>();
+  /** Warm-snapshot builds in flight, by template/warm key/shape. */
+  private readonly warming = new Map<string, WarmBuild>();
+  /** Creates restoring from each template snapshot right now (by snapshot id). */
+  private readonly warmUses = new Map<string, number>();
+  /** Idempotency keys whose create is in flight here, and how to wait for it. */
+  private readonly keysInFlight = new Map<string, Promise<void>>();
+  /** Builds and file removals running in the background (settled() waits for them). */
+  private readonly background = new Set<Promise<void>>();
   private readonly log: Logger;
   private expiryTimer: NodeJS.Timeout | undefined;
   private reconcileTimer: NodeJS.Timeout | undefined;
@@ -84,13 +148,13 @@ export class SandboxManager {
   /** How long ended sandboxes stay (ms); null: until purged by hand (setEndedRetention not called). */
   private endedRetentionMs: number | null = null;
 
-  constructor(private readonly deps: ManagerDeps) {
+  constructor(private readonly deps: SandboxManagerDeps) {
     this.log = deps.log;
     this.starts = new Semaphore(deps.config.maxConcurrentStarts);
   }
 
   private get store(): Store { return this.deps.store; }
-  private get config(): ManagerDeps['config'] { return this.deps.config; }
+  private get config(): SandboxManagerDeps['config'] { return this.deps.config; }
 
   // ---------------------------------------------------------------- queries
 
@@ -207,6 +271,7 @@ export class SandboxManager {
   // ---------------------------------------------------------------- create
 
   private resolveSource(input: CreateSandboxInput): { template: Template; snapshot: SnapshotRecord | null } {
+    if (typeof input.templateId !== 'string' || input.templateId === '') throw new InvalidArgumentError('templateID must be a non-empty string', 'templateID');
     const template = this.store.getTemplate(input.templateId);
     if (template) return { template, snapshot: null };
     const snapshot = this.store.findSnapshot(input.templateId);
@@ -277,30 +342,86 @@ export class SandboxManager {
    * on the user's time when a snapshot can be had; from a named snapshot: restore it.
    */
   async create(input: CreateSandboxInput, signal: AbortSignal): Promise<SandboxRecord> {
+    return (await this.createSandbox(input, signal)).sandbox;
+  }
+
+  /**
+   * create(), and whether the answer replays an earlier request's. In three
+   * phases, cheapest first, so that a request that will be refused costs
+   * nothing: validate everything (source, shape, timeout, env, metadata,
+   * lifecycle, network policy: the record is built, not stored); admit it (the
+   * idempotency key, then host capacity); only then work (a warm snapshot for
+   * a new shape, the VM).
+   *
+   * Idempotency (`idempotencyKey`, per `idempotencyScope`, for 24 h): a replay
+   * with the same request gets the first create's sandbox (replayed: true), or
+   * its failure as the same error; one with another request is refused
+   * (IdempotencyMismatchError); one that arrives while the first is in flight
+   * waits for it. A create refused before it started (bad input, no capacity)
+   * or cancelled by its caller gives its key back, so a retry creates.
+   */
+  async createSandbox(input: CreateSandboxInput, signal: AbortSignal): Promise<{ sandbox: SandboxRecord; replayed: boolean }> {
     throwIfAborted(signal);
+    // 1. Validate: no side effects.
     const { template, snapshot } = this.resolveSource(input);
     const shape = this.validateShape(template, snapshot, input);
-    let source: LaunchSource;
-    if (snapshot) {
-      source = { kind: 'restore', template, snapshot };
-    } else if (!this.config.warmTemplates) {
-      source = { kind: 'boot', template };
-    } else {
-      const warm = await this.templateSnapshot(template, shape.vcpus, shape.memoryMib, signal).catch((err: unknown) => {
-        this.log.warn({ template: template.id, err: errorMessage(err) }, 'no warm snapshot; cold boot');
-        return null;
-      });
-      source = warm ? { kind: 'restore', template, snapshot: warm } : { kind: 'boot', template };
-    }
+    validateCreateInput(input);
     const rec = this.newRecord(template, snapshot, shape, input);
-    if (input.idempotencyKey) {
-      const existing = this.store.claimIdempotencyKey(input.idempotencyKey, rec.id);
-      // Wait for the first request's create to finish, then answer with its sandbox.
-      if (existing) return this.lock.run(existing, 'idempotent create', async () => this.get(existing));
+    // 2. Admit: the key first (a replay must not need capacity), then capacity.
+    let claim: KeyClaim | null = null;
+    if (input.idempotencyKey !== undefined) {
+      const held = await this.claimKey(input, rec.id, signal);
+      if ('replay' in held) return { sandbox: held.replay, replayed: true };
+      claim = held.claim;
     }
-    this.checkCapacity(shape.memoryMib);
-    this.store.insertSandbox(rec);
-    return this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, source, signal)));
+    try {
+      this.checkCapacity(shape.memoryMib);
+      throwIfAborted(signal);
+      this.store.insertSandbox(rec);
+    } catch (err) {
+      if (claim) this.finishKey(claim, null);
+      throw err;
+    }
+    // 3. Work. The sandbox's lock is held from here, while a warm snapshot is built too.
+    try {
+      const sandbox = await this.lock.run(rec.id, 'create', () => this.startSandbox(rec, template, snapshot, signal));
+      if (claim) this.finishKey(claim, { state: 'created' });
+      return { sandbox, replayed: false };
+    } catch (err) {
+      if (claim) {
+        const code = err instanceof HearthError ? err.code : 'internal';
+        this.finishKey(claim, code === 'aborted' ? null : { state: 'failed', errorCode: code, errorMessage: errorMessage(err) });
+      }
+      throw err;
+    }
+  }
+
+  /** Where the VM of a stored, admitted create comes from, then the launch itself. */
+  private async startSandbox(rec: SandboxRecord, template: Template, snapshot: SnapshotRecord | null, signal: AbortSignal): Promise<SandboxRecord> {
+    let lease: WarmLease | null = null;
+    try {
+      let source: LaunchSource;
+      if (snapshot) {
+        source = { kind: 'restore', template, snapshot };
+      } else if (!this.config.warmTemplates) {
+        source = { kind: 'boot', template };
+      } else {
+        try {
+          lease = await this.warmLease(template, rec.vcpus, rec.memoryMib, signal);
+          if (!lease) this.log.info({ template: template.id, vcpus: rec.vcpus, memoryMib: rec.memoryMib }, `template ${template.id} keeps ${this.warmCap()} warm shapes, all in use: this create cold-boots and keeps no snapshot`);
+        } catch (err) {
+          if (signal.aborted) {
+            this.markFailed(rec, 'create cancelled while waiting for the template\'s warm snapshot');
+            throw abortError(signal);
+          }
+          this.log.warn({ template: template.id, err: errorMessage(err) }, 'no warm snapshot; cold boot');
+        }
+        source = lease ? { kind: 'restore', template, snapshot: lease.snapshot } : { kind: 'boot', template };
+      }
+      return await this.starts.run(() => this.doCreate(rec, source, signal));
+    } finally {
+      lease?.release();
+    }
   }
 
   /** Refuse (503) rather than overcommit host memory past the configured ratio. Paused sandboxes use none. */
@@ -343,43 +464,236 @@ export class SandboxManager {
     }
   }
 
+  // ---------------------------------------------------------------- idempotency keys
+
+  /**
+   * Claim the create's idempotency key, or answer from the create that holds
+   * it: its sandbox (a replay), its failure, a 422 for another request, or
+   * (while it runs here) wait for it and look again.
+   */
+  private async claimKey(input: CreateSandboxInput, sandboxId: string, signal: AbortSignal): Promise<{ claim: KeyClaim } | { replay: SandboxRecord }> {
+    const key = input.idempotencyKey!;
+    const scope = input.idempotencyScope ?? '';
+    const requestHash = input.requestHash ?? hashCreateInput(input);
+    const id = `${scope}\0${key}`;
+    for (;;) {
+      throwIfAborted(signal);
+      const held = this.store.claimIdempotencyKey({ scope, key, requestHash, sandboxId }, new Date(Date.now() - IDEMPOTENCY_TTL_MS).toISOString());
+      if (!held) {
+        let resolve!: () => void;
+        const inFlight = new Promise<void>((r) => { resolve = r; });
+        this.keysInFlight.set(id, inFlight);
+        return { claim: { scope, key, sandboxId, done: () => { if (this.keysInFlight.get(id) === inFlight) this.keysInFlight.delete(id); resolve(); } } };
+      }
+      if (held.requestHash !== null && held.requestHash !== requestHash) throw new IdempotencyMismatchError(key);
+      const inFlight = this.keysInFlight.get(id);
+      if (held.state === 'pending' && inFlight) { await abortable(inFlight, signal); continue; }
+      const first = this.store.getSandbox(held.sandboxId);
+      // Its sandbox is gone (purged, or a key burned by an older daemon): the key is free again.
+      if (!first) { this.store.releaseIdempotencyKey(scope, key, held.sandboxId); continue; }
+      const replayNote = `(the create first sent with Idempotency-Key ${JSON.stringify(key)} failed; a new key tries again)`;
+      if (held.state === 'failed') {
+        const code = (held.errorCode ?? 'internal') as ErrorCode;
+        throw new HearthError(ERROR_CODES.has(code) ? code : 'internal', `${held.errorMessage ?? 'create failed'} ${replayNote}`);
+      }
+      // Settled before outcomes were recorded, or interrupted by a restart: the sandbox says how it went.
+      if (first.state === 'failed' && first.startedAt === null) throw new HostFailureError(`sandbox ${first.id}: ${first.endReason ?? 'create failed'} ${replayNote}`);
+      if (first.state === 'creating') throw new ConflictError(`the create first sent with Idempotency-Key ${JSON.stringify(key)} (sandbox ${first.id}) is still in progress; retry later`);
+      return { replay: first };
+    }
+  }
+
+  /** The create that claimed a key ended: record its outcome, or (null) give the key back; then wake who waits. */
+  private finishKey(claim: KeyClaim, outcome: { state: 'created' } | { state: 'failed'; errorCode: string; errorMessage: string } | null): void {
+    try {
+      if (outcome) this.store.settleIdempotencyKey(claim.scope, claim.key, claim.sandboxId, outcome);
+      else this.store.releaseIdempotencyKey(claim.scope, claim.key, claim.sandboxId);
+    } finally {
+      claim.done();
+    }
+  }
+
   // ---------------------------------------------------------------- warm templates
+
+  private warmCap(): number { return this.config.warmShapesPerTemplate ?? DEFAULT_WARM_SHAPES_PER_TEMPLATE; }
 
   /**
    * The template's warm snapshot for a VM shape: boot once, wait for the agent,
-   * snapshot, throw the build VM away. Concurrent callers share one build.
+   * snapshot, throw the build VM away. Concurrent callers share one build. For
+   * the daemon's warm-up at start; creates hold a lease instead (warmLease).
    */
-  templateSnapshot(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<SnapshotRecord> {
-    const found = this.store.findTemplateSnapshot(template.id, this.warmKey(template), vcpus, memoryMib);
-    if (found) return Promise.resolve(found);
-    const key = `${template.id}/${this.warmKey(template)}/${vcpus}/${memoryMib}`;
-    let p = this.warming.get(key);
-    if (!p) {
-      p = this.buildTemplateSnapshot(template, vcpus, memoryMib).finally(() => this.warming.delete(key));
-      this.warming.set(key, p);
-    }
-    return abortable(p, signal);
+  async templateSnapshot(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<SnapshotRecord> {
+    const lease = await this.warmLease(template, vcpus, memoryMib, signal);
+    if (!lease) throw new ConflictError(`template ${template.id} keeps ${this.warmCap()} warm shapes and every one is in use; ${vcpus} vCPU / ${memoryMib} MiB is not kept`);
+    lease.release();
+    return lease.snapshot;
   }
 
-  private async buildTemplateSnapshot(template: Template, vcpus: number, memoryMib: number): Promise<SnapshotRecord> {
+  /**
+   * A hold on the template's warm snapshot for this shape (found, or built and
+   * shared by every caller that waits for it), or null when the template
+   * already keeps as many shapes as allowed and none of them can go.
+   */
+  private warmLease(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<WarmLease | null> {
+    if (signal.aborted) return Promise.reject(abortError(signal));
+    const warmKey = this.warmKey(template);
+    const found = this.store.findTemplateSnapshot(template.id, warmKey, vcpus, memoryMib);
+    if (found) {
+      this.store.touchSnapshot(found.id);
+      return Promise.resolve(this.holdWarm(found));
+    }
+    const key = `${template.id}/${warmKey}/${vcpus}/${memoryMib}`;
+    let build = this.warming.get(key);
+    if (!build) {
+      if (!this.makeRoom(template, warmKey)) return Promise.resolve(null);
+      build = this.startBuild(key, template, vcpus, memoryMib);
+    }
+    return this.waitForBuild(build, signal);
+  }
+
+  private holdWarm(snapshot: SnapshotRecord): WarmLease {
+    this.warmUses.set(snapshot.id, (this.warmUses.get(snapshot.id) ?? 0) + 1);
+    let held = true;
+    return {
+      snapshot,
+      release: () => {
+        if (!held) return;
+        held = false;
+        const n = (this.warmUses.get(snapshot.id) ?? 1) - 1;
+        if (n > 0) this.warmUses.set(snapshot.id, n); else this.warmUses.delete(snapshot.id);
+      },
+    };
+  }
+
+  /**
+   * Room for one more shape of `template` within warmShapesPerTemplate (builds
+   * in flight count): remove the least recently used snapshots that no create
+   * is restoring from (other images' first). The template's own shape (the one
+   * the daemon warms at start) is never removed this way. False: none can go.
+   */
+  private makeRoom(template: Template, warmKey: string): boolean {
+    const rows = this.store.listTemplateSnapshots(template.id);
+    const building = [...this.warming.values()].filter((b) => b.templateId === template.id).length;
+    const excess = rows.length + building + 1 - this.warmCap();
+    if (excess <= 0) return true;
+    const isDefault = (s: SnapshotRecord): boolean => s.imageHash === warmKey && s.vcpus === template.vcpus && s.memoryMib === template.memoryMib;
+    const candidates = rows
+      .filter((s) => !this.warmUses.has(s.id) && !isDefault(s))
+      .sort((a, b) => Number(a.imageHash === warmKey) - Number(b.imageHash === warmKey));
+    if (candidates.length < excess) return false;
+    for (const s of candidates.slice(0, excess)) {
+      this.log.info({ template: template.id, snapshot: s.id, vcpus: s.vcpus, memoryMib: s.memoryMib, lastUsedAt: s.lastUsedAt }, `template ${template.id}: dropping the least recently used warm shape (${s.vcpus} vCPU, ${s.memoryMib} MiB) to keep ${this.warmCap()}`);
+      this.dropTemplateSnapshotNow(s);
+    }
+    return true;
+  }
+
+  /** The row goes at once (no create finds it any more), the files in the background. */
+  private dropTemplateSnapshotNow(s: SnapshotRecord): Promise<void> {
+    this.store.deleteSnapshot(s.id);
+    const removal = removeSnapshotFiles(s).catch((err: unknown) => this.log.error({ snapshot: s.id, dir: s.dir, err: errorMessage(err) }, 'could not remove a warm snapshot\'s files'));
+    this.inBackground(removal);
+    return removal;
+  }
+
+  private inBackground(p: Promise<void>): void {
+    this.background.add(p);
+    void p.finally(() => this.background.delete(p));
+  }
+
+  private startBuild(key: string, template: Template, vcpus: number, memoryMib: number): WarmBuild {
+    const build: WarmBuild = { templateId: template.id, ac: new AbortController(), waiters: new Set(), promise: Promise.resolve(null as unknown as SnapshotRecord) };
+    // An abandoned build stops being the one new callers join at once (its cleanup may take a while).
+    const forget = (): void => { if (this.warming.get(key) === build) this.warming.delete(key); };
+    build.ac.signal.addEventListener('abort', forget, { once: true });
+    this.warming.set(key, build);
+    build.promise = this.buildTemplateSnapshot(template, vcpus, memoryMib, build);
+    this.inBackground(build.promise.then(forget, forget));
+    return build;
+  }
+
+  /**
+   * Wait for a shared build on this caller's signal. The build runs while at
+   * least one caller waits; when the last one leaves, it is aborted (and
+   * removes everything it made). Callers still waiting when it finishes are
+   * each handed a lease before any other code runs, so the new snapshot cannot
+   * be removed between its making and their restores.
+   */
+  private waitForBuild(build: WarmBuild, signal: AbortSignal): Promise<WarmLease> {
+    const waiter: { lease: WarmLease | null } = { lease: null };
+    build.waiters.add(waiter);
+    return new Promise<WarmLease>((resolve, reject) => {
+      const leave = (): void => {
+        // Already handed a lease: this caller gets it (and releases it) whatever its signal says.
+        if (!build.waiters.delete(waiter)) return;
+        reject(abortError(signal));
+        if (build.waiters.size === 0) build.ac.abort(new Error('every create waiting for this warm snapshot went away'));
+      };
+      signal.addEventListener('abort', leave, { once: true });
+      build.promise.then((snap) => {
+        signal.removeEventListener('abort', leave);
+        if (waiter.lease) resolve(waiter.lease);
+        // Joined after the hand-over (its row was removed meanwhile): nothing to restore from.
+        else if (build.waiters.delete(waiter)) reject(new ConflictError(`warm snapshot ${snap.id} was removed as it was made`));
+      }, (err: unknown) => {
+        signal.removeEventListener('abort', leave);
+        waiter.lease?.release();
+        if (build.waiters.delete(waiter) || waiter.lease) reject(err);
+      });
+      if (signal.aborted) leave();
+    });
+  }
+
+  /**
+   * Boot a build VM, capture it into a directory of its own, record it, and
+   * destroy the VM. Cancelled (every waiting create left): the VM, its disk and
+   * slot, the partial snapshot and the build's sandbox row go. Too slow or
+   * failed: cleaned up like any failed create (its failed row stays, for the reason).
+   */
+  private async buildTemplateSnapshot(template: Template, vcpus: number, memoryMib: number, build: WarmBuild): Promise<SnapshotRecord> {
     const t0 = performance.now();
-    const signal = AbortSignal.timeout(this.config.bootTimeoutMs + 60_000);
+    const cancelled = build.ac.signal;
+    const signal = AbortSignal.any([cancelled, AbortSignal.timeout(this.config.bootTimeoutMs + 60_000)]);
+    const warmKey = this.warmKey(template);
     const rec = this.newRecord(template, null, { vcpus, memoryMib, timeoutSec: 600 }, { templateId: template.id, metadata: { 'hearth.internal': 'template-build' } });
     this.store.insertSandbox(rec);
-    const built = await this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'boot', template }, signal)));
+    let booted = false;
     try {
-      const snap = await this.lock.run(built.id, 'snapshot', async () => {
-        const live = this.mustLive(built.id);
-        const dir = join(this.config.dataDir, 'templates', template.id, `${this.warmKey(template).slice(0, 16)}-${vcpus}c-${memoryMib}m`);
-        return captureSnapshot(this.deps, built, template, live, { kind: 'template', name: null, dir }, new StepTimer('template snapshot'), signal);
+      // Cancelled while waiting for a start slot: doCreate stops at its first step and fails the row.
+      await this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'boot', template }, signal)));
+      booted = true;
+      const snap = await this.lock.run(rec.id, 'snapshot', async () => {
+        const live = this.mustLive(rec.id);
+        // A directory per build: a rebuilt shape never reuses a removed one's path (loop devices are shared by path).
+        const dir = join(this.config.dataDir, 'templates', template.id, `${warmKey.slice(0, 16)}-${vcpus}c-${memoryMib}m-${randomId(8)}`);
+        return captureSnapshot(this.deps, rec, template, live, { kind: 'template', name: null, dir }, new StepTimer('template snapshot'), signal);
       });
+      if (cancelled.aborted) {
+        await removeSnapshotFiles(snap);
+        throw abortError(cancelled);
+      }
       // Recorded under the warm key: a changed image, kernel arguments or network backend makes a new one.
-      this.store.insertSnapshot({ ...snap, sandboxId: null, imageHash: this.warmKey(template) });
+      const made: SnapshotRecord = { ...snap, sandboxId: null, imageHash: warmKey };
+      this.store.insertSnapshot(made);
+      for (const w of build.waiters) w.lease = this.holdWarm(made);
+      build.waiters.clear();
       this.log.info({ template: template.id, vcpus, memoryMib, ms: Math.round(performance.now() - t0) }, `template ${template.id} warm snapshot ready (${vcpus} vCPU, ${memoryMib} MiB)`);
-      return snap;
+      return made;
+    } catch (err) {
+      if (cancelled.aborted) this.log.info({ template: template.id, vcpus, memoryMib }, `template ${template.id}: warm snapshot build (${vcpus} vCPU, ${memoryMib} MiB) cancelled: no create waits for it any more`);
+      throw err;
     } finally {
-      await this.destroy(built.id, AbortSignal.timeout(60_000), 'template build finished').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'template build VM cleanup failed'));
+      if (booted) await this.destroy(rec.id, AbortSignal.timeout(60_000), 'template build finished').catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'template build VM cleanup failed'));
+      if (cancelled.aborted) this.forgetBuildRecord(rec.id);
     }
+  }
+
+  /** A cancelled build leaves no row either, once nothing of it is left on the host. */
+  private forgetBuildRecord(id: string): void {
+    const r = this.store.getSandbox(id);
+    if (!r || this.lock.isBusy(id) || (r.state !== 'destroyed' && r.state !== 'failed') || r.vmm || r.disk || r.network) return;
+    if (/; (cleanup|release failed): /.test(r.endReason ?? '')) return;
+    this.store.deleteSandbox(id);
   }
 
   /**
@@ -394,18 +708,52 @@ export class SandboxManager {
       .digest('hex');
   }
 
-  /** Resolves when no warm-template build is in flight (tests, shutdown). */
+  /** Resolves when no warm-template build or snapshot removal is in flight (tests, shutdown). */
   async settled(): Promise<void> {
-    while (this.warming.size > 0) await Promise.allSettled([...this.warming.values()]);
+    while (this.background.size > 0) await Promise.allSettled([...this.background]);
   }
 
-  /** Drop template snapshots made from an older image (their disks no longer match the template). */
+  /** A template's warm snapshots, most recently used first. */
+  async listTemplateSnapshots(templateId: string): Promise<TemplateSnapshotInfo[]> {
+    const template = this.template(templateId);
+    const warmKey = this.warmKey(template);
+    const rows = this.store.listTemplateSnapshots(template.id).reverse();
+    return Promise.all(rows.map(async ({ lastUsedAt, ...snapshot }) => ({
+      snapshot, lastUsedAt, sizeBytes: await dirUsage(snapshot.dir), current: snapshot.imageHash === warmKey, inUse: this.warmUses.get(snapshot.id) ?? 0,
+    })));
+  }
+
+  /** Remove one of a template's warm snapshots (409 while a create restores from it). The next create of its shape builds it again. */
+  async deleteTemplateSnapshot(templateId: string, snapshotId: string): Promise<void> {
+    const template = this.template(templateId);
+    const snap = this.store.getSnapshot(snapshotId);
+    if (!snap || snap.kind !== 'template' || snap.templateId !== template.id) throw new NotFoundError(`template ${template.id} has no warm snapshot ${snapshotId}`);
+    const users = this.warmUses.get(snap.id) ?? 0;
+    if (users > 0) throw new ConflictError(`warm snapshot ${snap.id} is in use by ${users} create${users === 1 ? '' : 's'} restoring from it; retry when they finish`);
+    await this.dropTemplateSnapshotNow(snap);
+  }
+
+  /**
+   * Drop template snapshots made from an older image (their disks no longer
+   * match the template) or incomplete, and warm-snapshot directories no row
+   * names (a build the daemon stopped in the middle). At start, before any build.
+   */
   async pruneTemplateSnapshots(): Promise<void> {
     for (const s of this.store.listSnapshots({ kind: 'template' })) {
       const t = this.store.getTemplate(s.templateId);
       if (!t || this.warmKey(t) !== s.imageHash || !(await snapshotComplete(s))) {
         await removeSnapshotFiles(s);
         this.store.deleteSnapshot(s.id);
+      }
+    }
+    if (this.warming.size > 0) return;
+    const known = new Set(this.store.listSnapshots({ kind: 'template' }).map((s) => s.dir));
+    const root = join(this.config.dataDir, 'templates');
+    for (const t of await readdir(root).catch(() => [] as string[])) {
+      for (const name of await readdir(join(root, t)).catch(() => [] as string[])) {
+        const dir = join(root, t, name);
+        if (!WARM_DIR.test(name) || known.has(dir)) continue;
+        await removeTree(dir).catch((err: unknown) => this.log.warn({ dir, err: errorMessage(err) }, 'could not remove a stray warm snapshot directory'));
       }
     }
   }
@@ -889,7 +1237,6 @@ async function dirUsage(dir: string): Promise<number> {
   return total;
 }
 
-/** Wait for a shared promise, but let this caller give up on its own signal. */
 /** SIGKILL a process and wait until it is gone (or a zombie): bounded. */
 async function killAndWait(pid: number, timeoutMs: number): Promise<void> {
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
@@ -910,11 +1257,64 @@ function leaseOf(rec: SandboxRecord): string {
   return `${rec.id}/${rec.vmm?.pid ?? 0}`;
 }
 
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (e: unknown) => { signal.removeEventListener('abort', onAbort); reject(e); });
-  });
+const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(['not_found', 'invalid_argument', 'conflict', 'capacity', 'timeout', 'unauthenticated', 'aborted', 'host_failure', 'internal']);
+
+/** Limits of a create's string maps (the API's schema has the same). */
+const MAP_LIMITS = { entries: 256, keyLength: 256, valueLength: 16384 };
+
+/**
+ * The parts of a create the record does not check: env vars (as the agent
+ * accepts them: a name without '=' or NUL, a value without NUL), metadata
+ * ('hearth.' keys are the daemon's), lifecycle and the idempotency key. Pure.
+ */
+function validateCreateInput(input: CreateSandboxInput): void {
+  checkStringMap(input.envVars, 'envVars', (k, v) => (k === '' || k.includes('=') || k.includes('\0') || v.includes('\0')
+    ? `envVars: ${JSON.stringify(k)} is not a valid environment variable (a name is non-empty, without "=" or NUL; a value has no NUL)` : null));
+  checkStringMap(input.metadata, 'metadata', (k) => (k.startsWith('hearth.') ? `metadata: keys starting with "hearth." are reserved (${JSON.stringify(k)})` : null));
+  const l = input.lifecycle as unknown;
+  if (l !== undefined) {
+    if (l === null || typeof l !== 'object') throw new InvalidArgumentError('lifecycle must be an object', 'lifecycle');
+    const { onTimeout, autoResume, autoExtend } = l as Record<string, unknown>;
+    if (onTimeout !== undefined && onTimeout !== 'kill' && onTimeout !== 'pause') throw new InvalidArgumentError('lifecycle.onTimeout must be "kill" or "pause"', 'lifecycle.onTimeout');
+    if (autoResume !== undefined && typeof autoResume !== 'boolean') throw new InvalidArgumentError('lifecycle.autoResume must be a boolean', 'lifecycle.autoResume');
+    if (autoExtend !== undefined && typeof autoExtend !== 'boolean') throw new InvalidArgumentError('lifecycle.autoExtend must be a boolean', 'lifecycle.autoExtend');
+  }
+  const publicTraffic = input.network?.publicTraffic as unknown;
+  if (publicTraffic !== undefined && typeof publicTraffic !== 'boolean') throw new InvalidArgumentError('network.allowPublicTraffic must be a boolean', 'network.allowPublicTraffic');
+  const key = input.idempotencyKey as unknown;
+  if (key !== undefined && (typeof key !== 'string' || key.length < 1 || key.length > 200)) throw new InvalidArgumentError('the idempotency key must be 1 to 200 characters', 'idempotency-key');
+}
+
+function checkStringMap(m: Record<string, string> | undefined, field: string, bad: (k: string, v: string) => string | null): void {
+  const value = m as unknown;
+  if (value === undefined) return;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidArgumentError(`${field} must be an object of strings`, field);
+  const entries = Object.entries(value as Record<string, unknown>);
+  if (entries.length > MAP_LIMITS.entries) throw new InvalidArgumentError(`${field} may have at most ${MAP_LIMITS.entries} entries`, field);
+  for (const [k, v] of entries) {
+    if (typeof v !== 'string') throw new InvalidArgumentError(`${field}.${k} must be a string`, field);
+    if (k.length > MAP_LIMITS.keyLength || v.length > MAP_LIMITS.valueLength) throw new InvalidArgumentError(`${field}: keys may have ${MAP_LIMITS.keyLength} characters and values ${MAP_LIMITS.valueLength}`, field);
+    const why = bad(k, v);
+    if (why) throw new InvalidArgumentError(why, field);
+  }
+}
+
+/** JSON with object keys sorted at every level: equal values give equal text. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map((x: unknown) => canonicalJson(x === undefined ? null : x)).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    const entries = Object.entries(v as Record<string, unknown>).filter(([, x]) => x !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, x]) => `${JSON.stringify(k)}:${canonicalJson(x)}`).join(',')}}`;
+  }
+  return JSON.stringify(v) ?? 'null';
+}
+
+/** SHA-256 of a request's canonical JSON: what an idempotency key is bound to. */
+export function requestHashOf(body: unknown): string {
+  return createHash('sha256').update(canonicalJson(body)).digest('hex');
+}
+
+function hashCreateInput(input: CreateSandboxInput): string {
+  const { idempotencyKey: _k, idempotencyScope: _s, requestHash: _h, ...request } = input;
+  return requestHashOf(request);
 }

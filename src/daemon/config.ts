@@ -30,6 +30,12 @@ export interface HearthConfig {
   warmOnStart: boolean;
   /** Restore sandboxes from a template's warm snapshot instead of booting them. */
   warmTemplates: boolean;
+  /**
+   * Most warm snapshots (distinct vCPU/memory shapes) kept per template. A new
+   * shape beyond it replaces the least recently used one that no create is
+   * using; when none can go, that create cold-boots and keeps no snapshot.
+   */
+  warmShapesPerTemplate: number;
   defaultVcpus: number;
   defaultMemoryMib: number;
   /** Require API keys even on loopback (they are always required on other addresses). */
@@ -86,6 +92,7 @@ export function defaultConfig(): HearthConfig {
     endedRetentionHours: 24,
     warmOnStart: true,
     warmTemplates: true,
+    warmShapesPerTemplate: 4,
     defaultVcpus: 1,
     defaultMemoryMib: 512,
     memoryOvercommit: 1.5,
@@ -118,6 +125,7 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_BOOT_TIMEOUT_MS: 'bootTimeoutMs',
   HEARTH_RESTORE_TIMEOUT_MS: 'restoreTimeoutMs',
   HEARTH_MAX_CONCURRENT_STARTS: 'maxConcurrentStarts',
+  HEARTH_WARM_SHAPES_PER_TEMPLATE: 'warmShapesPerTemplate',
   HEARTH_ENDED_RETENTION_HOURS: 'endedRetentionHours',
   HEARTH_DEFAULT_MEMORY_MB: 'defaultMemoryMib',
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
@@ -173,5 +181,6 @@ function validate(cfg: HearthConfig): void {
   if (!['file', 'uffd'].includes(cfg.firecrackerMemory)) throw new Error(`firecrackerMemory must be file or uffd, got "${cfg.firecrackerMemory}"`);
   if (!['auto', 'netns', 'user'].includes(cfg.network)) throw new Error(`network must be auto, netns or user, got "${cfg.network}"`);
   if (!/^([a-z][a-z0-9]{0,3})?$/.test(cfg.networkTag)) throw new Error(`networkTag must be empty or a letter and up to 3 of [a-z0-9], got "${cfg.networkTag}"`);
+  if (!Number.isInteger(cfg.warmShapesPerTemplate) || cfg.warmShapesPerTemplate < 1) throw new Error(`warmShapesPerTemplate must be an integer >= 1, got ${cfg.warmShapesPerTemplate}`);
   if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);
 }

@@ -81,7 +81,7 @@ export const MIGRATIONS: readonly string[] = [
     created_at TEXT NOT NULL
   );
   `,
-  // 4: per-sandbox network settings; the netns slot pool's rows (DESIGN §7: slot numbers persist).
+  // 4: per-sandbox network settings; the netns slot pool's rows (slot numbers persist across restarts).
   `
   ALTER TABLE sandboxes ADD COLUMN net_policy TEXT;
   CREATE TABLE network_slots (
@@ -94,5 +94,29 @@ export const MIGRATIONS: readonly string[] = [
     generation INTEGER NOT NULL,
     policy TEXT
   );
+  `,
+  // 5: idempotency keys scoped to their owner, with the hash of the request they were first used
+  // with and the outcome of its create (a failed create answers its replays with the failure);
+  // template (warm) snapshots record their last use, so the least recently used shape goes first.
+  `
+  CREATE TABLE idempotency_v5 (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT,
+    sandbox_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'created', 'failed')),
+    error_code TEXT,
+    error_message TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+  );
+  INSERT INTO idempotency_v5 (scope, key, request_hash, sandbox_id, state, created_at)
+    SELECT '', key, NULL, sandbox_id, 'created', created_at FROM idempotency;
+  DROP TABLE idempotency;
+  ALTER TABLE idempotency_v5 RENAME TO idempotency;
+  CREATE INDEX idempotency_created ON idempotency(created_at);
+  CREATE INDEX idempotency_sandbox ON idempotency(sandbox_id);
+  ALTER TABLE snapshots ADD COLUMN last_used_at TEXT;
+  UPDATE snapshots SET last_used_at = created_at;
   `,
 ];

@@ -6,6 +6,24 @@ import { MIGRATIONS } from './migrations.js';
 
 type Row = Record<string, unknown>;
 
+/** An idempotency key of a create, and what became of the create it was first used for. */
+export interface IdempotencyRow {
+  /** The key's owner (the API key's id), '' when requests are not authenticated. */
+  scope: string;
+  key: string;
+  /** Hash of the canonical request it was first used with; null for keys stored before hashes were. */
+  requestHash: string | null;
+  sandboxId: string;
+  /** pending: that create is in flight; created: it succeeded; failed: it failed with errorCode/errorMessage. */
+  state: 'pending' | 'created' | 'failed';
+  errorCode: string | null;
+  errorMessage: string | null;
+  createdAt: string;
+}
+
+/** A template's warm snapshot with the last time a create used it. */
+export type TemplateSnapshotRow = SnapshotRecord & { lastUsedAt: string };
+
 export interface JournalEntry {
   id: number;
   sandboxId: string;
@@ -156,9 +174,21 @@ export class Store {
 
   insertSnapshot(s: SnapshotRecord): void {
     this.db.prepare(`
-      INSERT INTO snapshots (id, name, kind, sandbox_id, template_id, image_hash, dir, vcpus, memory_mib, agent_token, env_vars, created_at)
-      VALUES (@id, @name, @kind, @sandboxId, @templateId, @imageHash, @dir, @vcpus, @memoryMib, @agentToken, @envVars, @createdAt)
+      INSERT INTO snapshots (id, name, kind, sandbox_id, template_id, image_hash, dir, vcpus, memory_mib, agent_token, env_vars, created_at, last_used_at)
+      VALUES (@id, @name, @kind, @sandboxId, @templateId, @imageHash, @dir, @vcpus, @memoryMib, @agentToken, @envVars, @createdAt, @createdAt)
     `).run({ ...s, envVars: JSON.stringify(s.envVars) });
+  }
+
+  /** Record that a create used this snapshot now (template snapshots are dropped least recently used first). */
+  touchSnapshot(id: string, at = new Date().toISOString()): void {
+    this.db.prepare('UPDATE snapshots SET last_used_at = ? WHERE id = ?').run(at, id);
+  }
+
+  /** A template's warm snapshots (every image and shape), least recently used first. */
+  listTemplateSnapshots(templateId: string): TemplateSnapshotRow[] {
+    return (this.db.prepare(`SELECT * FROM snapshots WHERE kind = 'template' AND template_id = ?
+      ORDER BY COALESCE(last_used_at, created_at), created_at, id`).all(templateId) as Row[])
+      .map((r) => ({ ...snapshotFromRow(r), lastUsedAt: (r['last_used_at'] as string | null) ?? (r['created_at'] as string) }));
   }
 
   getSnapshot(id: string): SnapshotRecord | undefined {
@@ -217,14 +247,48 @@ export class Store {
 
   // ---- idempotency keys (create)
 
-  /** Claims `key` for `sandboxId`; returns the sandbox that already holds it, if any. Atomic. */
-  claimIdempotencyKey(key: string, sandboxId: string): string | null {
-    const res = this.db.prepare('INSERT OR IGNORE INTO idempotency (key, sandbox_id, created_at) VALUES (?, ?, ?)').run(key, sandboxId, new Date().toISOString());
-    if (res.changes === 1) return null;
-    return (this.db.prepare('SELECT sandbox_id FROM idempotency WHERE key = ?').get(key) as { sandbox_id: string }).sandbox_id;
+  /**
+   * Claim `key` (in `scope`) for a create of `sandboxId` with a request whose
+   * hash is `requestHash`: null when claimed, else the row that holds it. Keys
+   * created before `expiredBefore` (ISO time) are deleted first. Atomic.
+   */
+  claimIdempotencyKey(c: { scope: string; key: string; requestHash: string; sandboxId: string }, expiredBefore: string): IdempotencyRow | null {
+    return this.db.transaction(() => {
+      this.db.prepare('DELETE FROM idempotency WHERE created_at < ?').run(expiredBefore);
+      const res = this.db.prepare(`INSERT OR IGNORE INTO idempotency (scope, key, request_hash, sandbox_id, state, created_at)
+        VALUES (?, ?, ?, ?, 'pending', ?)`).run(c.scope, c.key, c.requestHash, c.sandboxId, new Date().toISOString());
+      if (res.changes === 1) return null;
+      return this.getIdempotencyKey(c.scope, c.key) ?? null;
+    })();
   }
 
-  // ---- journal (DESIGN §3: a row before touching the host, updated per step, deleted at the end)
+  getIdempotencyKey(scope: string, key: string): IdempotencyRow | undefined {
+    const r = this.db.prepare('SELECT * FROM idempotency WHERE scope = ? AND key = ?').get(scope, key) as Row | undefined;
+    if (!r) return undefined;
+    return {
+      scope: r['scope'] as string,
+      key: r['key'] as string,
+      requestHash: (r['request_hash'] as string | null) ?? null,
+      sandboxId: r['sandbox_id'] as string,
+      state: r['state'] as IdempotencyRow['state'],
+      errorCode: (r['error_code'] as string | null) ?? null,
+      errorMessage: (r['error_message'] as string | null) ?? null,
+      createdAt: r['created_at'] as string,
+    };
+  }
+
+  /** The create a key was claimed for ended: record how (only while `sandboxId` still holds the key). */
+  settleIdempotencyKey(scope: string, key: string, sandboxId: string, outcome: { state: 'created' } | { state: 'failed'; errorCode: string; errorMessage: string }): void {
+    this.db.prepare('UPDATE idempotency SET state = ?, error_code = ?, error_message = ? WHERE scope = ? AND key = ? AND sandbox_id = ?')
+      .run(outcome.state, outcome.state === 'failed' ? outcome.errorCode : null, outcome.state === 'failed' ? outcome.errorMessage : null, scope, key, sandboxId);
+  }
+
+  /** Give a key back (its create never started, or was cancelled): the next request with it creates anew. */
+  releaseIdempotencyKey(scope: string, key: string, sandboxId: string): void {
+    this.db.prepare('DELETE FROM idempotency WHERE scope = ? AND key = ? AND sandbox_id = ?').run(scope, key, sandboxId);
+  }
+
+  // ---- journal (a row before touching the host, updated per step, deleted at the end)
 
   journalBegin(sandboxId: string, op: string, step: string): number {
     const now = new Date().toISOString();

@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import type { SandboxManager } from '../../core/manager.js';
+import { IdempotencyMismatchError, requestHashOf, type CreateSandboxInput, type SandboxManager } from '../../core/manager.js';
 import type { SandboxState } from '../../core/types.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { presentDetail, presentEgress, presentListItem } from '../present.js';
@@ -11,6 +11,8 @@ import {
 } from '../schemas.js';
 import type { EgressPolicy } from '../../network/types.js';
 import type { Store } from '../../store/store.js';
+import { verifyApiKey } from '../auth.js';
+import { errorBody } from '../errors.js';
 
 const STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'destroyed', 'failed'];
 const errors = { 400: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema, 500: ErrorSchema, 503: ErrorSchema };
@@ -43,16 +45,28 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
 
   r.post('/sandboxes', {
-    schema: { summary: 'Create a sandbox (a running VM) from a template', tags: ['sandboxes'], body: NewSandbox, response: { 201: SandboxDetail, ...errors } },
+    schema: {
+      summary: 'Create a sandbox (a running VM) from a template',
+      description: 'With header Idempotency-Key (1 to 200 characters, kept 24 h per API key): a retry with the same body gets the first '
+        + 'request\'s sandbox (201, header idempotent-replayed: true) or its error; another body under the same key is a 422.',
+      tags: ['sandboxes'], body: NewSandbox, response: { 201: SandboxDetail, ...errors, 422: ErrorSchema },
+    },
   }, async (req, reply) => {
     const b = req.body;
     const idem = req.headers['idempotency-key'];
     if (idem !== undefined && (typeof idem !== 'string' || idem.length < 1 || idem.length > 200)) {
       throw new InvalidArgumentError('headers/idempotency-key must be 1 to 200 characters', 'idempotency-key');
     }
+    let idempotency: Pick<CreateSandboxInput, 'idempotencyKey' | 'idempotencyScope' | 'requestHash'> = {};
+    if (typeof idem === 'string') {
+      // A key belongs to the API key that sent it; the body it first came with is remembered by its hash.
+      const apiKey = req.headers['x-api-key'];
+      const owner = verifyApiKey(store, typeof apiKey === 'string' ? apiKey : undefined);
+      idempotency = { idempotencyKey: idem, idempotencyScope: owner ?? '', requestHash: requestHashOf(b) };
+    }
     const egress = egressRequest(b.allow_internet_access, b.network?.allowOut, b.network?.denyOut);
-    const rec = await manager.create({
-      ...(typeof idem === 'string' ? { idempotencyKey: idem } : {}),
+    const input: CreateSandboxInput = {
+      ...idempotency,
       templateId: b.templateID,
       ...(b.cpuCount !== undefined ? { vcpus: b.cpuCount } : {}),
       ...(b.memoryMB !== undefined ? { memoryMib: b.memoryMB } : {}),
@@ -68,8 +82,17 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
         ...(b.autoResume ? { autoResume: b.autoResume.enabled } : {}),
         ...(b.lifecycle ?? {}),
       },
-    }, requestSignal(reply.raw));
-    return reply.status(201).send(await sandboxDetail(manager, store, rec.id));
+    };
+    let created: Awaited<ReturnType<SandboxManager['createSandbox']>>;
+    try {
+      created = await manager.createSandbox(input, requestSignal(reply.raw));
+    } catch (err) {
+      if (err instanceof IdempotencyMismatchError) return reply.status(422).send(errorBody(422, err.message, err.code));
+      throw err;
+    }
+    // A replay answers as the first request did (201), and says it is one.
+    if (created.replayed) void reply.header('idempotent-replayed', 'true');
+    return reply.status(201).send(await sandboxDetail(manager, store, created.sandbox.id));
   });
 
   r.get('/sandboxes', {
