@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's second command: the whole test suite: typecheck, lint, unit tests
-# (seconds), integration tests that boot real QEMU VMs, and browser tests of the
-# dashboard (Debian's Chromium). VM tests run on their own XFS filesystem (reflink
+# (seconds), integration tests that boot real QEMU VMs, the security suite
+# (test/security: each attack on the API, the proxies and the agent, against a
+# real hearthd, a real VM and Chromium), and browser tests of the dashboard
+# (Debian's Chromium). VM tests run on their own XFS filesystem (reflink
 # disks, as production uses), made here on a loop device and removed at the end.
 # The build cache (kernel, debootstrap) is shared in /var/cache/hearth.
 set -euo pipefail
@@ -30,4 +32,5 @@ if [ -z "${HEARTH_TEST_TMP:-}" ]; then
   export HEARTH_TEST_TMP="$xfs_dir" HEARTH_IMAGE_DIR="$xfs_dir/image" HEARTH_EXPECT_REFLINK=1
 fi
 npm run --silent test:integration
+npm run --silent test:security
 npm run --silent test:browser

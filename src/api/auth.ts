@@ -1,5 +1,9 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import type { Store } from '../store/store.js';
+import type { SandboxManager } from '../core/manager.js';
+import { checkFilesAccess, safeEqual } from '../agent/auth.js';
+import { HEADER_ACCESS_TOKEN, PATH_FILES } from '../agent/protocol.js';
 import { randomId } from '../core/ids.js';
 
 /**
@@ -34,8 +38,28 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\./.test(host);
 }
 
-/** Paths that never need a key: liveness, the schema, and envd traffic (authenticated by the sandbox token). */
-export function isPublicPath(url: string): boolean {
-  const path = url.split('?')[0] ?? '';
+/** Paths that never need a key: liveness and the schema. */
+export function isPublicPath(path: string): boolean {
   return path === '/health' || path === '/openapi.json';
+}
+
+/**
+ * Whether an envd request carries the sandbox's own credential: its access
+ * token in X-Access-Token, or, for `/files`, a URL signed with that token (the
+ * agent checks the same again; hearthd checks here so that a key-required
+ * deployment lets nobody without one of the two reach a guest).
+ */
+export function sandboxTokenPresented(manager: Pick<SandboxManager, 'get'>, req: IncomingMessage, target: { sandboxId: string; path: string }): boolean {
+  let token: string | null;
+  try { token = manager.get(target.sandboxId).agentToken; } catch { return false; }
+  if (!token) return false;
+  const given = req.headers[HEADER_ACCESS_TOKEN];
+  if (typeof given === 'string') return safeEqual(given, token);
+  const q = target.path.indexOf('?');
+  const path = q === -1 ? target.path : target.path.slice(0, q);
+  if (path !== PATH_FILES) return false;
+  const method = (req.method ?? 'GET').toUpperCase();
+  const op = method === 'POST' ? 'write' : method === 'GET' || method === 'HEAD' ? 'read' : null;
+  if (!op) return false;
+  return checkFilesAccess(req, new URLSearchParams(q === -1 ? '' : target.path.slice(q + 1)), op, token) === undefined;
 }

@@ -1,4 +1,5 @@
-import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { forwardUpstream } from '../util/upstream-request.js';
 import { LeaseAgent, type LeasedRequestArgs } from '../util/lease-agent.js';
 import type { StreamRegistry } from '../util/stream-registry.js';
 import type { FastifyBaseLogger } from 'fastify';
@@ -10,7 +11,17 @@ import { isControlPlanePath, normaliseTarget } from '../util/request-target.js';
 /** Hop-by-hop headers are connection-specific and must not be forwarded (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
 
-const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256 });
+/**
+ * Pooled connections to agents. Idle ones are closed after 4 s, well before the
+ * agent's own idle limits; a request that still meets a stale one is retried
+ * (src/util/upstream-request.ts).
+ */
+const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256, timeout: 4_000 });
+
+/** hearthd's own credentials (the API key) and the API origin's cookies never cross into a guest. */
+const NOT_FOR_GUEST = new Set(['x-api-key', 'cookie']);
+/** What a guest may not set on the API's origin. */
+const GUEST_MAY_NOT_SET = new Set(['set-cookie', 'service-worker-allowed', 'content-security-policy', 'access-control-allow-credentials']);
 
 /**
  * `path` is the envd target (path and query) in its canonical form
@@ -100,29 +111,33 @@ export async function proxyToSandbox(
   }
   const headers: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(req.headers)) {
-    if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
+    if (v !== undefined && !HOP_BY_HOP.has(k) && !NOT_FOR_GUEST.has(k)) headers[k] = v;
   }
   if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
   const args: LeasedRequestArgs = { host: endpoint.host, port: endpoint.port, method: req.method, path: forwardPath, headers, agent: upstreamAgent, lease };
-  const up = httpRequest(args);
   // Cut at once when the sandbox's VM goes away (see StreamRegistry).
   streams?.add(target.sandboxId, res, (fn) => res.once('close', fn));
-  up.on('response', (upRes) => {
-    const out: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(upRes.headers)) {
-      if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
-    }
-    res.writeHead(upRes.statusCode ?? 502, out);
-    res.flushHeaders();
-    upRes.pipe(res);
-    upRes.on('aborted', () => res.destroy());
-    upRes.on('error', () => res.destroy());
+  const up = forwardUpstream(req, args, {
+    onResponse: (upRes) => {
+      const out: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(upRes.headers)) {
+        if (v !== undefined && !HOP_BY_HOP.has(k) && !GUEST_MAY_NOT_SET.has(k)) out[k] = v;
+      }
+      // A guest's file served on the API origin must not run there (a downloaded .html, an SVG).
+      out['content-security-policy'] = 'sandbox';
+      out['x-content-type-options'] = 'nosniff';
+      res.writeHead(upRes.statusCode ?? 502, out);
+      res.flushHeaders();
+      upRes.pipe(res);
+      upRes.on('aborted', () => res.destroy());
+      upRes.on('error', () => res.destroy());
+    },
+    onError: (err, info) => {
+      log.warn({ sandbox: target.sandboxId, path: pathOnly, reusedSocket: info.reusedSocket, err: err.message }, 'envd proxy: upstream error');
+      if (res.headersSent) { res.destroy(); return; }
+      sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox is running but port is not open', port: target.port, code: 502 });
+    },
+    onLateError: () => res.destroy(),
   });
-  up.on('error', (err) => {
-    log.warn({ sandbox: target.sandboxId, path: pathOnly, reusedSocket: up.reusedSocket, err: err.message }, 'envd proxy: upstream error');
-    if (res.headersSent) { res.destroy(); return; }
-    sendJson(res, 502, { sandboxId: target.sandboxId, message: 'The sandbox is running but port is not open', port: target.port, code: 502 });
-  });
-  res.on('close', () => { if (!res.writableFinished) up.destroy(); });
-  req.pipe(up);
+  res.on('close', () => { if (!res.writableFinished) up.abort(); });
 }

@@ -1,4 +1,6 @@
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -6,7 +8,7 @@ import { Type } from 'typebox';
 import type { SandboxManager } from '../core/manager.js';
 import type { Store } from '../store/store.js';
 import { errorBody, handleError } from './errors.js';
-import { proxyTargetOf, proxyToSandbox } from './proxy.js';
+import { proxyTargetOf, proxyToSandbox, type ProxyTarget } from './proxy.js';
 import { sandboxPortProxy } from './port-proxy.js';
 import { StreamRegistry } from '../util/stream-registry.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
@@ -14,15 +16,17 @@ import { templateRoutes } from './routes/templates.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
 import { ErrorSchema } from './schemas.js';
-import { isPublicPath, verifyApiKey } from './auth.js';
+import { isLoopback, isPublicPath, sandboxTokenPresented, verifyApiKey } from './auth.js';
+import {
+  applyConnectionLimits, checkTarget, clientErrorAnswer, csrfRefusal, DEFAULT_EDGE_LIMITS, hostAllowList, hostnameOf, rawJsonError, type EdgeLimits,
+} from './edge.js';
 
 /** How long close() lets requests in flight finish before it cuts their connections. */
 const CLOSE_GRACE_MS = 1000;
 
 /** The dashboard's own pages and assets (the data it shows comes from the API, which checks keys). */
-function isDashboardPath(url: string): boolean {
-  const path = url.split('?')[0] ?? '';
-  return path === '/' || path.startsWith('/ui') || path.startsWith('/assets/');
+function isDashboardPath(path: string): boolean {
+  return path === '/' || path === '/ui' || path.startsWith('/ui/') || path.startsWith('/assets/');
 }
 
 export interface ApiDeps {
@@ -36,23 +40,54 @@ export interface ApiDeps {
   requireApiKey: boolean;
   /** Host form of the port proxy, `<port>-<id>.<proxyDomain>`; null/absent: path form only. */
   proxyDomain?: string | null;
+  /** The address hearthd listens on (default loopback): decides the default Host allow-list. */
+  listenHost?: string;
+  /** Extra Host names the API answers to (beyond loopback names and the listen address). */
+  allowedHosts?: readonly string[];
+  /** Connection limits (timeouts, per-address cap); defaults in DEFAULT_EDGE_LIMITS. */
+  limits?: Partial<EdgeLimits>;
 }
 
 /** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
 const BODY_LIMIT = 1 << 20;
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const limits: EdgeLimits = { ...DEFAULT_EDGE_LIMITS, ...(deps.limits ?? {}) };
+  const listenHost = deps.listenHost ?? '127.0.0.1';
+  const hostAllowed = hostAllowList(listenHost, isLoopback(listenHost), deps.allowedHosts ?? []);
+  // Sandbox ports (/sandboxes/<id>/ports/<port>/…, <port>-<id>.<domain>): streamed, and
+  // authorised by the sandbox's traffic token, not API keys. WebSockets arrive as upgrades.
+  const ports = sandboxPortProxy(deps.manager, deps.proxyDomain ?? null, deps.log);
+  const isHostForm = (headers: IncomingMessage['headers']): boolean => ports.target({ url: '/', headers })?.form === 'host';
+  // Targets refused by the normaliser, answered by the first hook (rewriteUrl cannot answer).
+  const badTargets = new WeakMap<IncomingMessage, { status: number; message: string }>();
+
   const app = Fastify({
     loggerInstance: deps.log,
     bodyLimit: BODY_LIMIT,
     // Per-request access logs off: lifecycle operations log their own steps.
     logController: new LogController({ disableRequestLogging: true }),
-    // envd traffic is long-lived streaming; don't cut it (envd's own idle timeout is 640 s).
+    // Bodies are bounded by an idle timeout, not a total one (see applyConnectionLimits): envd
+    // traffic is long-lived streaming and large uploads must not be cut while they progress.
     requestTimeout: 0,
     connectionTimeout: 0,
-    keepAliveTimeout: 65_000,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // Node checks the header timeout only every connectionsCheckingInterval (30 s by default).
+    http: { headersTimeout: limits.headersTimeoutMs, requestTimeout: 0, connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(limits.headersTimeoutMs / 2))) },
+    // The one place a request target is normalised, before routing: everything after sees the canonical path.
+    rewriteUrl: (req) => {
+      const checked = checkTarget(req.url ?? '/', isHostForm(req.headers));
+      if (checked.ok) return checked.url;
+      badTargets.set(req, checked);
+      return '/';
+    },
+    clientErrorHandler: (err, socket) => {
+      const a = clientErrorAnswer(err);
+      rawJsonError(socket, a.status, a.reason, a.message, a.errorCode);
+    },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
+  applyConnectionLimits(app.server, limits, (addr) => deps.log.warn({ addr, limit: limits.maxConnectionsPerAddress }, 'connection refused: per-address cap'));
 
   await app.register(swagger, {
     openapi: {
@@ -61,16 +96,23 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   app.addSchema(ErrorSchema);
 
-  // Sandbox ports (/sandboxes/<id>/ports/<port>/…, <port>-<id>.<domain>): streamed, and
-  // authorised by the sandbox's traffic token, not API keys. WebSockets arrive as upgrades.
-  const ports = sandboxPortProxy(deps.manager, deps.proxyDomain ?? null, deps.log);
-  app.addHook('onRequest', (req, reply, done) => {
-    if (!ports.target(req.raw)) { done(); return; }
-    void reply.hijack();
-    ports.handleRequest(req.raw, reply.raw);
-  });
-  app.server.on('upgrade', (req, socket, head: Buffer) => {
-    if (!ports.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+  /** Null if the request's Host may reach this listener (DNS rebinding), else the refusal. */
+  const hostRefusal = (headers: IncomingMessage['headers']): string | null => {
+    if (!hostAllowed) return null;
+    const name = hostnameOf(headers.host);
+    if (name !== null && hostAllowed(name)) return null;
+    return `host ${JSON.stringify(headers.host ?? '')} is not served here (allowed: loopback names and the listen address; add more with allowedHosts)`;
+  };
+
+  app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => undefined);
+    const hostForm = isHostForm(req.headers);
+    const checked = checkTarget(req.url ?? '/', hostForm);
+    if (!checked.ok) { rawJsonError(socket, checked.status, checked.status === 414 ? 'URI Too Long' : 'Bad Request', checked.message, 'invalid_argument'); return; }
+    req.url = checked.url;
+    const refused = hostForm ? null : hostRefusal(req.headers);
+    if (refused) { rawJsonError(socket, 403, 'Forbidden', refused, 'forbidden'); return; }
+    if (!ports.handleUpgrade(req, socket, head)) rawJsonError(socket, 404, 'Not Found', `no upgrade route ${req.url.split('?')[0]}`, 'not_found');
   });
   // A sandbox whose VM went away (paused, destroyed, failed): its streams end now, not when TCP gives up.
   const envdStreams = new StreamRegistry();
@@ -88,24 +130,52 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     done();
   });
 
-  // envd traffic bypasses Fastify's body parsing: it is streamed to the guest as is.
-  app.addHook('onRequest', (req, reply, done) => {
-    const target = proxyTargetOf(req.url, req.headers);
-    if (!target) { done(); return; }
-    void reply.hijack();
-    proxyToSandbox(deps.manager, req.log, target, req.raw, reply.raw, envdStreams).catch((err: unknown) => {
-      req.log.error({ err }, 'proxy failed');
-      if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });
-      reply.raw.end(JSON.stringify(errorBody(502, `proxy error: ${String(err)}`, 'host_failure')));
-    });
-  });
-
-  // API keys (envd traffic was routed above: it is authenticated by the sandbox's token).
-  app.addHook('onRequest', (req, reply, done) => {
-    if (!deps.requireApiKey || isPublicPath(req.url) || !req.url.startsWith('/') || isDashboardPath(req.url)) { done(); return; }
+  /** envd traffic in a key-required deployment: the API key, or the sandbox's own token (header or signed /files URL). */
+  const envdAuthorised = (req: IncomingMessage, target: ProxyTarget): boolean => {
     const key = req.headers['x-api-key'];
-    if (verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) { done(); return; }
-    void reply.status(401).send(errorBody(401, 'missing or invalid API key: send X-API-Key (create one with `hearth keys create`)', 'unauthenticated'));
+    if (verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) return true;
+    return sandboxTokenPresented(deps.manager, req, target);
+  };
+
+  // The one decision per request, on the canonical target: which class it is and what it must present.
+  app.addHook('onRequest', (req, reply, done) => {
+    const bad = badTargets.get(req.raw);
+    if (bad) { void reply.status(bad.status).send(errorBody(bad.status, bad.message, 'invalid_argument')); return; }
+    const port = ports.target(req.raw);
+    const refused = port?.form === 'host' ? null : hostRefusal(req.headers);
+    if (refused) { void reply.status(403).send(errorBody(403, refused, 'forbidden')); return; }
+    if (port) {
+      void reply.hijack();
+      ports.handleRequest(req.raw, reply.raw);
+      return;
+    }
+    // envd traffic bypasses Fastify's body parsing: it is streamed to the guest as is.
+    const envd = proxyTargetOf(req.url, req.headers);
+    if (envd) {
+      if (deps.requireApiKey && !envdAuthorised(req.raw, envd)) {
+        void reply.status(401).send(errorBody(401, 'missing or invalid credentials: send X-API-Key, or the sandbox\'s X-Access-Token (or a signed /files URL)', 'unauthenticated'));
+        return;
+      }
+      void reply.hijack();
+      proxyToSandbox(deps.manager, req.log, envd, req.raw, reply.raw, envdStreams).catch((err: unknown) => {
+        req.log.error({ err }, 'proxy failed');
+        if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });
+        reply.raw.end(JSON.stringify(errorBody(502, `proxy error: ${String(err)}`, 'host_failure')));
+      });
+      return;
+    }
+    const path = req.url.split('?')[0] ?? '/';
+    if (isPublicPath(path) || isDashboardPath(path)) { done(); return; }
+    if (deps.requireApiKey) {
+      const key = req.headers['x-api-key'];
+      if (!verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) {
+        void reply.status(401).send(errorBody(401, 'missing or invalid API key: send X-API-Key (create one with `hearth keys create`)', 'unauthenticated'));
+        return;
+      }
+    }
+    const forged = csrfRefusal(req.raw, (originHost) => originHost === (req.headers.host ?? '').toLowerCase());
+    if (forged) { void reply.status(403).send(errorBody(403, forged, 'forbidden')); return; }
+    done();
   });
 
   app.setErrorHandler(handleError);

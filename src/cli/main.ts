@@ -5,6 +5,7 @@ import { shellCommand } from './commands/shell.js';
 import { filesCommand } from './commands/files.js';
 import { snapshotCommand } from './commands/snapshot.js';
 import { keysCommand } from './commands/keys.js';
+import { templateCommand } from './commands/template.js';
 import { cpCommand } from './commands/cp.js';
 import { completionCommand } from './commands/completion.js';
 import { doctorCommand, downCommand, imageCommand, storageCommand, upCommand } from './commands/daemon.js';
@@ -28,6 +29,7 @@ Sandboxes:
   sandbox create|ls|get|rm|timeout               manage sandboxes (hearth sandbox help)
   sandbox pause|resume|snapshot|fork             pause/resume, capture, fork
   snapshot ls|rm                                 named snapshots
+  template ls | template snapshots <id> [rm <snap>...]  templates and their warm (per-shape) snapshots
   exec <id> -- <cmd> [args...]                   run a command; streams output; exits with its code
   shell <id> [-- <cmd> [args...]]                interactive terminal (login shell); exits with its code
   files ls|stat|cat|get|put|mkdir|rm|mv          files in a sandbox (hearth files help)
@@ -51,6 +53,7 @@ async function main(argv: string[]): Promise<number> {
     case 'files': return filesCommand(rest);
     case 'snapshot': case 'snapshots': return snapshotCommand(rest);
     case 'keys': return keysCommand(rest);
+    case 'template': case 'templates': return templateCommand(rest);
     case 'cp': return cpCommand(rest);
     case 'completion': return completionCommand(rest);
     case 'version': case '--version': case '-v': process.stdout.write(`${VERSION}\n`); return 0;

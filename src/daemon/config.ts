@@ -67,6 +67,19 @@ export interface HearthConfig {
   guestDns: string[];
   /** Host form of the port proxy: `<port>-<id>.<proxyDomain>`; null disables it (the path form stays). */
   proxyDomain: string | null;
+  /**
+   * Host names the API answers to beyond loopback names and the listen address
+   * (DNS rebinding defence; on a non-loopback listener with this empty, any name).
+   */
+  allowedHosts: string[];
+  /** A request's headers must arrive within this (ms). */
+  headersTimeoutMs: number;
+  /** A request body that sends nothing for this long is cut with 408 (ms). */
+  bodyIdleTimeoutMs: number;
+  /** Idle keep-alive connections are closed after this (ms). */
+  keepAliveTimeoutMs: number;
+  /** Connections one client address may hold open at once. */
+  maxConnectionsPerAddress: number;
   /** Guest memory of running sandboxes may reach host RAM × this ratio; creates beyond get 503. */
   memoryOvercommit: number;
   maxVcpus: number;
@@ -109,6 +122,11 @@ export function defaultConfig(): HearthConfig {
     egressInterface: null,
     guestDns: [],
     proxyDomain: 'localhost',
+    allowedHosts: [],
+    headersTimeoutMs: 20_000,
+    bodyIdleTimeoutMs: 60_000,
+    keepAliveTimeoutMs: 65_000,
+    maxConnectionsPerAddress: 512,
     maxVcpus: 8,
     maxMemoryMib: 16384,
     minMemoryMib: 128,
@@ -143,6 +161,11 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_EGRESS_INTERFACE: 'egressInterface',
   HEARTH_GUEST_DNS: 'guestDns',
   HEARTH_PROXY_DOMAIN: 'proxyDomain',
+  HEARTH_ALLOWED_HOSTS: 'allowedHosts',
+  HEARTH_HEADERS_TIMEOUT_MS: 'headersTimeoutMs',
+  HEARTH_BODY_IDLE_TIMEOUT_MS: 'bodyIdleTimeoutMs',
+  HEARTH_KEEPALIVE_TIMEOUT_MS: 'keepAliveTimeoutMs',
+  HEARTH_MAX_CONNECTIONS_PER_ADDRESS: 'maxConnectionsPerAddress',
 };
 
 export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.ProcessEnv = process.env): HearthConfig {
@@ -181,6 +204,9 @@ function validate(cfg: HearthConfig): void {
   if (!['file', 'uffd'].includes(cfg.firecrackerMemory)) throw new Error(`firecrackerMemory must be file or uffd, got "${cfg.firecrackerMemory}"`);
   if (!['auto', 'netns', 'user'].includes(cfg.network)) throw new Error(`network must be auto, netns or user, got "${cfg.network}"`);
   if (!/^([a-z][a-z0-9]{0,3})?$/.test(cfg.networkTag)) throw new Error(`networkTag must be empty or a letter and up to 3 of [a-z0-9], got "${cfg.networkTag}"`);
+  for (const k of ['headersTimeoutMs', 'bodyIdleTimeoutMs', 'keepAliveTimeoutMs', 'maxConnectionsPerAddress'] as const) {
+    if (!Number.isInteger(cfg[k]) || cfg[k] < 1) throw new Error(`${k} must be a positive integer, got ${cfg[k]}`);
+  }
   if (!Number.isInteger(cfg.warmShapesPerTemplate) || cfg.warmShapesPerTemplate < 1) throw new Error(`warmShapesPerTemplate must be an integer >= 1, got ${cfg.warmShapesPerTemplate}`);
   if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);
 }

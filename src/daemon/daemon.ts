@@ -117,6 +117,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         restoreTimeoutMs: cfg.restoreTimeoutMs,
         warmTemplates: cfg.warmTemplates,
         maxConcurrentStarts: cfg.maxConcurrentStarts,
+        warmShapesPerTemplate: cfg.warmShapesPerTemplate,
         limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib, maxForks: cfg.maxForks },
         capacityMemoryMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit),
       },
@@ -148,6 +149,8 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     }
     const app = await buildApi({
       manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
+      listenHost: cfg.host, allowedHosts: cfg.allowedHosts,
+      limits: { headersTimeoutMs: cfg.headersTimeoutMs, bodyIdleTimeoutMs: cfg.bodyIdleTimeoutMs, keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, maxConnectionsPerAddress: cfg.maxConnectionsPerAddress },
     });
     if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
     let url = '';

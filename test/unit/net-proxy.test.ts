@@ -148,11 +148,33 @@ describe('port proxy', () => {
     assert.equal((JSON.parse(p.body) as { headers: Record<string, string> }).headers['x-forwarded-prefix'], '/sandboxes/sbxa/ports/8080');
   });
 
-  test('status, reason and repeated headers come back unchanged', async () => {
-    const r = await request(proxyPort, '/sandboxes/sbxa/ports/8080/status');
+  test('status, reason and repeated headers come back unchanged (host form: the guest\'s own origin)', async () => {
+    const r = await request(proxyPort, '/status', { headers: { host: '8080-sbxa.sandbox.test' } });
     assert.equal(r.status, 418);
     assert.deepEqual(r.headers['set-cookie'], ['a=1', 'b=2']);
+    assert.equal(r.headers['content-security-policy'], undefined);
     assert.equal(r.body, 'tea');
+  });
+
+  test('path form (the API origin): the answer runs in an opaque origin and may not set cookies', async () => {
+    const r = await request(proxyPort, '/sandboxes/sbxa/ports/8080/status');
+    assert.equal(r.status, 418);
+    assert.equal(r.headers['set-cookie'], undefined);
+    assert.match(String(r.headers['content-security-policy']), /^sandbox /);
+    assert.doesNotMatch(String(r.headers['content-security-policy']), /allow-same-origin/);
+    assert.equal(r.headers['x-content-type-options'], 'nosniff');
+  });
+
+  test('hearthd credentials never reach the guest; API-origin cookies only stay out of the path form', async () => {
+    const creds = { 'x-api-key': 'e2b_secret', 'x-access-token': 'envd-secret', cookie: 'session=api' };
+    const p = JSON.parse((await request(proxyPort, '/sandboxes/sbxa/ports/8080/echo-headers', { headers: creds })).body) as { headers: Record<string, string> };
+    assert.equal(p.headers['x-api-key'], undefined);
+    assert.equal(p.headers['x-access-token'], undefined);
+    assert.equal(p.headers['cookie'], undefined);
+    const h = JSON.parse((await request(proxyPort, '/echo-headers', { headers: { ...creds, host: '8080-sbxa.sandbox.test' } })).body) as { headers: Record<string, string> };
+    assert.equal(h.headers['x-api-key'], undefined);
+    assert.equal(h.headers['x-access-token'], undefined);
+    assert.equal(h.headers['cookie'], 'session=api');
   });
 
   test('request bodies stream to the sandbox, both with a length and chunked', async () => {

@@ -10,7 +10,7 @@
  * `(sandboxId, port) → {host, port} | null` (the sandbox slot's guestAddress).
  * Bodies stream in both directions with backpressure (pipe), never buffered.
  */
-import { request as httpRequest, STATUS_CODES, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { Agent, request as httpRequest, STATUS_CODES, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import net, { type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
@@ -80,6 +80,21 @@ export interface PortProxy {
 
 const ID = '[a-z0-9]{1,64}';
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization', 'proxy-authenticate']);
+/**
+ * Credentials of hearthd's own API never reach a guest: the API key and the
+ * sandbox's envd token on any form, and the API origin's cookies on the path form
+ * (host-form cookies belong to the sandbox's own origin).
+ */
+const HEARTH_CREDENTIALS = new Set(['x-api-key', 'x-access-token']);
+/**
+ * A guest's answer served on the API's origin (path form) runs in an opaque
+ * origin: `sandbox` without allow-same-origin, so its scripts cannot read the
+ * dashboard's storage or call the API as it. Browsers enforce every CSP header
+ * they get, so the guest's own cannot loosen this one.
+ */
+export const PATH_FORM_CSP = 'sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads';
+/** Response headers a guest may not set on the API's origin (cookies, service-worker scope). */
+const PATH_FORM_DROPPED_RESPONSE = new Set(['set-cookie', 'service-worker-allowed']);
 const NOT_OPEN = 'The sandbox is running but port is not open';
 const NOT_FOUND = 'The sandbox was not found';
 /** Errors that mean "nothing answers on that port" (before any response). */
@@ -101,6 +116,9 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
   const pathRe = prefix === null ? null : new RegExp(`^${escapeRe(prefix.replace(/\/+$/, ''))}/(${ID})/ports/(\\d{1,5})(/[^?]*)?(\\?.*)?$`);
   const hostRe = opts.domain ? new RegExp(`^(\\d{1,5})-(${ID})\\.${escapeRe(opts.domain.toLowerCase().replace(/^\.+|\.+$/g, ''))}$`) : null;
   const agent = new LeaseAgent({ keepAlive: true, maxSockets: 512, maxFreeSockets: 64, timeout: 60_000 });
+  // Requests with a body cannot be retried once it is streamed: they never take a pooled
+  // connection that the guest may have closed a moment ago (bodiless ones are retried).
+  const unpooled = new Agent({ keepAlive: false });
   const inflight = new StreamRegistry();
 
   function target(req: Pick<IncomingMessage, 'url' | 'headers'>): PortTarget | null {
@@ -172,13 +190,13 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
   function proxyRequest(req: IncomingMessage, res: ServerResponse, t: PortTarget, ep: PortEndpoint, retry: boolean): void {
     const headers: OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(req.headers)) {
-      if (v === undefined || HOP_BY_HOP.has(k) || k === tokenHeader || k.startsWith(':')) continue;
+      if (v === undefined || HOP_BY_HOP.has(k) || k === tokenHeader || k.startsWith(':') || !forwardable(k, t)) continue;
       headers[k] = v;
     }
     // Request bodies keep their framing: chunked stays chunked, a length stays a length.
     if (req.headers['transfer-encoding']) headers['transfer-encoding'] = req.headers['transfer-encoding'];
     Object.assign(headers, forwardedHeaders(req, t));
-    const args: LeasedRequestArgs = { host: ep.host, port: ep.port, method: req.method, path: t.path, headers, agent, timeout: connectTimeoutMs, ...(ep.lease ? { lease: ep.lease } : {}) };
+    const args: LeasedRequestArgs = { host: ep.host, port: ep.port, method: req.method, path: t.path, headers, agent: hasBody(req) ? unpooled : agent, timeout: connectTimeoutMs, ...(ep.lease ? { lease: ep.lease } : {}) };
     const up = httpRequest(args);
     inflight.add(t.sandboxId, res, (fn) => res.once('close', fn));
     let responded = false;
@@ -191,8 +209,9 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
       responded = true;
       const out: OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(upRes.headers)) {
-        if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+        if (v !== undefined && !HOP_BY_HOP.has(k) && !(t.form === 'path' && PATH_FORM_DROPPED_RESPONSE.has(k))) out[k] = v;
       }
+      if (t.form === 'path') addPathFormPolicy(out);
       if (upRes.headers['transfer-encoding'] === undefined && upRes.headers['content-length'] === undefined && req.httpVersion === '1.0') out['connection'] = 'close';
       res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage || STATUS_CODES[upRes.statusCode ?? 502], out);
       res.flushHeaders();
@@ -257,7 +276,7 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
         for (let i = 0; i < raw.length; i += 2) {
           const name = raw[i]!;
           const lower = name.toLowerCase();
-          if (lower === tokenHeader || lower.startsWith('x-forwarded-')) continue;
+          if (lower === tokenHeader || lower.startsWith('x-forwarded-') || !forwardable(lower, t)) continue;
           lines.push(`${name}: ${raw[i + 1]}`);
         }
         for (const [k, v] of Object.entries(forwardedHeaders(req, t))) lines.push(`${k}: ${v}`);
@@ -283,6 +302,20 @@ export function createPortProxy(opts: PortProxyOptions): PortProxy {
   }
 
   return { target, handleRequest, handleUpgrade, cut: (id) => inflight.cut(id), close: () => agent.destroy() };
+}
+
+/** Whether a request header may go to the guest (see HEARTH_CREDENTIALS). */
+function forwardable(lowerName: string, t: PortTarget): boolean {
+  if (HEARTH_CREDENTIALS.has(lowerName)) return false;
+  return !(t.form === 'path' && lowerName === 'cookie');
+}
+
+/** The opaque-origin policy on a path-form answer (see PATH_FORM_CSP). */
+function addPathFormPolicy(out: OutgoingHttpHeaders): void {
+  const guest = out['content-security-policy'];
+  // A comma joins policies into a list; each one is enforced (the guest's cannot widen ours).
+  out['content-security-policy'] = guest === undefined ? PATH_FORM_CSP : `${PATH_FORM_CSP}, ${[guest].flat().join(', ')}`;
+  out['x-content-type-options'] = 'nosniff';
 }
 
 /** Whether a request carries a body (RFC 9112 §6.3: a length or chunked framing). */
