@@ -37,7 +37,7 @@ export function presentEgress(e: EgressPolicy): NetworkPolicy {
  * record no longer holds them (the store drops them as it ends), and this never
  * shows them for an ended state whatever the record says.
  */
-export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null): SandboxDetail {
+export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null, portDomain: string | null = null): SandboxDetail {
   const ended = s.state === 'destroyed' || s.state === 'failed';
   return {
     ...presentListItem(s, template),
@@ -50,6 +50,7 @@ export function presentDetail(s: SandboxRecord, template: Template | undefined, 
     network: egress ? presentEgress(egress) : null,
     allowPublicTraffic: s.netPolicy.trafficToken === null,
     trafficAccessToken: ended ? null : s.netPolicy.trafficToken,
+    portDomain,
   };
 }
 

@@ -91,6 +91,7 @@ export const SandboxDetail = Type.Object({
   network: Type.Union([NetworkPolicy, Type.Null()], { description: 'Egress in force (null once ended)' }),
   allowPublicTraffic: Type.Boolean(),
   trafficAccessToken: Type.Union([Type.String(), Type.Null()], { description: 'Header e2b-traffic-access-token for the port proxy when allowPublicTraffic is false' }),
+  portDomain: Type.Union([Type.String(), Type.Null()], { description: 'Ports are served at <port>-<sandboxID>.<portDomain> on the API port (an origin of their own); null: only /sandboxes/{id}/ports/{port}/' }),
 }, { $id: 'SandboxDetail' });
 export type SandboxDetail = Static<typeof SandboxDetail>;
 export type SandboxListItem = Static<typeof SandboxListItem>;

@@ -194,8 +194,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.get('/doctor', { schema: { summary: 'Host capabilities and the drivers in use', tags: ['host'] } }, async () => deps.doctor());
 
   templateRoutes(app, deps.manager, deps.store);
-  sandboxRoutes(app, deps.manager, deps.store);
-  snapshotRoutes(app, deps.manager, deps.store);
+  sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null);
+  snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null);
   webRoutes(app); // dashboard at / and /ui/* (docs/dashboard.md)
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

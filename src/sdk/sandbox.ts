@@ -77,8 +77,18 @@ export class Sandbox {
   /** The port proxy token this sandbox requires (null when its ports are public). */
   get trafficAccessToken(): string | null { return this.info.trafficAccessToken; }
 
-  /** The URL of a port the sandbox listens on, through hearthd's port proxy (send `trafficAccessToken` if set). */
-  getPortUrl(port: number): string {
+  /**
+   * The URL of a port the sandbox listens on, through hearthd's port proxy (send
+   * `trafficAccessToken` if set). The host form `<port>-<id>.<portDomain>` when hearthd
+   * has a port domain: an origin of its own, the one to open in a browser; else the path
+   * form on the API's origin (served there in an opaque origin, see docs/security.md).
+   */
+  getPortUrl(port: number, form: 'host' | 'path' = 'host'): string {
+    const domain = this.info.portDomain;
+    if (form === 'host' && domain) {
+      const api = new URL(this.api.url);
+      return `${api.protocol}//${port}-${this.id}.${domain}${api.port ? `:${api.port}` : ''}/`;
+    }
     return `${this.api.url}/sandboxes/${this.id}/ports/${port}/`;
   }
 

@@ -64,7 +64,7 @@ describe(`hearthd on netns networking (tag ${tag})`, { skip }, () => {
     try {
       assert.ok(s.trafficAccessToken);
       await s.commands.run('mkdir -p /tmp/w && echo private > /tmp/w/i && python3 -m http.server 8000 --bind 0.0.0.0 --directory /tmp/w >/dev/null 2>&1', { background: true });
-      const url = `${s.getPortUrl(8000)}i`;
+      const url = `${s.getPortUrl(8000, 'path')}i`; // Node cannot resolve *.localhost; browsers and curl can
       const body = await until('the guest server', async () => {
         const r = await fetch(url, { headers: { 'e2b-traffic-access-token': s.trafficAccessToken! } });
         return r.ok ? r.text() : undefined;

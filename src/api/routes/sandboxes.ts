@@ -25,10 +25,10 @@ function requestSignal(res: ServerResponse): AbortSignal {
 }
 
 /** A sandbox as the API shows it: its record, disk usage and the egress in force. */
-export async function sandboxDetail(manager: SandboxManager, store: Store, id: string): Promise<SandboxDetail> {
+export async function sandboxDetail(manager: SandboxManager, store: Store, id: string, portDomain: string | null): Promise<SandboxDetail> {
   const s = manager.get(id);
   const ended = s.state === 'destroyed' || s.state === 'failed';
-  return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(id), ended ? null : manager.egressOf(id));
+  return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(id), ended ? null : manager.egressOf(id), portDomain);
 }
 
 /** E2B's egress fields → a policy request; undefined when none is given (the host default applies). */
@@ -41,7 +41,7 @@ function egressRequest(internet: boolean | undefined, allowOut: string[] | undef
   };
 }
 
-export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, store: Store): void {
+export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, store: Store, portDomain: string | null = null): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
 
   r.post('/sandboxes', {
@@ -92,7 +92,7 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
     }
     // A replay answers as the first request did (201), and says it is one.
     if (created.replayed) void reply.header('idempotent-replayed', 'true');
-    return reply.status(201).send(await sandboxDetail(manager, store, created.sandbox.id));
+    return reply.status(201).send(await sandboxDetail(manager, store, created.sandbox.id, portDomain));
   });
 
   r.get('/sandboxes', {
@@ -110,7 +110,7 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
   r.get('/sandboxes/:sandboxID', {
     schema: { summary: 'Get a sandbox, including recently ended ones and why they ended', tags: ['sandboxes'], params: SandboxIdParams, response: { 200: SandboxDetail, ...errors } },
   }, async (req) => {
-    return sandboxDetail(manager, store, req.params.sandboxID);
+    return sandboxDetail(manager, store, req.params.sandboxID, portDomain);
   });
 
   r.get('/sandboxes/:sandboxID/network', {

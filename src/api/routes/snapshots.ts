@@ -27,9 +27,9 @@ async function presentSnapshot(manager: SandboxManager, s: SnapshotRecord): Prom
 }
 
 /** Pause, resume (and E2B's connect), named snapshots, forks. */
-export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, store: Store): void {
+export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, store: Store, portDomain: string | null = null): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
-  const detail = (id: string) => sandboxDetail(manager, store, id);
+  const detail = (id: string) => sandboxDetail(manager, store, id, portDomain);
 
   r.post('/sandboxes/:sandboxID/pause', {
     schema: { summary: 'Pause: memory and disk kept on the host, no VMM process, no CPU', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(PauseBody), response: { 204: Type.Null(), ...errors } },

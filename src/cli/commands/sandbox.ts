@@ -18,7 +18,8 @@ const HELP = `Usage: hearth sandbox <command>
   create --snapshot <id|name>                        start a sandbox from a snapshot
   network <id> [--internet on|off] [--allow-out CIDR]... [--deny-out CIDR]...
                                                      show, or replace, its egress policy (deny wins)
-  url <id> <port>                                    the port proxy URL of a port it listens on
+  url <id> <port> [--path]                           the port proxy URL of a port it listens on (its own origin
+                                                     <port>-<id>.<domain>; --path: /sandboxes/<id>/ports/<port>/)
 
 Every command takes --json.`;
 
@@ -101,12 +102,12 @@ async function network(argv: string[]): Promise<number> {
 }
 
 async function portUrl(argv: string[]): Promise<number> {
-  const { positionals } = parseArgs({ args: argv, allowPositionals: true, options: {} });
+  const { positionals, values } = parseArgs({ args: argv, allowPositionals: true, options: { path: { type: 'boolean' } } });
   const [id, port] = positionals;
   const n = int(port, 'port');
-  if (!id || n === undefined || n < 1 || n > 65535) throw new UsageError('usage: hearth sandbox url <id> <port 1-65535>');
+  if (!id || n === undefined || n < 1 || n > 65535) throw new UsageError('usage: hearth sandbox url <id> <port 1-65535> [--path]');
   const sbx = await Sandbox.connect(id);
-  process.stdout.write(`${sbx.getPortUrl(n)}\n`);
+  process.stdout.write(`${sbx.getPortUrl(n, values.path ? 'path' : 'host')}\n`);
   if (sbx.trafficAccessToken) process.stderr.write(`send the header e2b-traffic-access-token: ${sbx.trafficAccessToken}\n`);
   return 0;
 }
