@@ -875,7 +875,7 @@ export class SandboxManager {
    */
   async deleteSnapshot(id: string): Promise<void> {
     const snap = this.getSnapshot(id);
-    if (this.deps.storage.kind === 'dm') {
+    if (this.deps.storage.readsBase) {
       const users = this.store.listSandboxes({ states: ['creating', 'running', 'pausing', 'paused', 'resuming'] }).filter((s) => s.snapshotId === snap.id);
       if (users.length) throw new ConflictError(`snapshot ${snap.id} is the origin of running sandboxes: ${users.map((s) => s.id).join(', ')}`);
     }

@@ -4,10 +4,10 @@
  * faults. Integration tests use the real drivers.
  */
 import type { ExitInfo, SnapshotFiles, VmConfig, Vmm, VmmDriver, VmmHandle, VmNetwork } from '../../src/vmm/types.js';
-import type { BaseImage, RootDisk, RootfsBackend } from '../../src/storage/types.js';
+import type { BaseImage, DetachedDisk, RootDisk, RootfsBackend } from '../../src/storage/types.js';
 import type { EgressPolicy, NetworkSlots, Slot, SlotOptions } from '../../src/network/types.js';
 import type { AgentControlApi } from '../../src/core/manager.js';
-import { HostFailureError, TimeoutError } from '../../src/core/errors.js';
+import { HostFailureError, TimeoutError, throwIfAborted } from '../../src/core/errors.js';
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 
 export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'slot.setEgress' | 'agent.ready' | 'agent.init';
@@ -103,31 +103,50 @@ export class FakeDriver implements VmmDriver {
 
 export class FakeStorage implements RootfsBackend {
   readonly kind = 'copy' as const;
+  readonly readsBase = false;
+  /** The base image each live disk was made or attached on. */
+  readonly bases = new Map<string, string>();
   constructor(private readonly w: World) {}
-  async create(sandboxId: string, _b: BaseImage): Promise<RootDisk> {
+  async create(sandboxId: string, base: BaseImage, signal: AbortSignal): Promise<RootDisk> {
+    throwIfAborted(signal);
     this.w.fail('disk.create');
     this.w.disks.add(sandboxId);
+    this.bases.set(sandboxId, base.path);
     this.w.events.push(`disk+ ${sandboxId}`);
-    return { sandboxId, backend: 'copy', devicePath: `/fake/${sandboxId}`, files: [] };
+    return { sandboxId, backend: 'copy', devicePath: `/fake/${sandboxId}`, files: [], base };
   }
-  async detach(d: RootDisk, intoDir: string): Promise<void> {
+  async detach(d: RootDisk, intoDir: string, signal: AbortSignal): Promise<DetachedDisk> {
+    throwIfAborted(signal);
     this.w.events.push(`detach ${d.sandboxId}`);
     this.w.fail('disk.detach');
     this.w.disks.delete(d.sandboxId);
+    this.bases.delete(d.sandboxId);
     await writeFile(`${intoDir}/rootfs.ext4`, 'DISK');
+    return { sandboxId: d.sandboxId, backend: 'copy', base: d.base, dir: intoDir, files: [`${intoDir}/rootfs.ext4`] };
   }
-  async attach(sandboxId: string, _b: BaseImage, fromDir: string): Promise<RootDisk> {
-    this.w.events.push(`attach ${sandboxId}`);
+  async attach(token: DetachedDisk, signal: AbortSignal): Promise<RootDisk> {
+    throwIfAborted(signal);
+    this.w.events.push(`attach ${token.sandboxId}`);
     this.w.fail('disk.attach');
-    await readFile(`${fromDir}/rootfs.ext4`);
-    this.w.disks.add(sandboxId);
-    return { sandboxId, backend: 'copy', devicePath: `/fake/${sandboxId}`, files: [] };
+    await readFile(`${token.dir}/rootfs.ext4`);
+    this.w.disks.add(token.sandboxId);
+    this.bases.set(token.sandboxId, token.base.path);
+    return { sandboxId: token.sandboxId, backend: 'copy', devicePath: `/fake/${token.sandboxId}`, files: [], base: token.base };
   }
-  async flatten(_d: RootDisk, out: string): Promise<void> { this.w.fail('disk.flatten'); await writeFile(out, 'DISK'); }
-  async remove(d: RootDisk): Promise<void> {
+  async reclaim(token: DetachedDisk, signal: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
+    this.w.events.push(`reclaim ${token.sandboxId}`);
+    this.w.disks.delete(token.sandboxId);
+    this.bases.delete(token.sandboxId);
+    await writeFile(`${token.dir}/rootfs.ext4`, 'DISK');
+  }
+  async flatten(_d: RootDisk, out: string, signal: AbortSignal): Promise<void> { throwIfAborted(signal); this.w.fail('disk.flatten'); await writeFile(out, 'DISK'); }
+  async remove(d: RootDisk, signal: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
     this.w.events.push(`disk- ${d.sandboxId}`);
     this.w.fail('disk.remove');
     this.w.disks.delete(d.sandboxId);
+    this.bases.delete(d.sandboxId);
   }
   async usage(): Promise<{ allocatedBytes: number }> { return { allocatedBytes: 4096 }; }
 }

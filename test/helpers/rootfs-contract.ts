@@ -181,10 +181,13 @@ export function rootfsBackendContract(name: string, makeBackend: () => Promise<C
       try {
         const data = randomBytes(128 * 1024);
         await writeAt(d.devicePath, 40 * MiB + 8192, data);
-        await subject().backend.detach(d, paused, fresh());
+        const token = await subject().backend.detach(d, paused, fresh());
         assert.ok((await readdir(paused)).length > 0, 'the disk\'s files are in the paused dir');
         for (const f of d.files) assert.equal(existsSync(f), false, `${f} moved away`);
-        back = await subject().backend.attach(d.sandboxId, base, paused, fresh());
+        assert.deepEqual(token.base, base, 'the token carries the disk\'s base');
+        assert.deepEqual(await subject().backend.detach(d, paused, fresh()), token, 'a second detach is idempotent');
+        back = await subject().backend.attach(token, fresh());
+        assert.deepEqual(back.base, base);
         live.delete(d);
         live.add(back);
         assert.equal(await sizeOf(back.devicePath), size);

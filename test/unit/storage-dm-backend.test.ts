@@ -14,7 +14,7 @@ import { COW_FILE, DmDeviceStuckError, DmRootfsBackend, fullCowBytes, type DmRoo
 import { deviceMapperAvailable } from '../../src/storage/dm/index.js';
 import { DM_MESSAGES, FakeBlockHost } from '../../src/storage/dm/testing.js';
 import { LoopRegistry } from '../../src/storage/loop/registry.js';
-import type { BaseImage } from '../../src/storage/types.js';
+import type { BaseImage, DetachedDisk } from '../../src/storage/types.js';
 
 const MiB = 1024 * 1024;
 const sig = (): AbortSignal => new AbortController().signal;
@@ -58,6 +58,11 @@ function lab(opts: Partial<DmRootfsBackendOptions> = {}): Lab {
   };
 }
 
+/** The token a pause of sb1 into `dir` would have returned. */
+function tokenOf(l: Lab, dir: string): DetachedDisk {
+  return { sandboxId: 'sb1', backend: 'dm', base: l.base, dir, files: [join(dir, COW_FILE)] };
+}
+
 /** The commands that change host state, in order (listing and info queries left out). */
 function mutations(h: FakeBlockHost): string[] {
   return h.calls.filter((c) => /^(losetup (--find|-d)|dmsetup (create|remove)|blockdev|cp)/.test(c));
@@ -74,7 +79,7 @@ test('dm create: exact commands, table from the image size, a sparse CoW that ca
       `losetup --find --show ${cow}`,
       'dmsetup create hearth-sb1 --table 0 131073 snapshot /dev/loop0 /dev/loop1 P 8',
     ]);
-    assert.deepEqual(disk, { sandboxId: 'sb1', backend: 'dm', devicePath: '/dev/mapper/hearth-sb1', files: [cow] });
+    assert.deepEqual(disk, { sandboxId: 'sb1', backend: 'dm', devicePath: '/dev/mapper/hearth-sb1', files: [cow], base: l.base });
     // 16385 data chunks of 4 KiB, 65 metadata chunks (256 exceptions each), header, slack.
     assert.equal(fullCowBytes(131073, 8), (1 + 65 + 16385 + 8) * 4096);
     const st = statSync(cow);
@@ -202,10 +207,11 @@ test('dm attach (resume): round trip through the paused dir; the persistent CoW 
     // Stand-in for guest writes: bytes in the CoW file.
     const fd = openSync(l.cow('sb1'), 'r+'); writeSync(fd, Buffer.from('cow-data'), 0, 8, 8192); closeSync(fd);
     const paused = join(l.dir, 'paused', 'sb1');
-    await l.backend.detach(disk, paused, sig());
+    const token = await l.backend.detach(disk, paused, sig());
+    assert.deepEqual(token, { sandboxId: 'sb1', backend: 'dm', base: l.base, dir: paused, files: [join(paused, COW_FILE)] });
     assert.ok(existsSync(join(paused, COW_FILE)));
     const n = l.host.calls.length;
-    const again = await l.backend.attach('sb1', l.base, paused, sig());
+    const again = await l.backend.attach(token, sig());
     assert.deepEqual(l.host.calls.slice(n), [
       'dmsetup info hearth-sb1',
       `losetup --find --show --read-only ${l.base.path}`,
@@ -231,7 +237,7 @@ test('dm attach: a stale device of the same name (left by a crashed daemon) is r
     closeSync(openSync(l.cow('sb1'), 'w'));
     l.host.addStaleDevice('hearth-sb1', l.base.path, l.cow('sb1'), 131073);
     const { backend, loops } = l.restart();
-    const disk = await backend.attach('sb1', l.base, paused, sig());
+    const disk = await backend.attach(tokenOf(l, paused), sig());
     assert.deepEqual(mutations(l.host), [
       'dmsetup remove hearth-sb1',
       'losetup -d /dev/loop1',
@@ -261,7 +267,7 @@ test('dm attach: if the stale device cannot be removed, nothing is created and t
     closeSync(openSync(join(l.dir, 'leftover.img'), 'w'));
     l.host.addStaleDevice('hearth-sb1', l.base.path, join(l.dir, 'leftover.img'), 131073);
     l.host.fail('dmsetup remove', DM_MESSAGES.busy('hearth-sb1'), { times: 10 });
-    await assert.rejects(l.backend.attach('sb1', l.base, paused, sig()), DmDeviceStuckError);
+    await assert.rejects(l.backend.attach(tokenOf(l, paused), sig()), DmDeviceStuckError);
     assert.equal(l.host.count('dmsetup remove'), 4);
     assert.equal(l.host.count('dmsetup create'), 0);
     assert.equal(l.host.count('losetup -d'), 0);
@@ -274,14 +280,14 @@ test('dm attach: a failure half-way moves the CoW file back into the paused dir 
   try {
     const disk = await l.backend.create('sb1', l.base, sig());
     const paused = join(l.dir, 'paused', 'sb1');
-    await l.backend.detach(disk, paused, sig());
+    const token = await l.backend.detach(disk, paused, sig());
     l.host.fail('dmsetup create', DM_MESSAGES.createFailed('hearth-sb1'));
-    await assert.rejects(l.backend.attach('sb1', l.base, paused, sig()), /reload ioctl/);
+    await assert.rejects(l.backend.attach(token, sig()), /reload ioctl/);
     assert.ok(existsSync(join(paused, COW_FILE)));
     assert.equal(existsSync(l.cow('sb1')), false);
     assert.equal(l.host.loops.size, 0);
     assert.deepEqual(l.loops.list(), []);
-    await assert.rejects(l.backend.attach('sb1', l.base, join(l.dir, 'nowhere'), sig()), NotFoundError);
+    await assert.rejects(l.backend.attach({ ...token, dir: join(l.dir, 'nowhere') }, sig()), NotFoundError);
   } finally { l.done(); }
 });
 

@@ -44,7 +44,7 @@ test('store round-trips sandbox records including JSON columns', () => {
   const s = new Store(':memory:');
   const rec = sandbox('iaaa', {
     agent: { host: '127.0.0.1', port: 4000 }, vmm: { kind: 'qemu', pid: 42, runDir: '/run/x' },
-    disk: { sandboxId: 'iaaa', backend: 'copy', devicePath: '/d', files: ['/d'] },
+    disk: { sandboxId: 'iaaa', backend: 'copy', devicePath: '/d', files: ['/d'], base: { id: 't', path: '/t/rootfs.ext4', sizeBytes: 1 } },
     network: { kind: 'user', forwards: [{ hostPort: 4000, guestPort: 49983 }], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' },
     timings: { op: 'create', steps: [['boot', 12]] },
   });

@@ -1,9 +1,10 @@
-import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Cleanup } from '../cleanup.js';
 import { HostFailureError, errorMessage } from '../errors.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, Template } from '../types.js';
+import type { DetachedDisk } from '../../storage/types.js';
 import { exists, removeTree, writeFileAtomic } from '../../util/fs.js';
 import { FILES, initBody, pausedDir, slotOptions, sandboxDir, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
 import { waitForAgent } from './launch.js';
@@ -15,6 +16,8 @@ export interface PausedMeta {
   vcpus: number;
   memoryMib: number;
   pausedAt: string;
+  /** The detached disk (with its base), as storage's detach returned it; resume attaches exactly this. */
+  disk?: DetachedDisk;
 }
 
 async function fsyncFile(path: string): Promise<void> {
@@ -64,17 +67,18 @@ export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: 
   const cleanup = new Cleanup();
   cleanup.add('network slot', () => deps.network.release(live.slot));
   let diskDetached = false;
+  let detached: DetachedDisk | undefined;
   try {
     live.stopping = true;
     await steps.run('stop', () => live.vmm.stop(AbortSignal.timeout(30_000)));
     await mkdir(paused, { recursive: true });
-    await steps.run('detach', () => deps.storage.detach(live.disk, paused, AbortSignal.timeout(60_000)));
+    detached = await steps.run('detach', () => deps.storage.detach(live.disk, paused, AbortSignal.timeout(60_000)));
     diskDetached = true;
     await steps.run('move', async () => {
       await rename(memoryPath, join(paused, FILES.memory));
       // The device state and whatever else the VMM wrote beside it (e.g. Firecracker's firecracker.json).
       for (const f of await readdir(staging)) await rename(join(staging, f), join(paused, f));
-      const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString() };
+      const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached };
       await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
       await removeTree(staging);
     });
@@ -104,9 +108,9 @@ export async function resumeSandbox(deps: ManagerDeps, rec: SandboxRecord, templ
   try {
     const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
     cleanup.add('network slot', () => deps.network.release(slot));
-    const base = { id: template.id, path: template.rootfsPath, sizeBytes: template.rootfsSizeBytes };
-    const disk = await steps.run('attach', () => deps.storage.attach(rec.id, base, paused, signal), signal);
-    cleanup.add('root disk back to the paused dir', () => deps.storage.detach(disk, paused, AbortSignal.timeout(60_000)));
+    const token = await pausedDisk(paused, rec, template);
+    const disk = await steps.run('attach', () => deps.storage.attach(token, signal), signal);
+    cleanup.add('root disk back to the paused dir', () => deps.storage.detach(disk, paused, AbortSignal.timeout(60_000)).then(() => undefined));
     const vmm = deps.vmm.create();
     const cfg = vmConfig(deps.config, rec, template, slot, disk);
     // A VMM that writes guest memory into its file runs on a copy: the paused memory is never
@@ -137,4 +141,14 @@ export async function resumeSandbox(deps: ManagerDeps, rec: SandboxRecord, templ
     }
     throw err;
   }
+}
+
+/** The token of a paused sandbox's disk, from its meta.json (older pauses wrote none: their base was the template's). */
+async function pausedDisk(paused: string, rec: SandboxRecord, template: Template): Promise<DetachedDisk> {
+  const meta = JSON.parse(await readFile(join(paused, FILES.meta), 'utf8')) as PausedMeta;
+  if (meta.disk) return meta.disk;
+  return {
+    sandboxId: rec.id, backend: 'copy', dir: paused, files: [],
+    base: { id: template.id, path: template.rootfsPath, sizeBytes: template.rootfsSizeBytes },
+  };
 }

@@ -7,7 +7,7 @@ import { runCommand, type CommandRunner } from '../../util/exec.js';
 import { allocatedBytes, exists } from '../../util/fs.js';
 import { listLoops, type LoopInfo } from '../loop/losetup.js';
 import type { LoopRef, LoopRegistry, WritableLoop } from '../loop/registry.js';
-import type { BaseImage, RootDisk, RootfsBackend } from '../types.js';
+import type { BaseImage, DetachedDisk, RootDisk, RootfsBackend } from '../types.js';
 import { Dmsetup, DmsetupError, parseSnapshotStatus, parseSnapshotTable, snapshotTable, type RetryPolicy, type SnapshotStatus } from './dmsetup.js';
 
 export const DM_NAME_PREFIX = 'hearth-';
@@ -97,6 +97,8 @@ export class DmDeviceStuckError extends HostFailureError {}
  */
 export class DmRootfsBackend implements RootfsBackend {
   readonly kind = 'dm' as const;
+  /** The origin loop device reads the base image for as long as the disk exists. */
+  readonly readsBase = true;
   readonly dm: Dmsetup;
   private readonly run: CommandRunner;
   private readonly loops: LoopRegistry;
@@ -154,31 +156,39 @@ export class DmRootfsBackend implements RootfsBackend {
       throw err;
     }
     this.live.set(sandboxId, st);
-    return this.diskOf(st);
+    return this.diskOf(st, base);
   }
 
   /**
    * Pause: remove the dm device (retried while busy), detach the CoW loop,
    * move the CoW file to `<intoDir>/cow.img`, release the origin reference.
    * A failed removal throws DmDeviceStuckError and keeps everything else.
+   * Idempotent: a disk already detached into `intoDir` gives its token again.
+   * The token carries the disk's base: the origin its CoW layer was written against.
    */
-  async detach(disk: RootDisk, intoDir: string, signal: AbortSignal): Promise<void> {
+  async detach(disk: RootDisk, intoDir: string, signal: AbortSignal): Promise<DetachedDisk> {
     throwIfAborted(signal);
     const st = await this.stateOf(disk.sandboxId, signal);
+    const base = disk.base;
     this.live.set(disk.sandboxId, st);
     await mkdir(intoDir, { recursive: true });
-    await this.teardown(st, signal, { moveTo: join(intoDir, COW_FILE) }, false);
+    const dst = join(intoDir, COW_FILE);
+    const alreadyMoved = st.dm === 'none' && !st.cow && !(await exists(st.cowPath)) && await exists(dst);
+    await this.teardown(st, signal, alreadyMoved ? 'keep' : { moveTo: dst }, false);
     this.live.delete(disk.sandboxId);
+    return { sandboxId: disk.sandboxId, backend: 'dm', base, dir: intoDir, files: [dst] };
   }
 
   /**
    * Resume: remove a stale device of the same name if one exists (and the
-   * loops it held), move `<fromDir>/cow.img` back, and recreate the snapshot
-   * over it (the persistent store reloads its exceptions). On failure the CoW
-   * file is moved back into `fromDir`: never deleted.
+   * loops it held), move `<token.dir>/cow.img` back, and recreate the snapshot
+   * over it, on the token's base (the image the CoW layer was written against;
+   * the persistent store reloads its exceptions). On failure the CoW file is
+   * moved back into `token.dir`: never deleted.
    */
-  async attach(sandboxId: string, base: BaseImage, fromDir: string, signal: AbortSignal): Promise<RootDisk> {
+  async attach(token: DetachedDisk, signal: AbortSignal): Promise<RootDisk> {
     throwIfAborted(signal);
+    const { sandboxId, base, dir: fromDir } = token;
     const name = this.deviceName(sandboxId);
     await this.clearStale(sandboxId, signal);
     const src = join(fromDir, COW_FILE);
@@ -198,7 +208,25 @@ export class DmRootfsBackend implements RootfsBackend {
       throw err;
     }
     this.live.set(sandboxId, st);
-    return this.diskOf(st);
+    return this.diskOf(st, base);
+  }
+
+  /**
+   * Put a detached disk back into `token.dir` whatever of an attach happened
+   * (after a crash this process may know nothing: the state comes from the
+   * host): the device and loops are released, the CoW file moved back.
+   */
+  async reclaim(token: DetachedDisk, signal: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
+    const st = await this.stateOf(token.sandboxId, signal);
+    this.live.set(token.sandboxId, st);
+    await this.teardown(st, signal, 'keep', true);
+    this.live.delete(token.sandboxId);
+    const dst = join(token.dir, COW_FILE);
+    if (resolve(st.cowPath) !== resolve(dst) && await exists(st.cowPath)) {
+      await mkdir(token.dir, { recursive: true });
+      await rename(st.cowPath, dst);
+    }
   }
 
   /** Copy the merged device into a new standalone sparse image (written aside, fsynced, renamed). */
@@ -291,8 +319,8 @@ export class DmRootfsBackend implements RootfsBackend {
 
   // ------------------------------------------------------------ internals
 
-  private diskOf(st: DiskState): RootDisk {
-    return { sandboxId: st.sandboxId, backend: 'dm', devicePath: this.devicePath(st.sandboxId), files: [st.cowPath] };
+  private diskOf(st: DiskState, base: BaseImage): RootDisk {
+    return { sandboxId: st.sandboxId, backend: 'dm', devicePath: this.devicePath(st.sandboxId), files: [st.cowPath], base };
   }
 
   private async sectorsOf(device: string, signal: AbortSignal): Promise<number> {

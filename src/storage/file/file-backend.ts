@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { throwIfAborted } from '../../core/errors.js';
 import { allocatedBytes, exists } from '../../util/fs.js';
 import { runCommand, type CommandRunner } from '../../util/exec.js';
-import type { BaseImage, RootDisk, RootfsBackend } from '../types.js';
+import type { BaseImage, DetachedDisk, RootDisk, RootfsBackend } from '../types.js';
 
 const DISK_FILE = 'rootfs.ext4';
 
@@ -16,6 +16,9 @@ const DISK_FILE = 'rootfs.ext4';
  * ENOSPC inside its own filesystem; the host only ever sees blocks up to that size.
  */
 export class FileRootfsBackend implements RootfsBackend {
+  /** A disk is a standalone file: its base can go once it is made. */
+  readonly readsBase = false;
+
   constructor(
     readonly kind: 'reflink' | 'copy',
     private readonly sandboxesDir: string,
@@ -36,22 +39,34 @@ export class FileRootfsBackend implements RootfsBackend {
       await unlink(path).catch(() => undefined);
       throw err;
     }
-    return { sandboxId, backend: this.kind, devicePath: path, files: [path] };
+    return { sandboxId, backend: this.kind, devicePath: path, files: [path], base };
   }
 
-  async detach(disk: RootDisk, intoDir: string, signal: AbortSignal): Promise<void> {
+  async detach(disk: RootDisk, intoDir: string, signal: AbortSignal): Promise<DetachedDisk> {
     throwIfAborted(signal);
     await mkdir(intoDir, { recursive: true });
-    await rename(disk.devicePath, join(intoDir, DISK_FILE));
+    const dst = join(intoDir, DISK_FILE);
+    // Idempotent: a disk already moved (a retried or recovered pause) is not an error.
+    if (disk.devicePath !== dst && (await exists(disk.devicePath) || !(await exists(dst)))) await rename(disk.devicePath, dst);
+    return { sandboxId: disk.sandboxId, backend: this.kind, base: disk.base, dir: intoDir, files: [dst] };
   }
 
-  async attach(sandboxId: string, _base: BaseImage, fromDir: string, signal: AbortSignal): Promise<RootDisk> {
+  async attach(token: DetachedDisk, signal: AbortSignal): Promise<RootDisk> {
     throwIfAborted(signal);
-    const path = this.diskPath(sandboxId);
-    await mkdir(join(this.sandboxesDir, sandboxId), { recursive: true });
-    const src = join(fromDir, DISK_FILE);
+    const path = this.diskPath(token.sandboxId);
+    await mkdir(join(this.sandboxesDir, token.sandboxId), { recursive: true });
+    const src = join(token.dir, DISK_FILE);
     if (src !== path) await rename(src, path);
-    return { sandboxId, backend: this.kind, devicePath: path, files: [path] };
+    return { sandboxId: token.sandboxId, backend: this.kind, devicePath: path, files: [path], base: token.base };
+  }
+
+  async reclaim(token: DetachedDisk, signal: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
+    const path = this.diskPath(token.sandboxId);
+    const dst = join(token.dir, DISK_FILE);
+    if (path === dst || !(await exists(path))) return;
+    await mkdir(token.dir, { recursive: true });
+    await rename(path, dst);
   }
 
   async flatten(disk: RootDisk, outPath: string, signal: AbortSignal): Promise<void> {
