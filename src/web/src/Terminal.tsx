@@ -27,22 +27,34 @@ export default function Terminal({ target }: { target: EnvdTarget }) {
     const ro = new ResizeObserver(() => fit());
     ro.observe(el.current!);
     term.onResize(({ cols, rows }) => { if (pid !== undefined) void resizePty(target, pid, cols, rows).catch(() => undefined); });
-    // Input is batched per animation frame: one SendInput per burst of keystrokes.
+    // Keystrokes go out in order, none lost: one SendInput in flight at a time, carrying
+    // everything typed since the previous one was sent. Keys typed before the shell's pid is
+    // known wait for it. A failed send is retried (same bytes, still first in line).
     let pending = '';
-    let scheduled = false;
-    term.onData((d) => {
-      pending += d;
-      if (scheduled) return;
-      scheduled = true;
-      setTimeout(() => {
-        scheduled = false;
-        const data = pending; pending = '';
-        if (pid !== undefined && data) void sendPtyInput(target, pid, enc.encode(data)).catch((e) => setError(errMsg(e)));
-      }, 10);
-    });
+    let sending = false;
+    const flush = async () => {
+      if (sending) return;
+      sending = true;
+      try {
+        let failures = 0;
+        while (pending && pid !== undefined && !ac.signal.aborted) {
+          const data = pending;
+          try {
+            await sendPtyInput(target, pid, enc.encode(data));
+            pending = pending.slice(data.length);
+            failures = 0;
+          } catch (e) {
+            if (ac.signal.aborted) return;
+            if (++failures >= 5) { setError(`Keystrokes could not be delivered: ${errMsg(e)}`); pending = ''; return; }
+            await new Promise((r) => setTimeout(r, 100 * failures));
+          }
+        }
+      } finally { sending = false; }
+    };
+    term.onData((d) => { pending += d; void flush(); });
     const dec = new TextDecoder();
     startProcess(target, { cmd: '/bin/bash', args: ['-i', '-l'], envs: { TERM: 'xterm-256color' }, pty: { cols: term.cols, rows: term.rows }, stdin: true }, (ev) => {
-      if (ev.start) { pid = ev.start.pid; setStatus(`bash pid ${pid}`); term.focus(); }
+      if (ev.start) { pid = ev.start.pid; setStatus(`bash pid ${pid}`); term.focus(); void flush(); }
       if (ev.data?.pty) term.write(dec.decode(decodeBytes(ev.data.pty), { stream: true }));
       if (ev.end) { setStatus(`exited (${ev.end.status ?? ev.end.exitCode ?? 0})`); term.write('\r\n[process exited]\r\n'); }
     }, ac.signal).catch((e) => {
