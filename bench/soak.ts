@@ -270,7 +270,7 @@ async function main(): Promise<void> {
   baseline ??= final;
   // A failed sandbox keeps its row (with the reason) but must hold no host resource: its
   // directory, QEMU and loop devices are checked below like everyone else's.
-  const rows = await Sandbox.list({ url });
+  const rows = await Sandbox.list({ url }).all();
   const failedRows = rows.filter((s) => s.state === 'failed').map((s) => s.sandboxID);
   const listed = rows.filter((s) => s.state !== 'failed').map((s) => `${s.sandboxID}:${s.state}`);
   const leaks = {

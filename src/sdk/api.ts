@@ -28,6 +28,11 @@ export class HearthApi {
   }
 
   async request<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+    return (await this.requestWithHeaders<T>(method, path, body, signal)).body;
+  }
+
+  /** As request(), also returning one response header (e.g. `x-next-token`). */
+  async requestWithHeaders<T>(method: string, path: string, body?: unknown, signal?: AbortSignal, header?: string): Promise<{ body: T; next: string | null }> {
     let res: Response;
     try {
       res = await fetch(`${this.url}${path}`, {
@@ -40,11 +45,12 @@ export class HearthApi {
       if (signal?.aborted) throw err;
       throw new SandboxError(`cannot reach hearthd at ${this.url} (${(err as Error).cause ? String((err as { cause: unknown }).cause) : (err as Error).message}); is it running? Start it with \`hearth up\``);
     }
-    if (res.status === 204) return undefined as T;
+    const next = header ? res.headers.get(header) : null;
+    if (res.status === 204) return { body: undefined as T, next };
     const text = await res.text();
     let parsed: unknown;
     try { parsed = text ? JSON.parse(text) : undefined; } catch { parsed = undefined; }
     if (!res.ok) throw errorFromResponse(res.status, parsed as { message?: string; error_code?: string }, `${method} ${path}: HTTP ${res.status} ${text.slice(0, 200)}`);
-    return parsed as T;
+    return { body: parsed as T, next };
   }
 }

@@ -1,8 +1,28 @@
 import { create } from '@bufbuild/protobuf';
 import type { ProcessEvent } from '../gen/process/process_pb.js';
 import { Signal, StartRequestSchema } from '../gen/process/process_pb.js';
+import { Code, ConnectError } from '@connectrpc/connect';
 import { CommandExitError } from './errors.js';
 import { mapConnectError, openStream, type EnvdClients } from './envd.js';
+
+/**
+ * How a handle finds its process again when its stream breaks: the sandbox's state from the
+ * API, and a Process/Connect stream by pid.
+ */
+export interface Reattach {
+  state: () => Promise<string | undefined>;
+  connect: (pid: number, signal?: AbortSignal) => Promise<AsyncIterator<ProcessEvent | undefined>>;
+}
+
+const PAUSED = new Set(['pausing', 'paused', 'resuming']);
+const REATTACH_CODES = new Set([Code.Unavailable, Code.Aborted, Code.Unknown, Code.Internal]);
+const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve) => {
+  const t = setTimeout(resolve, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+});
+
+/** Output callbacks and collection for `commands.connect(pid)`. */
+export type ConnectOptions = Pick<RunOptions, 'onStdout' | 'onStderr' | 'onData' | 'collect' | 'signal'>;
 
 export interface CommandResult {
   exitCode: number;
@@ -43,39 +63,72 @@ export class CommandHandle {
     private readonly clients: EnvdClients,
     events: AsyncIterator<ProcessEvent | undefined>,
     private readonly opts: RunOptions,
+    private readonly reattach?: Reattach,
   ) {
     this.done = this.pump(events);
     this.done.catch(() => undefined);
   }
 
-  private async pump(events: AsyncIterator<ProcessEvent | undefined>): Promise<CommandResult> {
+  private async pump(first: AsyncIterator<ProcessEvent | undefined>): Promise<CommandResult> {
     const collect = this.opts.collect !== false;
     const dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
-    try {
-      for (;;) {
-        const next = await events.next();
-        if (next.done) throw new Error('the command stream ended without an end event');
-        const ev = next.value?.event;
-        if (!ev) continue;
-        if (ev.case === 'data') {
-          const out = ev.value.output;
-          if (out.case !== 'stdout' && out.case !== 'stderr') continue;
-          const stream = out.case;
-          await this.opts.onData?.(stream, out.value);
-          if (collect || (stream === 'stdout' ? this.opts.onStdout : this.opts.onStderr)) {
-            const text = dec[stream].decode(out.value, { stream: true });
-            if (collect) { if (stream === 'stdout') this.stdout += text; else this.stderr += text; }
-            await (stream === 'stdout' ? this.opts.onStdout : this.opts.onStderr)?.(text);
+    let events = first;
+    for (;;) {
+      try {
+        for (;;) {
+          const next = await events.next();
+          if (next.done) throw new ConnectError('the command stream ended without an end event', Code.Aborted);
+          const ev = next.value?.event;
+          if (!ev) continue;
+          if (ev.case === 'data') {
+            const out = ev.value.output;
+            if (out.case !== 'stdout' && out.case !== 'stderr') continue;
+            const stream = out.case;
+            await this.opts.onData?.(stream, out.value);
+            if (collect || (stream === 'stdout' ? this.opts.onStdout : this.opts.onStderr)) {
+              const text = dec[stream].decode(out.value, { stream: true });
+              if (collect) { if (stream === 'stdout') this.stdout += text; else this.stderr += text; }
+              await (stream === 'stdout' ? this.opts.onStdout : this.opts.onStderr)?.(text);
+            }
+          } else if (ev.case === 'end') {
+            return { exitCode: ev.value.exitCode, stdout: this.stdout, stderr: this.stderr, ...(ev.value.error ? { error: ev.value.error } : {}) };
           }
-        } else if (ev.case === 'end') {
-          return { exitCode: ev.value.exitCode, stdout: this.stdout, stderr: this.stderr, ...(ev.value.error ? { error: ev.value.error } : {}) };
         }
+      } catch (err) {
+        const again = await this.reattachAfter(err);
+        if (!again) throw mapConnectError(err);
+        events = again;
+      } finally {
+        // The end event is the last thing a command sends: finish the call (and its timers) in the background.
+        void events.return?.().catch(() => undefined);
       }
-    } catch (err) {
-      throw mapConnectError(err);
-    } finally {
-      // The end event is the last thing a command sends: finish the call (and its timers) in the background.
-      void events.return?.().catch(() => undefined);
+    }
+  }
+
+  /**
+   * The stream broke: when the sandbox was paused (the VM stops and its connections with it),
+   * wait for it to run again and reconnect to the process, which was frozen with it. Not after
+   * the command's own timeout, the caller's abort, or when the sandbox is gone.
+   */
+  private async reattachAfter(err: unknown): Promise<AsyncIterator<ProcessEvent | undefined> | undefined> {
+    const signal = this.opts.signal;
+    if (!this.reattach || signal?.aborted) return undefined;
+    // Only a broken stream: not the command's own timeout, not an error thrown by a callback.
+    if (!(err instanceof ConnectError) || !REATTACH_CODES.has(err.code)) return undefined;
+    let wait = 500;
+    let tries = 0;
+    for (;;) {
+      const state = await this.reattach.state().catch(() => undefined);
+      if (signal?.aborted) return undefined;
+      if (state && PAUSED.has(state)) { await sleep(wait, signal); wait = Math.min(wait * 2, 5000); continue; }
+      if (state !== 'running' || ++tries > 3) return undefined;
+      try {
+        return await this.reattach.connect(this.pid, signal);
+      } catch (e) {
+        const mapped = mapConnectError(e);
+        if (mapped.name === 'NotFoundError') return undefined; // the process is gone: report the original break
+        await sleep(500, signal);
+      }
     }
   }
 
@@ -113,7 +166,27 @@ export class CommandHandle {
 }
 
 export class Commands {
-  constructor(private readonly clients: EnvdClients) {}
+  /** `state` (the sandbox's state from the API) lets handles reattach across a pause. */
+  constructor(private readonly clients: EnvdClients, private readonly state?: () => Promise<string | undefined>) {}
+
+  private reattach(): Reattach | undefined {
+    if (!this.state) return undefined;
+    return {
+      state: this.state,
+      connect: async (pid, signal) => (await openStream(this.clients.process.connect({ process: { selector: { case: 'pid', value: pid } } }, signal ? { signal } : {}))).events,
+    };
+  }
+
+  /**
+   * Attach to a running process by pid (one started in the background, by another client, or
+   * before a pause): its output from now on, and its result. Output it produced before is not
+   * replayed. Rejects with NotFoundError when no such process runs.
+   */
+  async connect(pid: number, opts: ConnectOptions = {}): Promise<CommandHandle> {
+    const stream = this.clients.process.connect({ process: { selector: { case: 'pid', value: pid } } }, opts.signal ? { signal: opts.signal } : {});
+    const { pid: got, events } = await openStream(stream);
+    return new CommandHandle(got, this.clients, events, opts, this.reattach());
+  }
 
   /**
    * Run a command. A string runs under `/bin/bash -l -c` (as E2B does); an
@@ -131,7 +204,7 @@ export class Commands {
     const timeoutMs = opts.timeoutMs ?? 60_000;
     const stream = this.clients.process.start(req, { ...(timeoutMs > 0 ? { timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
     const { pid, events } = await openStream(stream);
-    const handle = new CommandHandle(pid, this.clients, events, opts);
+    const handle = new CommandHandle(pid, this.clients, events, opts, this.reattach());
     if (opts.background) return handle;
     return handle.wait();
   }

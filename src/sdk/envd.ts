@@ -3,7 +3,7 @@ import { createConnectTransport } from '@connectrpc/connect-node';
 import { Process, type ProcessEvent } from '../gen/process/process_pb.js';
 import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
 import {
-  AuthenticationError, InvalidArgumentError, NotFoundError, SandboxError, SandboxGoneError, TimeoutError, ConflictError, CapacityError,
+  AuthenticationError, InvalidArgumentError, NotFoundError, SandboxError, SandboxGoneError, SandboxPausedError, TimeoutError, ConflictError, CapacityError,
 } from './errors.js';
 
 /** Where a sandbox's agent is reached: hearthd's envd proxy for that sandbox. */
@@ -11,6 +11,23 @@ export interface EnvdTarget {
   /** e.g. http://127.0.0.1:3030/sandboxes/<id>/envd */
   baseUrl: string;
   accessToken: string;
+  /**
+   * The sandbox's state from the API (undefined if it cannot be had): asked when its agent
+   * cannot be reached, to tell a paused sandbox (SandboxPausedError) from a gone one.
+   */
+  state?: () => Promise<string | undefined>;
+}
+
+/** Metadata key an unreachable agent's error carries when the API says the sandbox is paused. */
+const STATE_KEY = 'x-hearth-sandbox-state';
+const PAUSED_STATES = new Set(['pausing', 'paused', 'resuming']);
+
+/** Adds the sandbox's state to an Unavailable error (the envd proxy answers 502 for a sandbox that is not running). */
+export async function annotateUnavailable(err: unknown, target: EnvdTarget): Promise<unknown> {
+  if (!(err instanceof ConnectError) || err.code !== Code.Unavailable || !target.state) return err;
+  const state = await target.state().catch(() => undefined);
+  if (state) err.metadata.set(STATE_KEY, state);
+  return err;
 }
 
 export interface EnvdClients {
@@ -27,7 +44,11 @@ export function envdClients(target: EnvdTarget, user?: string): EnvdClients {
   const auth: Interceptor = (next) => async (req) => {
     req.header.set('x-access-token', target.accessToken);
     if (user) req.header.set('authorization', `Basic ${Buffer.from(`${user}:`).toString('base64')}`);
-    return next(req);
+    try {
+      return await next(req);
+    } catch (err) {
+      throw await annotateUnavailable(err, target);
+    }
   };
   const transport = createConnectTransport({ baseUrl: target.baseUrl, httpVersion: '1.1', useBinaryFormat: true, interceptors: [auth] });
   return { process: createClient(Process, transport), filesystem: createClient(Filesystem, transport) };
@@ -45,7 +66,13 @@ export function mapConnectError(err: unknown): Error {
     case Code.ResourceExhausted: return new CapacityError(msg, 429, 'resource_exhausted');
     case Code.DeadlineExceeded: return new TimeoutError(`${msg} (the command exceeded its timeout)`, 504, 'deadline_exceeded');
     case Code.Canceled: return new TimeoutError(msg, 499, 'canceled');
-    case Code.Unavailable: return new SandboxGoneError(`the sandbox is not running (${msg})`, 502, 'unavailable');
+    case Code.Unavailable: {
+      const state = err.metadata.get(STATE_KEY);
+      if (state && PAUSED_STATES.has(state)) {
+        return new SandboxPausedError(`the sandbox is ${state}: resume it (sandbox.resume() or Sandbox.connect(id)) to reach it again`, 409, 'paused');
+      }
+      return new SandboxGoneError(`the sandbox is not running${state ? ` (it is ${state})` : ''}: ${msg}`, 502, 'unavailable');
+    }
     default: return new SandboxError(`${Code[err.code]}: ${msg}`);
   }
 }

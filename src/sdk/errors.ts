@@ -17,6 +17,11 @@ export class CapacityError extends SandboxError {}
 export class TimeoutError extends SandboxError {}
 /** The sandbox ended (destroyed, timed out, crashed) while a call was in flight. */
 export class SandboxGoneError extends SandboxError {}
+/**
+ * The sandbox is paused (or pausing, resuming): its agent cannot be reached until it is resumed
+ * (`sandbox.resume()`, or `Sandbox.connect(id)`, which resumes it). It is not gone: nothing is lost.
+ */
+export class SandboxPausedError extends SandboxError {}
 
 /** A command finished with a non-zero exit code. */
 export class CommandExitError extends SandboxError {

@@ -1,15 +1,87 @@
 import { HearthApi, type ConnectionOptions } from './api.js';
-import { errorFromResponse } from './errors.js';
+import { errorFromResponse, NotFoundError } from './errors.js';
 import { Commands } from './commands.js';
 import { envdClients, type EnvdTarget } from './envd.js';
 import { Files } from './files.js';
 import { Pty } from './pty.js';
-import type { NetworkPolicy, SandboxDetail, SandboxListItem, SnapshotInfo as SnapshotInfoSchema } from '../api/schemas.js';
-import type { Static } from 'typebox';
+import type { NetworkPolicy, SandboxInfo, SandboxMetrics, SandboxSummary, SnapshotInfo } from './types.js';
 
-export type SandboxInfo = SandboxDetail;
-export type SnapshotInfo = Static<typeof SnapshotInfoSchema>;
-export type SandboxSummary = SandboxListItem;
+export type { SandboxInfo, SandboxMetrics, SandboxSummary, SnapshotInfo };
+
+/** `Sandbox.list` filters and paging (E2B's `SandboxListOpts`). */
+export interface ListOptions extends ConnectionOptions {
+  query?: {
+    /** Only sandboxes whose metadata has every one of these key/value pairs. */
+    metadata?: Record<string, string>;
+    /** States to list (default: every state but destroyed). */
+    state?: string[];
+  };
+  /** Page size (default: everything in one page). */
+  limit?: number;
+  /** Where to continue: a previous page's `nextToken`. */
+  nextToken?: string;
+  /** @deprecated use `query.state` */
+  states?: string[];
+}
+
+/** Pages of `Sandbox.list` (as E2B's SandboxPaginator): `while (p.hasNext) items.push(...await p.nextItems())`. */
+export class SandboxPaginator {
+  private token: string | undefined;
+  private more = true;
+  private readonly api: HearthApi;
+
+  constructor(private readonly opts: ListOptions = {}) {
+    this.api = new HearthApi(opts);
+    this.token = opts.nextToken;
+  }
+
+  /** Whether another page may follow. */
+  get hasNext(): boolean { return this.more; }
+  /** The token for the next page (to continue in another paginator or process). */
+  get nextToken(): string | undefined { return this.token; }
+
+  /** The next page. */
+  async nextItems(signal?: AbortSignal): Promise<SandboxSummary[]> {
+    if (!this.more) throw new Error('No more items to fetch');
+    const states = this.opts.query?.state ?? this.opts.states;
+    const metadata = this.opts.query?.metadata;
+    const q = new URLSearchParams();
+    if (metadata && Object.keys(metadata).length) {
+      q.set('metadata', new URLSearchParams(Object.entries(metadata).map(([k, v]): [string, string] => [encodeURIComponent(k), encodeURIComponent(v)])).toString());
+    }
+    if (states?.length) q.set('state', states.join(','));
+    if (this.opts.limit !== undefined) q.set('limit', String(this.opts.limit));
+    if (this.token) q.set('nextToken', this.token);
+    const s = signal ?? this.opts.signal;
+    let page: { body: SandboxSummary[]; next: string | null };
+    try {
+      page = await this.api.requestWithHeaders<SandboxSummary[]>('GET', `/v2/sandboxes${q.size ? `?${q.toString()}` : ''}`, undefined, s, 'x-next-token');
+    } catch (err) {
+      // hearthd without the paged route: filter and page the plain list here.
+      if (!(err instanceof NotFoundError) || !/^no route /.test(err.message)) throw err;
+      page = await this.legacyPage(states, metadata, s);
+    }
+    this.token = page.next ?? undefined;
+    this.more = Boolean(page.next);
+    return page.body;
+  }
+
+  /** Every remaining page. */
+  async all(signal?: AbortSignal): Promise<SandboxSummary[]> {
+    const out: SandboxSummary[] = [];
+    while (this.more) out.push(...await this.nextItems(signal));
+    return out;
+  }
+
+  private async legacyPage(states: string[] | undefined, metadata: Record<string, string> | undefined, signal?: AbortSignal): Promise<{ body: SandboxSummary[]; next: string | null }> {
+    const all = (await this.api.request<SandboxSummary[]>('GET', `/sandboxes${states?.length ? `?state=${states.join(',')}` : ''}`, undefined, signal))
+      .filter((x) => !metadata || Object.entries(metadata).every(([k, v]) => x.metadata[k] === v))
+      .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || a.sandboxID.localeCompare(b.sandboxID));
+    const start = this.token ? Number(this.token) || 0 : 0;
+    const end = this.opts.limit ? start + this.opts.limit : all.length;
+    return { body: all.slice(start, end), next: end < all.length ? String(end) : null };
+  }
+}
 
 export interface CreateOptions extends ConnectionOptions {
   /** Template id; default "base". */
@@ -51,9 +123,10 @@ export class Sandbox {
   readonly pty: Pty;
 
   private constructor(readonly id: string, private readonly api: HearthApi, readonly info: SandboxInfo, user?: string) {
-    const target: EnvdTarget = { baseUrl: `${api.url}/sandboxes/${id}/envd`, accessToken: info.envdAccessToken };
+    const state = async (): Promise<string | undefined> => (await this.getInfo()).state;
+    const target: EnvdTarget = { baseUrl: `${api.url}/sandboxes/${id}/envd`, accessToken: info.envdAccessToken, state };
     const clients = envdClients(target, user);
-    this.commands = new Commands(clients);
+    this.commands = new Commands(clients, state);
     this.files = new Files(clients, target, user);
     this.pty = new Pty(clients, (u) => envdClients(target, u));
   }
@@ -106,16 +179,65 @@ export class Sandbox {
     }, signal);
   }
 
-  /** Attach to an existing sandbox by id. */
-  static async connect(id: string, opts: ConnectionOptions & { user?: string } = {}): Promise<Sandbox> {
+  /**
+   * Attach to an existing sandbox by id. A paused one is resumed first (as E2B's connect does;
+   * `timeoutMs`, default 300 s, is its new lifetime); with `timeoutMs` a running one is made to
+   * live at least that long. An ended one is returned as it is (its calls fail with SandboxGoneError).
+   */
+  static async connect(id: string, opts: ConnectionOptions & { user?: string; timeoutMs?: number } = {}): Promise<Sandbox> {
     const api = new HearthApi(opts);
-    const info = await api.request<SandboxInfo>('GET', `/sandboxes/${encodeURIComponent(id)}`, undefined, opts.signal);
+    const path = `/sandboxes/${encodeURIComponent(id)}`;
+    let info = await api.request<SandboxInfo>('GET', path, undefined, opts.signal);
+    // A pause or resume in flight: wait for it to settle.
+    for (let wait = 250; info.state === 'pausing' || info.state === 'resuming' || info.state === 'creating'; wait = Math.min(wait * 2, 2000)) {
+      await new Promise((r) => setTimeout(r, wait));
+      info = await api.request<SandboxInfo>('GET', path, undefined, opts.signal);
+    }
+    const secs = opts.timeoutMs !== undefined ? Math.max(1, Math.ceil(opts.timeoutMs / 1000)) : undefined;
+    if (info.state === 'paused' || (info.state === 'running' && secs !== undefined)) {
+      info = await api.request<SandboxInfo>('POST', `${path}/connect`, { timeout: secs ?? 300 }, opts.signal);
+    }
     return new Sandbox(id, api, info, opts.user);
   }
 
-  static async list(opts: ConnectionOptions & { states?: string[] } = {}): Promise<SandboxSummary[]> {
-    const q = opts.states?.length ? `?state=${opts.states.join(',')}` : '';
-    return new HearthApi(opts).request<SandboxSummary[]>('GET', `/sandboxes${q}`, undefined, opts.signal);
+  /**
+   * Sandboxes, a page at a time, filtered by metadata and state (E2B's `Sandbox.list`):
+   * `const p = Sandbox.list({ query: { metadata: { app: 'x' } }, limit: 50 }); while (p.hasNext) … await p.nextItems()`,
+   * or `await Sandbox.list(opts).all()`.
+   */
+  static list(opts: ListOptions = {}): SandboxPaginator {
+    return new SandboxPaginator(opts);
+  }
+
+  /**
+   * Resource use samples (CPU %, memory, disk), oldest first, between `start` and `end`
+   * (default: what hearthd keeps). E2B's `getMetrics`.
+   */
+  async getMetrics(opts: { start?: Date; end?: Date; signal?: AbortSignal } = {}): Promise<SandboxMetrics[]> {
+    return Sandbox.metricsOf(this.api, this.id, opts, () => this.files.agentMetrics(opts.signal));
+  }
+
+  static async getMetrics(id: string, opts: ConnectionOptions & { start?: Date; end?: Date } = {}): Promise<SandboxMetrics[]> {
+    const api = new HearthApi(opts);
+    return Sandbox.metricsOf(api, id, opts, async () => (await Sandbox.connect(id, opts)).files.agentMetrics(opts.signal));
+  }
+
+  private static async metricsOf(api: HearthApi, id: string, opts: { start?: Date; end?: Date; signal?: AbortSignal }, now: () => Promise<SandboxMetrics>): Promise<SandboxMetrics[]> {
+    const q = new URLSearchParams();
+    if (opts.start) q.set('start', String(Math.floor(opts.start.getTime() / 1000)));
+    if (opts.end) q.set('end', String(Math.ceil(opts.end.getTime() / 1000)));
+    type Raw = { timestamp: string; timestampUnix?: number; cpuUsedPct: number; cpuCount: number; memUsed: number; memTotal: number; memCache?: number; diskUsed: number; diskTotal: number };
+    try {
+      const raw = await api.request<Raw[]>('GET', `/sandboxes/${encodeURIComponent(id)}/metrics${q.size ? `?${q.toString()}` : ''}`, undefined, opts.signal);
+      return raw.map((m) => ({
+        timestamp: new Date(m.timestampUnix !== undefined ? m.timestampUnix * 1000 : m.timestamp), cpuUsedPct: m.cpuUsedPct, cpuCount: m.cpuCount,
+        memUsed: m.memUsed, memTotal: m.memTotal, ...(m.memCache !== undefined ? { memCache: m.memCache } : {}), diskUsed: m.diskUsed, diskTotal: m.diskTotal,
+      }));
+    } catch (err) {
+      // hearthd without the metrics route: one sample, now, from the agent.
+      if (!(err instanceof NotFoundError) || !/^no route /.test(err.message)) throw err;
+      return [await now()];
+    }
   }
 
   static async getInfo(id: string, opts: ConnectionOptions = {}): Promise<SandboxInfo> {

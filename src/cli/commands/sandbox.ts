@@ -115,7 +115,7 @@ async function portUrl(argv: string[]): Promise<number> {
 async function list(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { all: { type: 'boolean', short: 'a' }, state: { type: 'string' }, json: { type: 'boolean' } } });
   const states = values.state ? values.state.split(',') : values.all ? ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'destroyed', 'failed'] : undefined;
-  const items = await Sandbox.list(states ? { states } : {});
+  const items = await Sandbox.list(states ? { query: { state: states } } : {}).all();
   if (values.json) { printJson(items); return 0; }
   printTable(items.map((s) => ({ id: s.sandboxID, state: s.state, template: s.templateID, cpu: s.cpuCount, memory: `${s.memoryMB}M`, age: age(s.createdAt), ends: s.endedAt ? `ended ${age(s.endedAt)} ago` : `in ${Math.max(0, Math.round((Date.parse(s.endAt) - Date.now()) / 1000))}s` })),
     ['id', 'state', 'template', 'cpu', 'memory', 'age', 'ends']);

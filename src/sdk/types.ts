@@ -1,0 +1,78 @@
+/**
+ * The shapes hearthd's API answers with, as plain interfaces (the SDK depends on nothing of the
+ * daemon's; they mirror src/api/schemas.ts, and test/unit/sdk-types.test.ts checks they agree).
+ */
+
+/** A sandbox's egress, as E2B names it; deny wins over allow. */
+export interface NetworkPolicy {
+  allow_internet_access: boolean;
+  allowOut: string[];
+  denyOut: string[];
+}
+
+/** A sandbox as `GET /sandboxes` lists it. */
+export interface SandboxSummary {
+  sandboxID: string;
+  templateID: string;
+  /** Always "6532622b" (E2B compatibility). */
+  clientID: string;
+  envdVersion: string;
+  /** creating | running | pausing | paused | resuming | destroying | destroyed | failed */
+  state: string;
+  cpuCount: number;
+  memoryMB: number;
+  diskSizeMB: number;
+  metadata: Record<string, string>;
+  createdAt: string;
+  startedAt: string;
+  /** When its timeout ends it (meaningless while paused: paused sandboxes do not expire). */
+  endAt: string;
+  endedAt: string | null;
+  endReason: string | null;
+  domain: null;
+}
+
+export interface Timing { op: string; steps: { step: string; ms: number }[] }
+
+/** A sandbox as `GET /sandboxes/{id}` shows it. */
+export interface SandboxInfo extends SandboxSummary {
+  /** X-Access-Token for the sandbox's agent (envd); "" once it has ended. */
+  envdAccessToken: string;
+  envVars: Record<string, string>;
+  lifecycle: { onTimeout: string; autoResume: boolean; autoExtend: boolean };
+  vmm: { kind: string; pid: number } | null;
+  /** Allocated blocks of the root disk. */
+  diskUsageBytes: number | null;
+  timings: Timing | null;
+  /** Egress in force (null once ended). */
+  network: NetworkPolicy | null;
+  allowPublicTraffic: boolean;
+  trafficAccessToken: string | null;
+  /** Ports are served at `<port>-<id>.<portDomain>` on the API port; null: path form only. */
+  portDomain: string | null;
+}
+
+export interface SnapshotInfo {
+  snapshotID: string;
+  names: string[];
+  sandboxID: string | null;
+  templateID: string;
+  cpuCount: number;
+  memoryMB: number;
+  createdAt: string;
+  sizeBytes: number;
+}
+
+/** One sample of a sandbox's resource use (E2B's `SandboxMetrics`). */
+export interface SandboxMetrics {
+  timestamp: Date;
+  /** CPU use across all vCPUs, 0–100. */
+  cpuUsedPct: number;
+  cpuCount: number;
+  /** Bytes. */
+  memUsed: number;
+  memTotal: number;
+  memCache?: number;
+  diskUsed: number;
+  diskTotal: number;
+}
