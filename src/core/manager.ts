@@ -9,7 +9,7 @@ import {
 import { newAgentToken, newSandboxId, newTrafficToken, randomId } from './ids.js';
 import { KeyedLock } from './lock.js';
 import type { Logger } from './log.js';
-import { assertTransition } from './state.js';
+import { assertTransition, transition } from './state.js';
 import { StepTimer } from './steps.js';
 import { Semaphore } from './semaphore.js';
 import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
@@ -439,10 +439,7 @@ export class SandboxManager {
     const cleanup = new Cleanup();
     try {
       const live = await launch(this.deps, rec, source, steps, cleanup, signal);
-      rec.state = 'running';
-      rec.startedAt = new Date().toISOString();
-      rec.timings = { op: steps.op, steps: steps.steps };
-      this.store.updateSandbox(rec);
+      transition(this.store, rec, 'running', { startedAt: new Date().toISOString(), timings: { op: steps.op, steps: steps.steps } });
       cleanup.commit();
       this.live.set(rec.id, live);
       this.watchExit(rec.id, live);
@@ -767,24 +764,20 @@ export class SandboxManager {
       if (rec.state === 'paused') throw new ConflictError(`sandbox ${id} is already paused`);
       assertTransition(id, rec.state, 'pausing');
       const live = this.mustLive(id);
-      rec.state = 'pausing';
-      this.store.updateSandbox(rec);
+      transition(this.store, rec, 'pausing');
       const journal = this.store.journalBegin(id, 'pause', 'start');
       const steps = new StepTimer('pause', (s) => this.store.journalStep(journal, s));
       try {
         const out = await pauseSandbox(this.deps, rec, live, steps, signal);
         if (out.ok) {
           this.dropLive(id);
-          Object.assign(rec, { state: 'paused', pausedAt: new Date().toISOString(), vmm: null, agent: null, disk: null, network: null });
-          rec.timings = { op: 'pause', steps: steps.steps };
-          this.store.updateSandbox(rec);
+          transition(this.store, rec, 'paused', { pausedAt: new Date().toISOString(), vmm: null, agent: null, disk: null, network: null, timings: { op: 'pause', steps: steps.steps } });
           steps.log(this.log, id, 'ok');
           return rec;
         }
         steps.log(this.log, id, 'failed');
         if (out.resumed) {
-          rec.state = 'running';
-          this.store.updateSandbox(rec);
+          transition(this.store, rec, 'running');
           throw new HostFailureError(`pause of ${id} failed; the sandbox was resumed and is still running: ${errorMessage(out.error)}`, { cause: out.error });
         }
         this.dropLive(id);
@@ -806,25 +799,21 @@ export class SandboxManager {
       assertTransition(id, rec.state, 'resuming');
       this.checkCapacity(rec.memoryMib);
       const template = this.template(rec.templateId);
-      rec.state = 'resuming';
-      this.store.updateSandbox(rec);
+      transition(this.store, rec, 'resuming');
       const journal = this.store.journalBegin(id, 'resume', 'start');
       const steps = new StepTimer('resume', (s) => this.store.journalStep(journal, s));
       try {
         const live = await this.starts.run(() => resumeSandbox(this.deps, rec, template, steps, signal));
-        rec.state = 'running';
-        rec.pausedAt = null;
-        rec.endAt = new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString();
-        rec.timings = { op: 'resume', steps: steps.steps };
-        this.store.updateSandbox(rec);
+        transition(this.store, rec, 'running', {
+          pausedAt: null, endAt: new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString(), timings: { op: 'resume', steps: steps.steps },
+        });
         this.live.set(id, live);
         this.watchExit(id, live);
         steps.log(this.log, id, 'ok');
         return rec;
       } catch (err) {
         steps.log(this.log, id, 'failed');
-        Object.assign(rec, { state: 'paused', vmm: null, agent: null, disk: null, network: null });
-        this.store.updateSandbox(rec);
+        transition(this.store, rec, 'paused', { vmm: null, agent: null, disk: null, network: null });
         if (err instanceof HearthError && err.code !== 'host_failure') throw err;
         throw new HostFailureError(`resume of ${id} failed; the sandbox is still paused and can be resumed again: ${errorMessage(err)}`, { cause: err });
       } finally {
@@ -928,8 +917,7 @@ export class SandboxManager {
       const rec = this.get(id);
       if (rec.state === 'destroyed') return;
       const prior = rec.state === 'failed' ? rec.endReason : null;
-      rec.state = 'destroying';
-      this.store.updateSandbox(rec);
+      transition(this.store, rec, 'destroying');
       const journal = this.store.journalBegin(id, 'destroy', 'start');
       const steps = new StepTimer('destroy', (s) => this.store.journalStep(journal, s));
       const errors = await this.release(rec, steps);
@@ -940,8 +928,7 @@ export class SandboxManager {
         this.markFailed(rec, `${reason}; release failed: ${errors.join('; ')}`);
         throw new HostFailureError(`sandbox ${id}: could not release everything: ${errors.join('; ')}`);
       }
-      Object.assign(rec, withoutSecrets(rec), { state: 'destroyed', endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, vmm: null, disk: null, network: null, agent: null });
-      this.store.updateSandbox(rec);
+      transition(this.store, rec, 'destroyed', { ...withoutSecrets(rec), endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, vmm: null, disk: null, network: null, agent: null });
       this.purgeIfDue(rec.id);
     });
   }
@@ -1005,8 +992,7 @@ export class SandboxManager {
    * go now, even if releasing its resources failed and their handles stay.
    */
   private markFailed(rec: SandboxRecord, reason: string): void {
-    Object.assign(rec, withoutSecrets(rec), { state: 'failed', endReason: reason, endedAt: new Date().toISOString(), agent: null });
-    this.store.updateSandbox(rec);
+    transition(this.store, rec, 'failed', { ...withoutSecrets(rec), endReason: reason, endedAt: new Date().toISOString(), agent: null });
     this.purgeIfDue(rec.id);
   }
 
@@ -1099,8 +1085,7 @@ export class SandboxManager {
         }
         if (vmm && await this.deps.agent(rec.agent, rec.agentToken).health(signal)) {
           if (frozen) {
-            rec.state = 'running';
-            this.store.updateSandbox(rec);
+            if (rec.state !== 'running') transition(this.store, rec, 'running');
             this.log.warn({ sandbox: rec.id, op: j.op, step: j.step }, `recovery: the daemon stopped during ${j.op} (step ${j.step}) before the VM was stopped; resumed and adopted it`);
           }
           const live: LiveSandbox = { vmm, slot: this.deps.network.restore(rec.network), disk: rec.disk, stopping: false };
@@ -1115,8 +1100,7 @@ export class SandboxManager {
       if ((rec.state === 'resuming' || rec.state === 'pausing') && pausedComplete) {
         // Interrupted around a complete paused capture: release whatever runs, keep the paused files.
         await this.releaseLeftovers(rec);
-        Object.assign(rec, { state: 'paused', vmm: null, disk: null, network: null, agent: null });
-        this.store.updateSandbox(rec);
+        transition(this.store, rec, 'paused', { vmm: null, disk: null, network: null, agent: null });
         paused.push(rec.id);
         continue;
       }

@@ -1,5 +1,6 @@
 import { ConflictError } from './errors.js';
-import type { SandboxState } from './types.js';
+import type { SandboxRecord, SandboxState } from './types.js';
+import type { Store } from '../store/store.js';
 
 /** Allowed transitions (DESIGN §3). Anything else is a bug or a 409. */
 const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
@@ -25,4 +26,18 @@ export function assertTransition(id: string, from: SandboxState, to: SandboxStat
 
 export function isTerminal(state: SandboxState): boolean {
   return state === 'destroyed';
+}
+
+/**
+ * The one way a sandbox's state changes: checks the table above, then writes
+ * the new state together with `patch` (and every other field of `rec`) in one
+ * statement that only applies while the row is still in `rec.state`. `rec` is
+ * updated in place once it is stored.
+ */
+export function transition(store: Store, rec: SandboxRecord, to: SandboxState, patch: Partial<SandboxRecord> = {}): void {
+  const from = rec.state;
+  assertTransition(rec.id, from, to);
+  const next: SandboxRecord = { ...rec, ...patch, state: to };
+  store.transitionSandbox(next, from);
+  Object.assign(rec, next);
 }

@@ -102,16 +102,36 @@ export class Store {
     `).run(sandboxToRow(s));
   }
 
-  /** Writes every field of the record (the manager owns the whole row). */
+  /**
+   * Writes every field of the record but its state: a state changes only
+   * through transitionSandbox (the manager's transition(), which checks the
+   * state table first).
+   */
   updateSandbox(s: SandboxRecord): void {
     const res = this.db.prepare(`
-      UPDATE sandboxes SET template_id=@templateId, state=@state, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
+      UPDATE sandboxes SET template_id=@templateId, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
         metadata=@metadata, created_at=@createdAt, started_at=@startedAt, end_at=@endAt, ended_at=@endedAt,
         end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings,
         snapshot_id=@snapshotId, paused_at=@pausedAt, lifecycle=@lifecycle, net_policy=@netPolicy
       WHERE id=@id
     `).run(sandboxToRow(s));
     if (res.changes !== 1) throw new Error(`store: sandbox ${s.id} does not exist`);
+  }
+
+  /**
+   * Moves a sandbox from state `from` to `s.state` and writes every other field
+   * with it, in one statement; refuses (throws) if the row is no longer in
+   * `from`. Only src/core/state.ts's transition() calls this.
+   */
+  transitionSandbox(s: SandboxRecord, from: SandboxState): void {
+    const res = this.db.prepare(`
+      UPDATE sandboxes SET template_id=@templateId, state=@state, vcpus=@vcpus, memory_mib=@memoryMib, env_vars=@envVars,
+        metadata=@metadata, created_at=@createdAt, started_at=@startedAt, end_at=@endAt, ended_at=@endedAt,
+        end_reason=@endReason, agent_token=@agentToken, agent=@agent, vmm=@vmm, disk=@disk, network=@network, timings=@timings,
+        snapshot_id=@snapshotId, paused_at=@pausedAt, lifecycle=@lifecycle, net_policy=@netPolicy
+      WHERE id=@id AND state=@from
+    `).run({ ...sandboxToRow(s), from });
+    if (res.changes !== 1) throw new Error(`store: sandbox ${s.id} is not ${from} (or does not exist); it cannot become ${s.state}`);
   }
 
   getSandbox(id: string): SandboxRecord | undefined {

@@ -84,3 +84,42 @@ test('sandbox ids are [a-z0-9], start with i, and do not repeat', () => {
   assert.equal(seen.size, 2000);
   assert.equal(randomId(7).length, 7);
 });
+
+test('transition() checks the state table, persists the state with its patch, and refuses a row that moved on', async () => {
+  const { Store } = await import('../../src/store/store.js');
+  const { transition } = await import('../../src/core/state.js');
+  const store = new Store(':memory:');
+  const rec = {
+    id: 'itr', templateId: 'base', state: 'creating' as const, vcpus: 1, memoryMib: 256, envVars: {}, metadata: {}, createdAt: new Date().toISOString(),
+    startedAt: null, endAt: new Date().toISOString(), endedAt: null, endReason: null, agentToken: 't', agent: null, vmm: null, disk: null, network: null,
+    timings: null, snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill' as const, autoResume: false, autoExtend: false, timeoutSec: 60 },
+    netPolicy: { egress: null, trafficToken: null },
+  };
+  store.insertSandbox(rec);
+  const r = { ...rec } as import('../../src/core/types.js').SandboxRecord;
+  transition(store, r, 'running', { startedAt: '2026-01-01T00:00:00.000Z' });
+  assert.equal(r.state, 'running');
+  assert.equal(store.getSandbox('itr')!.state, 'running');
+  assert.equal(store.getSandbox('itr')!.startedAt, '2026-01-01T00:00:00.000Z');
+  assert.throws(() => transition(store, r, 'resuming'), ConflictError, 'running → resuming is not in the table');
+  assert.equal(store.getSandbox('itr')!.state, 'running');
+  const stale = { ...r, state: 'creating' as const };
+  assert.throws(() => transition(store, stale, 'running'), /is not creating/, 'the row is no longer in the state the caller saw');
+  store.close();
+});
+
+test('only transition() changes a sandbox\'s state: no other source file calls transitionSandbox', async () => {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const offenders: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await readdir(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) { if (e.name !== 'node_modules' && e.name !== 'gen') await walk(p); continue; }
+      if (!p.endsWith('.ts') || p.endsWith('src/core/state.ts') || p.endsWith('src/store/store.ts')) continue;
+      if ((await readFile(p, 'utf8')).includes('transitionSandbox(')) offenders.push(p);
+    }
+  };
+  await walk('src');
+  assert.deepEqual(offenders, []);
+});

@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
+import type { SandboxRecord, SandboxState } from '../../src/core/types.js';
 import { silentLogger } from '../../src/core/log.js';
 import { AbortedError, CapacityError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
 import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner, type FaultPoint } from '../helpers/fakes.js';
@@ -36,6 +37,12 @@ function setup(opts: { mapsSnapshotMemory?: boolean } = {}) {
 }
 
 const signal = () => new AbortController().signal;
+
+/** Puts a row in the state a crash would have left it in (bypassing the manager's transition table). */
+function crashState(store: Store, id: string, state: SandboxState, patch: Partial<SandboxRecord> = {}): void {
+  const rec = store.getSandbox(id)!;
+  store.transitionSandbox({ ...rec, ...patch, state }, rec.state);
+}
 
 test('the first create builds the template\'s warm snapshot once; every create then restores it', async () => {
   const t = setup();
@@ -534,12 +541,12 @@ test('recovery undoes a pause or snapshot the daemon died in before the VMM was 
     t.m.close();
     // a: died in pause's flush (vCPUs frozen); b: died in a snapshot's capture; c: died after pause stopped the VMM.
     const vmOf = (id: string) => t.driver.vms.find((v) => v.pid === t.store.getSandbox(id)!.vmm!.pid)!;
-    t.store.updateSandbox({ ...t.store.getSandbox(a.id)!, state: 'pausing' });
+    crashState(t.store, a.id, 'pausing');
     t.store.journalStep(t.store.journalBegin(a.id, 'pause', 'start'), 'flush');
     vmOf(a.id).paused = true;
     t.store.journalStep(t.store.journalBegin(b.id, 'snapshot', 'start'), 'freeze+state');
     vmOf(b.id).paused = true;
-    t.store.updateSandbox({ ...t.store.getSandbox(c.id)!, state: 'pausing' });
+    crashState(t.store, c.id, 'pausing');
     t.store.journalStep(t.store.journalBegin(c.id, 'pause', 'start'), 'detach');
     const fresh = new SandboxManager(t.deps);
     const res = await fresh.recover(signal());
@@ -632,7 +639,7 @@ test('fault matrix: hearthd killed mid-create, mid-resume and mid-destroy: after
     await t.m.pause(resuming.id, signal());
     t.m.close();
     // mid-create: the VM runs, the agent was never initialised.
-    t.store.updateSandbox({ ...t.store.getSandbox(creating.id)!, state: 'creating', agent: null });
+    crashState(t.store, creating.id, 'creating', { agent: null });
     t.store.journalStep(t.store.journalBegin(creating.id, 'create', 'start'), 'agent');
     // mid-resume: a VM restored from the complete paused files, not yet answering.
     const r = t.store.getSandbox(resuming.id)!;
@@ -641,10 +648,10 @@ test('fault matrix: hearthd killed mid-create, mid-resume and mid-destroy: after
       sandboxId: r.id, vcpus: 1, memoryMib: 256, kernelPath: '/k', kernelArgs: '', rootfsPath: '/d', memoryFilePath: join(t.dataDir, 'sandboxes', r.id, 'paused', 'memory'),
       runDir: join(t.dataDir, 'sandboxes', r.id), consoleLogPath: '/dev/null', network: { kind: 'user', forwards: [], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' },
     }, signal());
-    t.store.updateSandbox({ ...r, state: 'resuming', vmm: { kind: 'qemu', pid: vm.pid, runDir: join(t.dataDir, 'sandboxes', r.id) } });
+    crashState(t.store, r.id, 'resuming', { vmm: { kind: 'qemu', pid: vm.pid, runDir: join(t.dataDir, 'sandboxes', r.id) } });
     t.store.journalStep(t.store.journalBegin(resuming.id, 'resume', 'start'), 'agent');
     // mid-destroy: the VM was stopped, the disk not yet removed.
-    t.store.updateSandbox({ ...t.store.getSandbox(destroying.id)!, state: 'destroying' });
+    crashState(t.store, destroying.id, 'destroying');
     t.store.journalStep(t.store.journalBegin(destroying.id, 'destroy', 'start'), 'disk');
 
     const fresh = new SandboxManager(t.deps);

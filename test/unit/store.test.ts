@@ -50,9 +50,14 @@ test('store round-trips sandbox records including JSON columns', () => {
   });
   s.insertSandbox(rec);
   assert.deepEqual(s.getSandbox('iaaa'), rec);
-  rec.state = 'running';
-  s.updateSandbox(rec);
+  const from = rec.state;
+  // updateSandbox writes every field but the state: states change only through transitionSandbox.
+  s.updateSandbox({ ...rec, state: 'running', endReason: 'x' });
+  assert.equal(s.getSandbox('iaaa')!.state, from);
+  assert.equal(s.getSandbox('iaaa')!.endReason, 'x');
+  s.transitionSandbox({ ...rec, state: 'running' }, from);
   assert.equal(s.getSandbox('iaaa')!.state, 'running');
+  assert.throws(() => s.transitionSandbox({ ...rec, state: 'paused' }, from), /is not creating/, 'a compare-and-set: the row moved on');
   assert.throws(() => s.updateSandbox(sandbox('nope')), /does not exist/);
 });
 
