@@ -63,3 +63,24 @@ export function sandboxTokenPresented(manager: Pick<SandboxManager, 'get'>, req:
   if (!op) return false;
   return checkFilesAccess(req, new URLSearchParams(q === -1 ? '' : target.path.slice(q + 1)), op, token) === undefined;
 }
+
+/**
+ * A signed `/files` URL (the E2B SDK's `uploadUrl`/`downloadUrl` built on
+ * E2B_SANDBOX_URL) carries no sandbox id: the sandbox is the one whose token
+ * the signature was made with. Returns its id, or null. The expiration is not
+ * checked here (the agent checks the whole signature again and answers an
+ * expired one with its own error).
+ */
+export function sandboxOfSignedFilesUrl(manager: Pick<SandboxManager, 'list'>, method: string | undefined, query: string): string | null {
+  const params = new URLSearchParams(query);
+  const signature = params.get('signature');
+  if (!signature) return null;
+  const m = (method ?? 'GET').toUpperCase();
+  const op = m === 'POST' ? 'write' : m === 'GET' || m === 'HEAD' ? 'read' : null;
+  if (!op) return null;
+  const noHeaders = { headers: {} } as IncomingMessage;
+  for (const s of manager.list(['running', 'paused', 'resuming'])) {
+    if (s.agentToken && checkFilesAccess(noHeaders, params, op, s.agentToken, 0) === undefined) return s.id;
+  }
+  return null;
+}

@@ -7,7 +7,8 @@ import type { TemplateSchema } from './schemas.js';
 
 const CLIENT_ID = '6532622b';
 
-export function presentListItem(s: SandboxRecord, template: Template | undefined): SandboxListItem {
+/** `domain`: the sandbox domain E2B's SDKs build `<port>-<id>.<domain>` from (null: none announced). */
+export function presentListItem(s: SandboxRecord, template: Template | undefined, domain: string | null = null): SandboxListItem {
   return {
     sandboxID: s.id,
     templateID: s.templateId,
@@ -23,7 +24,7 @@ export function presentListItem(s: SandboxRecord, template: Template | undefined
     endAt: s.endAt,
     endedAt: s.endedAt,
     endReason: s.endReason,
-    domain: null,
+    domain,
   };
 }
 
@@ -37,10 +38,10 @@ export function presentEgress(e: EgressPolicy): NetworkPolicy {
  * record no longer holds them (the store drops them as it ends), and this never
  * shows them for an ended state whatever the record says.
  */
-export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null, portDomain: string | null = null): SandboxDetail {
+export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null, portDomain: string | null = null, domain: string | null = null): SandboxDetail {
   const ended = s.state === 'destroyed' || s.state === 'failed';
   return {
-    ...presentListItem(s, template),
+    ...presentListItem(s, template, domain),
     envdAccessToken: ended ? '' : s.agentToken,
     envVars: ended ? {} : s.envVars,
     lifecycle: { onTimeout: s.lifecycle.onTimeout, autoResume: s.lifecycle.autoResume, autoExtend: s.lifecycle.autoExtend },
@@ -48,6 +49,7 @@ export function presentDetail(s: SandboxRecord, template: Template | undefined, 
     diskUsageBytes,
     timings: s.timings ? { op: s.timings.op, steps: s.timings.steps.map(([step, ms]) => ({ step, ms })) } : null,
     network: egress ? presentEgress(egress) : null,
+    allowInternetAccess: egress ? egress.internet : null,
     allowPublicTraffic: s.netPolicy.trafficToken === null,
     trafficAccessToken: ended ? null : s.netPolicy.trafficToken,
     portDomain,

@@ -34,7 +34,7 @@ export interface ProxyTarget { sandboxId: string; port: number; path: string; in
 const ENVD_PATH_FORM = /^\/sandboxes\/([a-z0-9]{1,64})\/envd(?=[/?#]|$)/;
 
 /** The canonical envd target of a raw one; `invalid` set when it is refused. */
-function envdTarget(sandboxId: string, port: number, raw: string): ProxyTarget {
+export function envdTarget(sandboxId: string, port: number, raw: string): ProxyTarget {
   const n = normaliseTarget(raw);
   return n.ok ? { sandboxId, port, path: n.path + n.query } : { sandboxId, port, path: raw, invalid: n.message };
 }

@@ -75,7 +75,7 @@ const SandboxFields = {
   endAt: Type.String({ format: 'date-time', description: 'When its timeout destroys it' }),
   endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
   endReason: Type.Union([Type.String(), Type.Null()], { description: 'Why it ended (destroyed, failed, timeout)' }),
-  domain: Type.Null(),
+  domain: Type.Union([Type.String(), Type.Null()], { description: 'Sandbox domain: E2B\'s SDKs reach port P of the sandbox at <P>-<sandboxID>.<domain> (may include :port); null when hearthd has no proxy domain' }),
 };
 
 export const SandboxListItem = Type.Object(SandboxFields, { $id: 'ListedSandbox' });
@@ -89,6 +89,7 @@ export const SandboxDetail = Type.Object({
   diskUsageBytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Allocated blocks of the root disk (st_blocks*512)' }),
   timings: Type.Union([Timing, Type.Null()]),
   network: Type.Union([NetworkPolicy, Type.Null()], { description: 'Egress in force (null once ended)' }),
+  allowInternetAccess: Type.Union([Type.Boolean(), Type.Null()], { description: 'E2B\'s name for network.allow_internet_access (null once ended)' }),
   allowPublicTraffic: Type.Boolean(),
   trafficAccessToken: Type.Union([Type.String(), Type.Null()], { description: 'Header e2b-traffic-access-token for the port proxy when allowPublicTraffic is false' }),
   portDomain: Type.Union([Type.String(), Type.Null()], { description: 'Ports are served at <port>-<sandboxID>.<portDomain> on the API port (an origin of their own); null: only /sandboxes/{id}/ports/{port}/' }),
@@ -98,6 +99,7 @@ export type SandboxListItem = Static<typeof SandboxListItem>;
 
 export const ListQuery = Type.Object({
   state: Type.Optional(Type.String({ pattern: '^[a-z]+(,[a-z]+)*$', description: 'Comma-separated states (default: all but destroyed)' })),
+  metadata: Type.Optional(Type.String({ maxLength: 8192, description: 'URL-encoded `k=v&k2=v2`: sandboxes whose metadata has every pair' })),
 });
 
 export const TimeoutBody = Type.Object({ timeout: Type.Integer({ minimum: 0 }) });
@@ -120,7 +122,38 @@ export const ResumeBody = Type.Object({
   autoPause: Type.Optional(Type.Boolean()),
 });
 
-export const ConnectBody = Type.Object({ timeout: Type.Integer({ minimum: 0 }) });
+export const ConnectBody = Type.Object({
+  timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds from now the sandbox lives at least (default: the daemon\'s default timeout, 300 s unless configured)' })),
+  memory: Type.Optional(Type.Boolean({ description: 'E2B: false resumes from disk only. Not supported: false is refused.' })),
+});
+
+/** E2B's list query (GET /v2/sandboxes; also understood by GET /sandboxes). */
+export const ListQueryV2 = Type.Object({
+  metadata: Type.Optional(Type.String({ maxLength: 8192, description: 'URL-encoded `k=v&k2=v2`: sandboxes whose metadata has every pair' })),
+  state: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'running, paused (comma-separated or repeated; default both)' })),
+  startedAfter: Type.Optional(Type.String({ maxLength: 64, description: 'RFC 3339 time: sandboxes started at or after it' })),
+  template: Type.Optional(Type.String({ maxLength: 128 })),
+  order: Type.Optional(Type.Union([Type.Literal('asc'), Type.Literal('desc')], { description: 'By start time, across the whole result (default desc, newest first)' })),
+  limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,9}$', description: 'Page size, 1 to 100 (default 100); the header X-Next-Token carries the cursor of the next page' })),
+  nextToken: Type.Optional(Type.String({ maxLength: 512 })),
+});
+
+export const MetricsQuery = Type.Object({
+  start: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$', description: 'Unix seconds (default: the oldest sample kept)' })),
+  end: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$', description: 'Unix seconds (default: now)' })),
+});
+
+export const SandboxMetric = Type.Object({
+  timestamp: Type.String({ format: 'date-time' }),
+  timestampUnix: Type.Integer(),
+  cpuCount: Type.Integer(),
+  cpuUsedPct: Type.Number(),
+  memUsed: Type.Integer(),
+  memTotal: Type.Integer(),
+  memCache: Type.Integer(),
+  diskUsed: Type.Integer(),
+  diskTotal: Type.Integer(),
+});
 
 export const SnapshotBody = Type.Object({
   name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' })),

@@ -8,7 +8,7 @@ import { Type } from 'typebox';
 import type { SandboxManager } from '../core/manager.js';
 import type { Store } from '../store/store.js';
 import { errorBody, handleError } from './errors.js';
-import { proxyTargetOf, proxyToSandbox, type ProxyTarget } from './proxy.js';
+import { envdTarget, proxyTargetOf, proxyToSandbox, type ProxyTarget } from './proxy.js';
 import { sandboxPortProxy } from './port-proxy.js';
 import { StreamRegistry } from '../util/stream-registry.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
@@ -16,7 +16,9 @@ import { templateRoutes } from './routes/templates.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
 import { ErrorSchema } from './schemas.js';
-import { isLoopback, isPublicPath, sandboxTokenPresented, verifyApiKey } from './auth.js';
+import { isLoopback, isPublicPath, sandboxOfSignedFilesUrl, sandboxTokenPresented, verifyApiKey } from './auth.js';
+import { AGENT_PORT } from '../agent/protocol.js';
+import { MetricsSampler } from './metrics.js';
 import {
   applyConnectionLimits, checkTarget, clientErrorAnswer, csrfRefusal, DEFAULT_EDGE_LIMITS, hostAllowList, hostnameOf, rawJsonError, type EdgeLimits,
 } from './edge.js';
@@ -46,6 +48,16 @@ export interface ApiDeps {
   allowedHosts?: readonly string[];
   /** Connection limits (timeouts, per-address cap); defaults in DEFAULT_EDGE_LIMITS. */
   limits?: Partial<EdgeLimits>;
+  /**
+   * The sandbox domain announced in each sandbox's `domain` field (E2B's SDKs build
+   * `<port>-<id>.<domain>` from it), e.g. `localhost:3030`; asked per answer because the
+   * port is known only once hearthd listens. Absent or null: `domain` is null.
+   */
+  sandboxDomain?: () => string | null;
+  /** Seconds a connect without `timeout` keeps a sandbox alive (E2B's default: 300). */
+  defaultTimeoutSec?: number;
+  /** How often running sandboxes' metrics are sampled for GET /sandboxes/{id}/metrics (ms; 0: only on request). */
+  metricsIntervalMs?: number;
 }
 
 /** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
@@ -54,11 +66,17 @@ const BODY_LIMIT = 1 << 20;
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const limits: EdgeLimits = { ...DEFAULT_EDGE_LIMITS, ...(deps.limits ?? {}) };
   const listenHost = deps.listenHost ?? '127.0.0.1';
-  const hostAllowed = hostAllowList(listenHost, isLoopback(listenHost), deps.allowedHosts ?? []);
+  // `api.<proxyDomain>` is where E2B's SDKs look for the API when only E2B_DOMAIN is set.
+  const apiHost = deps.proxyDomain && (isLoopback(listenHost) || (deps.allowedHosts ?? []).length > 0) ? [`api.${deps.proxyDomain}`] : [];
+  const hostAllowed = hostAllowList(listenHost, isLoopback(listenHost), [...(deps.allowedHosts ?? []), ...apiHost]);
   // Sandbox ports (/sandboxes/<id>/ports/<port>/…, <port>-<id>.<domain>): streamed, and
   // authorised by the sandbox's traffic token, not API keys. WebSockets arrive as upgrades.
   const ports = sandboxPortProxy(deps.manager, deps.proxyDomain ?? null, deps.log);
-  const isHostForm = (headers: IncomingMessage['headers']): boolean => ports.target({ url: '/', headers })?.form === 'host';
+  /** Host-form port traffic, whose path is the guest's own (port 49983 is the agent: envd traffic, normalised like the other envd forms). */
+  const isHostForm = (headers: IncomingMessage['headers']): boolean => {
+    const t = ports.target({ url: '/', headers });
+    return t?.form === 'host' && t.port !== AGENT_PORT;
+  };
   // Targets refused by the normaliser, answered by the first hook (rewriteUrl cannot answer).
   const badTargets = new WeakMap<IncomingMessage, { status: number; message: string }>();
 
@@ -110,6 +128,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const checked = checkTarget(req.url ?? '/', hostForm);
     if (!checked.ok) { rawJsonError(socket, checked.status, checked.status === 414 ? 'URI Too Long' : 'Bad Request', checked.message, 'invalid_argument'); return; }
     req.url = checked.url;
+    const hostTarget = ports.target(req);
+    if (hostTarget?.form === 'host' && hostTarget.port === AGENT_PORT) { rawJsonError(socket, 404, 'Not Found', 'the agent (envd) takes no upgrades', 'not_found'); return; }
     const refused = hostForm ? null : hostRefusal(req.headers);
     if (refused) { rawJsonError(socket, 403, 'Forbidden', refused, 'forbidden'); return; }
     if (!ports.handleUpgrade(req, socket, head)) rawJsonError(socket, 404, 'Not Found', `no upgrade route ${req.url.split('?')[0]}`, 'not_found');
@@ -141,16 +161,43 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', (req, reply, done) => {
     const bad = badTargets.get(req.raw);
     if (bad) { void reply.status(bad.status).send(errorBody(bad.status, bad.message, 'invalid_argument')); return; }
-    const port = ports.target(req.raw);
+    let port = ports.target(req.raw);
     const refused = port?.form === 'host' ? null : hostRefusal(req.headers);
     if (refused) { void reply.status(403).send(errorBody(403, refused, 'forbidden')); return; }
+    // Host form for the agent's port, `49983-<id>.<domain>` (E2B's SDKs without E2B_SANDBOX_URL): envd traffic.
+    let envd: ProxyTarget | null = null;
+    if (port?.form === 'host' && port.port === AGENT_PORT) {
+      const named = req.headers['e2b-sandbox-id'];
+      if (typeof named === 'string' && named !== port.sandboxId) {
+        void reply.status(400).send(errorBody(400, `E2b-Sandbox-Id ${JSON.stringify(named)} does not match the sandbox in Host (${port.sandboxId})`, 'invalid_argument'));
+        return;
+      }
+      envd = envdTarget(port.sandboxId, AGENT_PORT, req.url);
+      port = null;
+    }
     if (port) {
       void reply.hijack();
       ports.handleRequest(req.raw, reply.raw);
       return;
     }
     // envd traffic bypasses Fastify's body parsing: it is streamed to the guest as is.
-    const envd = proxyTargetOf(req.url, req.headers);
+    envd ??= proxyTargetOf(req.url, req.headers);
+    if (!envd) {
+      // A signed /files URL (uploadUrl/downloadUrl on E2B_SANDBOX_URL) names no sandbox: its signature does.
+      const q = req.url.indexOf('?');
+      if ((q === -1 ? req.url : req.url.slice(0, q)) === '/files') {
+        const query = q === -1 ? '' : req.url.slice(q + 1);
+        const id = sandboxOfSignedFilesUrl(deps.manager, req.method, query);
+        if (!id) {
+          const signed = new URLSearchParams(query).has('signature');
+          void reply.status(signed ? 401 : 400).send(errorBody(signed ? 401 : 400, signed
+            ? 'the signature of this /files URL matches no running or paused sandbox'
+            : '/files needs the sandbox: send E2b-Sandbox-Id (and X-Access-Token), use /sandboxes/<id>/envd/files, or a signed URL', signed ? 'unauthenticated' : 'invalid_argument'));
+          return;
+        }
+        envd = envdTarget(id, AGENT_PORT, req.url);
+      }
+    }
     if (envd) {
       if (deps.requireApiKey && !envdAuthorised(req.raw, envd)) {
         void reply.status(401).send(errorBody(401, 'missing or invalid credentials: send X-API-Key, or the sandbox\'s X-Access-Token (or a signed /files URL)', 'unauthenticated'));
@@ -193,9 +240,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   app.get('/doctor', { schema: { summary: 'Host capabilities and the drivers in use', tags: ['host'] } }, async () => deps.doctor());
 
+  const metrics = new MetricsSampler(deps.manager, deps.log, deps.metricsIntervalMs);
+  metrics.start();
+  app.addHook('onClose', async () => metrics.close());
+  const compat = { metrics, ...(deps.sandboxDomain ? { sandboxDomain: deps.sandboxDomain } : {}), ...(deps.defaultTimeoutSec !== undefined ? { defaultTimeoutSec: deps.defaultTimeoutSec } : {}) };
   templateRoutes(app, deps.manager, deps.store);
-  sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null);
-  snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null);
+  sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
+  snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   webRoutes(app); // dashboard at / and /ui/* (docs/dashboard.md)
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

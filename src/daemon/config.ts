@@ -68,6 +68,15 @@ export interface HearthConfig {
   /** Host form of the port proxy: `<port>-<id>.<proxyDomain>`; null disables it (the path form stays). */
   proxyDomain: string | null;
   /**
+   * The `domain` sandboxes announce (E2B's SDKs reach port P of a sandbox at `<P>-<id>.<domain>`).
+   * null: `<proxyDomain>:<listen port>` (no port when it is 443, or 80 without TLS). Set it
+   * when clients reach hearthd by another name or port (a reverse proxy); docs/e2b-compat.md.
+   */
+  sandboxDomain: string | null;
+  /** PEM certificate (chain) and key files: the listener then also speaks HTTPS, on the same port. */
+  tlsCert: string | null;
+  tlsKey: string | null;
+  /**
    * Host names the API answers to beyond loopback names and the listen address
    * (DNS rebinding defence; on a non-loopback listener with this empty, any name).
    */
@@ -122,6 +131,9 @@ export function defaultConfig(): HearthConfig {
     egressInterface: null,
     guestDns: [],
     proxyDomain: 'localhost',
+    sandboxDomain: null,
+    tlsCert: null,
+    tlsKey: null,
     allowedHosts: [],
     headersTimeoutMs: 20_000,
     bodyIdleTimeoutMs: 60_000,
@@ -161,6 +173,9 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_EGRESS_INTERFACE: 'egressInterface',
   HEARTH_GUEST_DNS: 'guestDns',
   HEARTH_PROXY_DOMAIN: 'proxyDomain',
+  HEARTH_SANDBOX_DOMAIN: 'sandboxDomain',
+  HEARTH_TLS_CERT: 'tlsCert',
+  HEARTH_TLS_KEY: 'tlsKey',
   HEARTH_ALLOWED_HOSTS: 'allowedHosts',
   HEARTH_HEADERS_TIMEOUT_MS: 'headersTimeoutMs',
   HEARTH_BODY_IDLE_TIMEOUT_MS: 'bodyIdleTimeoutMs',
@@ -208,5 +223,6 @@ function validate(cfg: HearthConfig): void {
     if (!Number.isInteger(cfg[k]) || cfg[k] < 1) throw new Error(`${k} must be a positive integer, got ${cfg[k]}`);
   }
   if (!Number.isInteger(cfg.warmShapesPerTemplate) || cfg.warmShapesPerTemplate < 1) throw new Error(`warmShapesPerTemplate must be an integer >= 1, got ${cfg.warmShapesPerTemplate}`);
+  if ((cfg.tlsCert === null) !== (cfg.tlsKey === null)) throw new Error('tlsCert and tlsKey go together: set both or neither');
   if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);
 }

@@ -1,4 +1,5 @@
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
@@ -22,6 +23,7 @@ import type { VmmDriver } from '../vmm/types.js';
 import type { Template } from '../core/types.js';
 import { VERSION } from '../version.js';
 import { isLoopback } from '../api/auth.js';
+import { dualProtocolServer } from '../api/tls.js';
 
 /** The parts of a built guest image a template needs (src/images produces it). */
 export interface BuiltImage {
@@ -147,15 +149,39 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       manager.templateSnapshot(t, t.vcpus, t.memoryMib, AbortSignal.timeout(cfg.bootTimeoutMs + 120_000))
         .catch((err: unknown) => log.error({ err: String(err) }, 'warming the default template failed; creates will cold-boot'));
     }
+    const tlsFiles = cfg.tlsCert && cfg.tlsKey ? { cert: await readFile(cfg.tlsCert), key: await readFile(cfg.tlsKey) } : null;
+    // The sandbox domain E2B's SDKs build `<port>-<id>.<domain>` from: the proxy domain and the port
+    // clients reach this listener on (known once it listens), unless the operator names one.
+    let listenPort = cfg.port;
+    const sandboxDomain = (): string | null => {
+      if (cfg.sandboxDomain) return cfg.sandboxDomain;
+      if (!cfg.proxyDomain) return null;
+      const defaultPort = listenPort === 443 || (listenPort === 80 && !tlsFiles);
+      return defaultPort ? cfg.proxyDomain : `${cfg.proxyDomain}:${listenPort}`;
+    };
     const app = await buildApi({
       manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
-      listenHost: cfg.host, allowedHosts: cfg.allowedHosts,
+      listenHost: cfg.host, allowedHosts: cfg.allowedHosts, sandboxDomain, defaultTimeoutSec: cfg.defaultTimeoutSec,
       limits: { headersTimeoutMs: cfg.headersTimeoutMs, bodyIdleTimeoutMs: cfg.bodyIdleTimeoutMs, keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, maxConnectionsPerAddress: cfg.maxConnectionsPerAddress },
     });
     if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
     let url = '';
-    if (opts.listen !== false) {
+    let dual: ReturnType<typeof dualProtocolServer> | null = null;
+    if (opts.listen !== false && tlsFiles) {
+      // HTTPS and HTTP on the same port (src/api/tls.ts).
+      const server = dualProtocolServer(app.server, tlsFiles, cfg.headersTimeoutMs);
+      dual = server;
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host: cfg.host, port: cfg.port }, () => { server.off('error', reject); resolve(); });
+      });
+      listenPort = (server.address() as AddressInfo).port;
+      const host = cfg.host.includes(':') ? `[${cfg.host}]` : cfg.host;
+      url = `http://${host}:${listenPort}`;
+      log.info(`hearthd ${VERSION} listening on ${url} and https://${host}:${listenPort} (data dir ${cfg.dataDir})`);
+    } else if (opts.listen !== false) {
       url = await app.listen({ host: cfg.host, port: cfg.port });
+      listenPort = (app.server.address() as AddressInfo).port;
       log.info(`hearthd ${VERSION} listening on ${url} (data dir ${cfg.dataDir})`);
     }
     const net = network;
@@ -164,6 +190,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       async close(opts = {}) {
         clearInterval(purgeTimer);
         manager.close();
+        dual?.close();
         await app.close();
         try {
           await (opts.removeNetwork ? net.destroyAll() : net.close());

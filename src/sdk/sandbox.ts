@@ -241,15 +241,19 @@ export class Sandbox {
   }
 
   static async getInfo(id: string, opts: ConnectionOptions = {}): Promise<SandboxInfo> {
-    return new HearthApi(opts).request<SandboxInfo>('GET', `/sandboxes/${encodeURIComponent(id)}`, undefined, opts.signal);
+    // The record route: it also shows a sandbox that has ended (GET /sandboxes/{id} is a 404 then, as in E2B).
+    return new HearthApi(opts).request<SandboxInfo>('GET', `/sandboxes/${encodeURIComponent(id)}/record`, undefined, opts.signal);
   }
 
   static async kill(id: string, opts: ConnectionOptions = {}): Promise<void> {
-    await new HearthApi(opts).request<void>('DELETE', `/sandboxes/${encodeURIComponent(id)}`, undefined, opts.signal);
+    // 404: already destroyed (or unknown); killing is idempotent here.
+    await new HearthApi(opts).request<void>('DELETE', `/sandboxes/${encodeURIComponent(id)}`, undefined, opts.signal).catch((err: unknown) => {
+      if (!(err instanceof NotFoundError)) throw err;
+    });
   }
 
   async getInfo(signal?: AbortSignal): Promise<SandboxInfo> {
-    return this.api.request<SandboxInfo>('GET', `/sandboxes/${this.id}`, undefined, signal);
+    return this.api.request<SandboxInfo>('GET', `/sandboxes/${this.id}/record`, undefined, signal);
   }
 
   async setTimeout(timeoutMs: number, signal?: AbortSignal): Promise<void> {
@@ -296,6 +300,8 @@ export class Sandbox {
 
   /** Destroy the sandbox (idempotent). */
   async kill(signal?: AbortSignal): Promise<void> {
-    await this.api.request<void>('DELETE', `/sandboxes/${this.id}`, undefined, signal);
+    await this.api.request<void>('DELETE', `/sandboxes/${this.id}`, undefined, signal).catch((err: unknown) => {
+      if (!(err instanceof NotFoundError)) throw err; // already destroyed
+    });
   }
 }

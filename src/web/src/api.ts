@@ -51,7 +51,7 @@ async function call<T>(method: string, path: string, body?: unknown, signal?: Ab
 
 export const api = {
   listSandboxes: () => call<Sandbox[]>('GET', '/sandboxes'),
-  getSandbox: (id: string) => call<SandboxDetail>('GET', `/sandboxes/${id}`),
+  getSandbox: (id: string) => call<SandboxDetail>('GET', `/sandboxes/${id}/record`),
   createSandbox: (b: NewSandbox) => call<SandboxDetail>('POST', '/sandboxes', b),
   destroy: (id: string) => call<void>('DELETE', `/sandboxes/${id}`),
   pause: (id: string) => call<void>('POST', `/sandboxes/${id}/pause`, {}),
