@@ -32,13 +32,17 @@ export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
  * tar, gzip, grep, sed, findutils, mawk, passwd, apt). Choices:
  * - nodejs (18.x in bookworm) runs the agent and user JavaScript; npm is left
  *   out: in bookworm it pulls in ~300 node-* packages;
- * - python3: most sandbox users run Python; costs ~30 MiB;
+ * - python3: most sandbox users run Python; costs ~30 MiB; python-is-python3
+ *   makes `python` run it too (E2B's examples call `python`);
+ * - attr (getfattr/setfattr): the agent keeps file metadata (`X-Metadata-*`
+ *   upload headers) in `user.e2b.*` xattrs with them;
  * - git, curl, ca-certificates, openssh-client: fetching code;
  * - tini: zombie reaper for PID 1; sudo: passwordless for `user`;
  * - iproute2 (hearth-init configures eth0), iputils-ping, netbase, procps,
  *   psmisc, less, vim-tiny, file, xz-utils, unzip: what a shell user expects.
  */
 export const DEFAULT_PACKAGES: readonly string[] = [
+  'attr',
   'ca-certificates',
   'curl',
   'file',
@@ -51,6 +55,7 @@ export const DEFAULT_PACKAGES: readonly string[] = [
   'openssh-client',
   'procps',
   'psmisc',
+  'python-is-python3',
   'python3',
   'sudo',
   'tini',
