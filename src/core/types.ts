@@ -4,7 +4,7 @@ import type { VmmKind, VmNetwork } from '../vmm/types.js';
 import type { EgressPolicy } from '../network/types.js';
 
 /**
- * Lifecycle (DESIGN §3): creating → running ⇄ paused (via pausing/resuming),
+ * Lifecycle (docs/ARCHITECTURE.md, "Lifecycle states"): creating → running ⇄ paused (via pausing/resuming),
  * any → destroying → destroyed, and failed (terminal; resources released, reason kept).
  */
 export type SandboxState =

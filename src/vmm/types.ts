@@ -1,5 +1,5 @@
 /**
- * The VMM seam (DESIGN §4). One `Vmm` instance per running VM; drivers
+ * The VMM seam (docs/ARCHITECTURE.md, "Seams"). One `Vmm` instance per running VM; drivers
  * (qemu/, firecracker/) implement it. The core never imports a driver.
  */
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { Sandbox, CommandExitError, NotFoundError, TimeoutError, InvalidArgumentError, ConflictError } from '../../src/sdk/index.js';
+import { Sandbox, CommandExitError, NotFoundError, TimeoutError, InvalidArgumentError } from '../../src/sdk/index.js';
 import { alive, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 
@@ -189,7 +189,7 @@ describe('real sandboxes under QEMU', () => {
     assert.equal(after.endReason, 'destroyed by request');
     const health = await fetch(`${d.url}/sandboxes/${sbx.id}/envd/health`);
     assert.equal(health.status, 502);
-    await assert.rejects(sbx.setTimeout(1000), ConflictError);
+    await assert.rejects(sbx.setTimeout(1000), NotFoundError, 'a destroyed sandbox is a 404 (as in E2B)');
     await sbx.kill();
   });
 });

@@ -33,7 +33,7 @@ export type PauseOutcome =
   | { ok: false; resumed: false; reason: string; error: Error };
 
 /**
- * Pause (DESIGN §3, the seed's hard-won order): freeze vCPUs → write device
+ * Pause (docs/ARCHITECTURE.md, "Pause order"): freeze vCPUs → write device
  * state (memory already lives in the sandbox's memory file) and flush memory; on
  * failure resume the vCPUs → stop the VMM and wait for its exit → detach the disk
  * into the paused dir → move memory + state there, write metadata atomically →
@@ -93,7 +93,7 @@ export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: 
 }
 
 /**
- * Resume (DESIGN §3): slot → disk back from the paused dir → a copy of the
+ * Resume (docs/ARCHITECTURE.md, "Resume order"): slot → disk back from the paused dir → a copy of the
  * memory file (the paused one stays intact, so a failed attempt can be retried)
  * → restore → agent ready → /init (clock, entropy). If anything fails the VMM is
  * stopped, the disk is moved back into the paused dir (never deleted) and the

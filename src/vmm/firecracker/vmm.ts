@@ -1,7 +1,7 @@
 /**
- * One Firecracker microVM (DESIGN §4 `Vmm`, §5 Firecracker). See
+ * One Firecracker microVM (the `Vmm` seam: docs/ARCHITECTURE.md, "Seams"). See
  * docs/firecracker.md for the process model, the file layout and the
- * snapshot mechanics; PROTOCOL.md (shared) for Firecracker's behaviour.
+ * snapshot mechanics, and its last section for Firecracker's behaviour.
  *
  * Process model: Firecracker is spawned detached (own session), stdout to the
  * VM's console log (guest serial), stderr to <runDir>/firecracker.stderr.log,
@@ -297,7 +297,7 @@ export class FirecrackerVmm implements Vmm {
       this.vmState = 'Running';
       this.step('restore', 'load', t);
       if (s.mmds && c.network.kind === 'tap') {
-        // The MMDS data store is not part of a snapshot (PROTOCOL §2.6).
+        // The MMDS data store is not part of a snapshot (docs/firecracker.md, "After a restore").
         const data: MmdsContents = c.mmds ?? { instanceID: c.sandboxId };
         await api.request('put', '/mmds', undefined, data, { signal });
       }
@@ -709,7 +709,7 @@ export class FirecrackerVmm implements Vmm {
     const ps = await UffdPageServer.listen(opts);
     this.pageServer = ps;
     ps.on('failed', (err: Error) => {
-      // Firecracker now hangs on its next fault, forever (PROTOCOL §3.3): kill it; the manager sees `exited`.
+      // Firecracker now hangs on its next fault, forever (docs/uffd.md, "When the handler dies"): kill it; the manager sees `exited`.
       this._failure = new HostFailureError(`the userfaultfd page server of sandbox ${this.cfg?.sandboxId} failed: ${err.message}`, { cause: err });
       this.settings.log?.('error', this._failure.message, { pid: this._pid });
       if (this.phase === 'running' || this.phase === 'starting') void this.signal('SIGKILL');

@@ -1,5 +1,5 @@
 /**
- * One QEMU VM (DESIGN §4 `Vmm`, §5 QEMU). See docs/vmm-qemu.md for the process
+ * One QEMU VM (the `Vmm` seam: docs/ARCHITECTURE.md, "Seams"). See docs/vmm-qemu.md for the process
  * model and the snapshot mechanics.
  *
  * Process model: QEMU is spawned detached (own session and process group,
@@ -59,7 +59,7 @@ export interface QemuSettings {
   privilegeFor?(sandboxId: string, signal: AbortSignal): Promise<{ uid: number; gid: number; chroot: boolean; release(): void } | undefined>;
   /** Where the network namespaces live (tap networking). */
   netnsDir: string;
-  /** Step timings (DESIGN §3.5: the manager logs them). */
+  /** Step timings (the manager logs them: docs/ARCHITECTURE.md, "Every transition"). */
   onStep?: (sandboxId: string, op: string, step: string, ms: number) => void;
 }
 
