@@ -4,7 +4,7 @@ import type { UserInfo } from './users.js';
 export class PathError extends Error {}
 
 /**
- * envd's ExpandAndResolve (envd.md §2.6): empty → default workdir; `~`/`~/x` → home;
+ * envd's ExpandAndResolve (docs/agent.md, "Filesystem"): empty → default workdir; `~`/`~/x` → home;
  * `~other` → error; relative → joined to the user's home and cleaned. Returns an absolute path.
  */
 export function expandAndResolve(p: string, user: UserInfo, defaultWorkdir: string | undefined): string {

@@ -1,5 +1,5 @@
 /**
- * Wire constants of the in-guest agent (the envd protocol, /work/shared/protocols/envd.md).
+ * Wire constants of the in-guest agent (the envd protocol: docs/agent.md, "Wire protocol").
  *
  * The host imports this file, so it must stay free of imports (no node:*, no generated code).
  */
@@ -7,7 +7,7 @@
 /** TCP port the agent listens on inside the guest (envd's port). */
 export const AGENT_PORT = 49983;
 
-/** envd version the agent reports; SDK feature gates need >= 0.6.4 (envd.md §2.8). */
+/** envd version the agent reports; SDK feature gates need >= 0.6.4 (docs/agent.md, "Version gates"). */
 export const ENVD_VERSION = '0.6.13';
 
 /** Fully qualified Connect service names (URL = /<service>/<Method>). */

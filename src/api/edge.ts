@@ -17,7 +17,7 @@ import type { Duplex } from 'node:stream';
 import { normaliseTarget } from '../util/request-target.js';
 import { errorBody } from './errors.js';
 
-/** Limits on what one client can hold open (docs/security.md, "connections"). */
+/** Limits on what one client can hold open (docs/security.md, "Connections"). */
 export interface EdgeLimits {
   /** A request's headers must be complete within this (slowloris). */
   headersTimeoutMs: number;

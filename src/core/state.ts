@@ -2,7 +2,7 @@ import { ConflictError } from './errors.js';
 import type { SandboxRecord, SandboxState } from './types.js';
 import type { Store } from '../store/store.js';
 
-/** Allowed transitions (DESIGN §3). Anything else is a bug or a 409. */
+/** Allowed transitions (docs/ARCHITECTURE.md, "Lifecycle states"). Anything else is a bug or a 409. */
 const TRANSITIONS: Record<SandboxState, readonly SandboxState[]> = {
   creating: ['running', 'failed', 'destroying'],
   running: ['pausing', 'destroying', 'failed'],

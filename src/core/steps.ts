@@ -3,7 +3,7 @@ import type { Logger } from './log.js';
 
 /**
  * Times each step of a lifecycle operation and logs them on one line at the
- * end (`create i…: slot 1 ms, disk 12 ms, boot 5210 ms, agent 830 ms`), as DESIGN §3.5 asks.
+ * end (`create i…: slot 1 ms, disk 12 ms, boot 5210 ms, agent 830 ms`), as docs/ARCHITECTURE.md, "Every transition", asks.
  */
 export class StepTimer {
   readonly steps: [string, number][] = [];

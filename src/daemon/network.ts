@@ -1,5 +1,5 @@
 /**
- * hearthd's network backend (DESIGN §7): per-sandbox network namespaces where
+ * hearthd's network backend (docs/networking.md, "In hearthd"): per-sandbox network namespaces where
  * the host allows (root, iproute2, nftables, nsenter, tun), else QEMU user-mode
  * networking. The probe's reason is logged and shown by `hearth doctor`.
  */

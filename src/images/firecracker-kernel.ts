@@ -1,7 +1,8 @@
 /**
  * A guest kernel for Firecracker, built from Debian's `linux-source` package:
  * an uncompressed ELF `vmlinux` (what Firecracker boots on x86_64) with every
- * driver the VM needs built in (no modules, no initramfs), per PROTOCOL §6.1.
+ * driver the VM needs built in (no modules, no initramfs); what Firecracker
+ * needs is in docs/firecracker.md, "What Firecracker needs from the kernel".
  *
  *   x86_64_defconfig  →  + FIRECRACKER_KERNEL_FRAGMENT (merge)  →  make olddefconfig
  *   →  check that every REQUIRED_Y option survived as =y  →  make vmlinux
@@ -23,8 +24,8 @@ import { silentProgress, type Progress } from './progress.js';
 import { haveCommand, run as defaultRun, type Runner } from './run.js';
 
 /**
- * Options merged over x86_64_defconfig. Comments name the reason; "PROTOCOL"
- * refers to /work/shared/firecracker/PROTOCOL.md §6.1.
+ * Options merged over x86_64_defconfig. Comments name the reason (docs/firecracker.md,
+ * "What Firecracker needs from the kernel").
  */
 export const FIRECRACKER_KERNEL_FRAGMENT: readonly string[] = [
   '# Everything built in: Firecracker boots the root disk without an initramfs',
@@ -52,7 +53,7 @@ export const FIRECRACKER_KERNEL_FRAGMENT: readonly string[] = [
   'CONFIG_PARAVIRT=y',
   'CONFIG_KVM_GUEST=y',
   'CONFIG_PVH=y',
-  '# ACPI needs PCI for its init even without PCI devices (PROTOCOL §6.1)',
+  '# ACPI needs PCI for its init even without PCI devices',
   'CONFIG_ACPI=y',
   '# Serial console',
   'CONFIG_SERIAL_8250=y',

@@ -4,8 +4,8 @@
  * Under TCG the guest's RDTSC reads the host's TSC, and under KVM the guest TSC
  * runs at the host rate unless scaled; giving the guest the rate up front
  * skips its TSC calibration against the PIT/HPET, which under TCG sometimes
- * hangs the `microvm` machine silently (DESIGN §5: 1 boot in 30 without it,
- * 0 in 80 with it).
+ * hangs the `microvm` machine silently (measured: 1 boot in 30 without it,
+ * 0 in 80 with it; docs/images.md, "Kernel command line").
  *
  * Sources, best first: the kernel's "Refined TSC clocksource calibration" or
  * "tsc: Detected … MHz" line (dmesg, then journalctl -k -b), then `cpu MHz` in

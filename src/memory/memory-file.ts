@@ -1,5 +1,5 @@
 /**
- * Snapshot memory files (DESIGN §5, PROTOCOL §2): raw guest RAM, all regions
+ * Snapshot memory files (docs/firecracker.md, "What a snapshot holds"): raw guest RAM, all regions
  * back to back. These helpers work on their sparseness, which Node cannot see
  * by itself (SEEK_DATA/SEEK_HOLE and PUNCH_HOLE come from the uffd addon):
  *
@@ -8,7 +8,7 @@
  *  - `punchZeroPages`: turns all-zero pages of a Full snapshot into holes
  *    (smaller files, faster UFFD restores). Never use it on a Diff layer
  *    that is still to be merged: a dirty page that happens to be zero would
- *    be lost (PROTOCOL §2.5);
+ *    be lost (docs/firecracker.md, "Diff snapshots");
  *  - `rebaseMemory`: merges a Diff layer into its base (the extents of the
  *    diff copied over the base at the same offsets), like
  *    `snapshot-editor edit-memory rebase`;

@@ -10,7 +10,7 @@ export interface EgressPolicy {
   deny: string[];
 }
 
-/** The network seam (DESIGN §4, §7). */
+/** The network seam (docs/ARCHITECTURE.md, "Seams"; docs/networking.md). */
 export interface Slot {
   /** Slot number (persisted) or a synthetic id for user-mode networking. */
   id: number;

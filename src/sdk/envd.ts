@@ -54,7 +54,7 @@ export function envdClients(target: EnvdTarget, user?: string): EnvdClients {
   return { process: createClient(Process, transport), filesystem: createClient(Filesystem, transport) };
 }
 
-/** Connect codes to SDK errors, as E2B's SDK maps them (envd.md §2.7). */
+/** Connect codes to SDK errors, as E2B's SDK maps them (docs/agent.md, "Error codes"). */
 export function mapConnectError(err: unknown): Error {
   if (!(err instanceof ConnectError)) return err instanceof Error ? err : new Error(String(err));
   const msg = err.rawMessage;

@@ -1,7 +1,7 @@
 /**
  * The SDK's typed errors. The daemon's `error_code` (and HTTP status) map back
  * to the same vocabulary as src/core/errors.ts; Connect codes from the agent map
- * as E2B's SDK maps them (envd.md §2.7).
+ * as E2B's SDK maps them (docs/agent.md, "Error codes").
  */
 export class SandboxError extends Error {
   constructor(message: string, readonly status?: number, readonly code?: string) {

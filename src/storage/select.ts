@@ -26,7 +26,7 @@ export async function supportsReflink(dir: string): Promise<boolean> {
 }
 
 /**
- * DESIGN §6: dm where device-mapper exists (and we are root), else reflink,
+ * docs/storage.md, "Choosing a backend": dm where device-mapper exists (and we are root), else reflink,
  * else copy; configuration overrides. Device-mapper is detected from
  * /proc/misc: libdevmapper creates /dev/mapper/control even without the driver.
  */

@@ -1,4 +1,4 @@
-/** The storage seam (DESIGN §4, §6): a sandbox's copy-on-write root disk. */
+/** The storage seam (docs/ARCHITECTURE.md, "Seams"; docs/storage.md): a sandbox's copy-on-write root disk. */
 
 export type RootfsBackendKind = 'dm' | 'reflink' | 'copy';
 

@@ -1,5 +1,5 @@
 /**
- * One behavioural suite for every RootfsBackend (DESIGN §4): whatever the
+ * One behavioural suite for every RootfsBackend (docs/ARCHITECTURE.md, "Seams"): whatever the
  * mechanism (full copy, reflink, dm-snapshot), a sandbox's disk must behave
  * the same. Disks are raw images, so content is checked by reading and
  * writing the device or file directly at byte offsets; no mounting.

@@ -20,7 +20,7 @@ const FALLBACK_KERNEL_PKG = 'linux-image-6.1.0-56-cloud-amd64';
 export const MARKER = 'HEARTH-TEST-BOOTED';
 export const GUEST_PAGE = 'hearth-guest-ok';
 
-/** Modules in load order (virtio_ring before virtio: DESIGN §5). */
+/** Modules in load order (virtio_ring before virtio, which Debian's cloud kernel needs: docs/images.md). */
 const MODULES = [
   'kernel/drivers/virtio/virtio_ring.ko',
   'kernel/drivers/virtio/virtio.ko',

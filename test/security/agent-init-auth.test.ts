@@ -8,7 +8,8 @@ import net, { type AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyBaseLogger } from 'fastify';
 import { UNAUTHORIZED_MESSAGE } from '../../src/agent/protocol.js';
-import { startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent } from '../helpers/hermetic-agent.js';
 import { proxyTargetOf, proxyToSandbox } from '../../src/api/proxy.js';
 import type { SandboxManager } from '../../src/core/manager.js';
 
@@ -49,7 +50,7 @@ describe('agent /init and the access token', () => {
   const envsWithToken = async (): Promise<unknown> => (await fetch(`${agent.baseUrl}/envs`, { headers: { 'X-Access-Token': token } })).json();
 
   before(async () => {
-    agent = await startTestAgent();
+    agent = await startHermeticAgent();
   });
   after(async () => {
     await agent?.stop();
@@ -105,7 +106,7 @@ describe('agent /init and the access token', () => {
 
 describe('agent /init under its lock', () => {
   test('a tokenless /init queued behind the first one is refused once that one has set a token', async () => {
-    const agent = await startTestAgent();
+    const agent = await startHermeticAgent();
     try {
       const token = 'tok-' + randomBytes(8).toString('hex');
       // The first /init holds the lock while its body is still arriving.
@@ -154,7 +155,7 @@ describe("hearthd's envd proxy in front of the agent", () => {
   let upstream = 0;
 
   before(async () => {
-    agent = await startTestAgent();
+    agent = await startHermeticAgent();
     const init = await fetch(`${agent.baseUrl}/init`, { method: 'POST', body: JSON.stringify({ accessToken: token, envVars: { OWNER: 'yes' } }) });
     assert.equal(init.status, 204);
     recorder = http.createServer((req, res) => { recorded.push(req.url ?? ''); res.writeHead(200); res.end('ok'); });

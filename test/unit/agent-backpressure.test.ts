@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { rssBytes, startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { rssBytes, type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent } from '../helpers/hermetic-agent.js';
 
 const TOTAL = 200_000_000;
 const MiB = 1024 * 1024;
@@ -64,7 +65,7 @@ describe('agent output backpressure', () => {
   let agent: TestAgent;
 
   before(async () => {
-    agent = await startTestAgent();
+    agent = await startHermeticAgent();
   });
   after(async () => {
     await agent?.stop();

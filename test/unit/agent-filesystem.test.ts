@@ -1,4 +1,4 @@
-// Filesystem service of the in-guest agent (envd.md §2.3/§2.6), against a real agent child process.
+// Filesystem service of the in-guest agent (docs/agent.md, "Messages" and "Filesystem"), against a real agent child process.
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync, renameSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { EventType, FileType, Filesystem, type FilesystemEvent } from '../../src/gen/filesystem/filesystem_pb.js';
-import { startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent, type HermeticAgent } from '../helpers/hermetic-agent.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -48,13 +48,13 @@ function watch(client: Client<typeof Filesystem>, dir: string, recursive: boolea
 }
 
 describe('agent filesystem service', () => {
-  let agent: TestAgent;
+  let agent: HermeticAgent;
   let fs: Client<typeof Filesystem>;
   let tmp: string;
 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'hearth-agent-fs-'));
-    agent = await startTestAgent();
+    agent = await startHermeticAgent();
     fs = agent.filesystemClient();
   });
   after(async () => {
@@ -175,12 +175,14 @@ describe('agent filesystem service', () => {
 
   test('relative paths resolve against the home directory', async () => {
     const name = `hearth-agent-fs-test-${process.pid}`;
+    // The agent's /root is agent.home on the host (test/helpers/hermetic-agent.ts).
+    const onHost = path.join(agent.home ?? '/root', name);
     await fs.makeDir({ path: name });
-    assert.ok(existsSync(path.join('/root', name)));
+    assert.ok(existsSync(onHost));
     const st = await fs.stat({ path: `~/${name}` });
     assert.equal(st.entry?.path, path.join('/root', name));
     await fs.remove({ path: name });
-    assert.equal(existsSync(path.join('/root', name)), false);
+    assert.equal(existsSync(onHost), false);
   });
 
   test('WatchDir (recursive): create, write, chmod, rename, remove, and a new subdirectory is watched', async () => {

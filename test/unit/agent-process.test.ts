@@ -1,4 +1,4 @@
-// Process service of the in-guest agent (envd protocol §2.6), against a real agent child process.
+// Process service of the in-guest agent (docs/agent.md, "Processes"), against a real agent child process.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -7,7 +7,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { Process, Signal, type ProcessEvent_EndEvent, type StartResponse } from '../../src/gen/process/process_pb.js';
-import { startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent } from '../helpers/hermetic-agent.js';
 
 interface RunResult {
   pid: number;
@@ -70,7 +71,7 @@ describe('agent process service', () => {
 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'hearth-agent-proc-'));
-    agent = await startTestAgent();
+    agent = await startHermeticAgent();
     client = agent.processClient();
   });
   after(async () => {

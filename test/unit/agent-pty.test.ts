@@ -1,4 +1,4 @@
-// PTY sessions of the in-guest agent (envd protocol §2.2/§2.6), against a real agent child process
+// PTY sessions of the in-guest agent (docs/agent.md, "PTY sessions"), against a real agent child process
 // using the hearth-pty helper compiled from native/pty/hearth-pty.c into a temp dir.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { Code, ConnectError, type Client } from '@connectrpc/connect';
 import { Process, Signal, type ProcessEvent_EndEvent } from '../../src/gen/process/process_pb.js';
-import { startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent } from '../helpers/hermetic-agent.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const PTY_CHUNK = 16 * 1024;
@@ -119,7 +120,7 @@ describe('agent PTY sessions', () => {
       skip = `cannot compile the pty helper: ${(e as Error).message}`;
       return;
     }
-    agent = await startTestAgent({ HEARTH_AGENT_PTY_HELPER: helper });
+    agent = await startHermeticAgent({ HEARTH_AGENT_PTY_HELPER: helper });
     client = agent.processClient();
   });
   after(async () => {

@@ -1,4 +1,4 @@
-// REST surface of the in-guest agent (envd.md §3): auth, /init, /envs, /metrics, /health, /files.
+// REST surface of the in-guest agent (docs/agent.md, "REST routes"): auth, /init, /envs, /metrics, /health, /files.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
@@ -12,7 +12,8 @@ import { after, before, describe, test } from 'node:test';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { filesSignature } from '../../src/agent/auth.js';
 import { ENVD_VERSION, UNAUTHORIZED_MESSAGE } from '../../src/agent/protocol.js';
-import { startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent, type HermeticAgent } from '../helpers/hermetic-agent.js';
 
 async function sha256File(p: string): Promise<string> {
   const h = createHash('sha256');
@@ -53,7 +54,7 @@ function postFileStream(url: string, file: string, headers: Record<string, strin
 }
 
 describe('agent REST', () => {
-  let agent: TestAgent;
+  let agent: HermeticAgent;
   let tmp: string;
   let entropyFile: string;
   let dateLog: string;
@@ -65,7 +66,7 @@ describe('agent REST', () => {
     const fakeDate = path.join(tmp, 'fake-date');
     writeFileSync(fakeDate, `#!/bin/sh\necho "$@" >> ${dateLog}\n`);
     chmodSync(fakeDate, 0o755);
-    agent = await startTestAgent({ HEARTH_AGENT_URANDOM: entropyFile, HEARTH_AGENT_DATE_BIN: fakeDate });
+    agent = await startHermeticAgent({ HEARTH_AGENT_URANDOM: entropyFile, HEARTH_AGENT_DATE_BIN: fakeDate });
   });
   after(async () => {
     await agent?.stop();
@@ -219,8 +220,10 @@ describe('agent REST', () => {
     const r2 = await fetch(`${agent.baseUrl}/files?path=${rel}`, { method: 'POST', body: field });
     assert.equal(r2.status, 200);
     assert.deepEqual(await r2.json(), [{ path: `/root/${rel}`, name: rel, type: 'file' }]);
-    assert.equal(readFileSync(`/root/${rel}`, 'utf8'), 'file content');
-    rmSync(`/root/${rel}`);
+    // The agent's /root is agent.home on the host (test/helpers/hermetic-agent.ts).
+    const onHost = path.join(agent.home ?? '/root', rel);
+    assert.equal(readFileSync(onHost, 'utf8'), 'file content');
+    rmSync(onHost);
 
     const dup = new FormData();
     dup.append('file', new Blob(['x']), `${base}/dup.txt`);
@@ -268,7 +271,7 @@ describe('agent REST', () => {
     const token = 'tok-' + randomBytes(8).toString('hex');
     let secured: TestAgent;
     before(async () => {
-      secured = await startTestAgent();
+      secured = await startHermeticAgent();
       const res = await fetch(`${secured.baseUrl}/init`, { method: 'POST', body: JSON.stringify({ accessToken: token }) });
       assert.equal(res.status, 204);
     });

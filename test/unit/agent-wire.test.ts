@@ -1,4 +1,4 @@
-// Byte-level Connect wire format of the agent (envd.md §2.4/§2.5), plus its pure helpers, cgroup
+// Byte-level Connect wire format of the agent (docs/agent.md, "JSON mapping" and "Connect framing"), plus its pure helpers, cgroup
 // placement and xattr metadata.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -13,7 +13,8 @@ import { negotiateEncoding } from '../../src/agent/files.js';
 import { expandAndResolve, PathError } from '../../src/agent/paths.js';
 import { endEventFor } from '../../src/agent/processes.js';
 import { parseGroup, parsePasswd, type UserInfo } from '../../src/agent/users.js';
-import { startTestAgent, type TestAgent } from '../../src/agent/testing.js';
+import { type TestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent } from '../helpers/hermetic-agent.js';
 
 interface Envelope {
   flags: number;
@@ -66,7 +67,7 @@ describe('agent Connect wire format', () => {
     cgroupDir = path.join(tmp, 'cgroup-user');
     mkdirSync(cgroupDir);
     writeFileSync(path.join(cgroupDir, 'cgroup.procs'), '');
-    agent = await startTestAgent({ HEARTH_AGENT_USER_CGROUP: cgroupDir });
+    agent = await startHermeticAgent({ HEARTH_AGENT_USER_CGROUP: cgroupDir });
   });
   after(async () => {
     await agent?.stop();
@@ -170,7 +171,7 @@ describe('agent xattr metadata (needs getfattr/setfattr on PATH)', () => {
       hasTools = false;
     }
     tmp = mkdtempSync(path.join(os.tmpdir(), 'hearth-agent-xattr-'));
-    if (hasTools) agent = await startTestAgent();
+    if (hasTools) agent = await startHermeticAgent();
   });
   after(async () => {
     await agent?.stop();

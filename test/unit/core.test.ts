@@ -62,7 +62,7 @@ test('keyed lock tryRun refuses with a conflict while busy', async () => {
   assert.equal(await lock.tryRun('a', 'resume', async () => 1), 1);
 });
 
-test('state machine allows the lifecycle of DESIGN §3 and nothing else', () => {
+test('state machine allows the lifecycle of docs/ARCHITECTURE.md and nothing else', () => {
   assert.ok(canTransition('creating', 'running'));
   assert.ok(canTransition('running', 'pausing'));
   assert.ok(canTransition('pausing', 'running'), 'a failed pause returns to running');

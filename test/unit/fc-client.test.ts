@@ -1,4 +1,4 @@
-/** The Firecracker API client against an in-process stand-in that checks PROTOCOL §1.2 on every request. */
+/** The Firecracker API client against an in-process stand-in that checks the transport rules (docs/firecracker.md, "API transport") on every request. */
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';

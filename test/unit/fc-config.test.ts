@@ -26,7 +26,7 @@ const opts = (over: Partial<FirecrackerBootOptions> = {}): FirecrackerBootOption
   entropy: true, mmds: true, logLevel: 'Warning', metrics: true, allowNoNetwork: false, enablePci: false, ...over,
 });
 
-test('version parsing and the PROTOCOL §0 gates', () => {
+test('version parsing and the version gates of docs/firecracker.md', () => {
   assert.deepEqual(v1161, { major: 1, minor: 16, patch: 1, text: '1.16.1' });
   assert.equal(parseFirecrackerVersion('Firecracker v1.17.0-dev').text, '1.17.0-dev');
   assert.throws(() => parseFirecrackerVersion('nothing here'), /cannot find a version/);

@@ -21,7 +21,7 @@ const agent = http.createServer((req, res) => {
   res.writeHead(200, { 'content-type': 'text/plain' }).end(`hello ${req.method} ${req.url}`);
 });
 
-/** Firecracker's side of host-initiated connections (PROTOCOL §4.2). */
+/** Firecracker's side of host-initiated connections (docs/firecracker.md, "Hybrid vsock"). */
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'hearth-vsock-'));
   uds = join(dir, 'v.sock');

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestAgent } from '../../src/agent/testing.js';
+import { startHermeticAgent } from '../helpers/hermetic-agent.js';
 import { Commands } from '../../src/sdk/commands.js';
 import { envdClients } from '../../src/sdk/envd.js';
 import { CommandExitError } from '../../src/sdk/errors.js';
@@ -8,7 +8,7 @@ import { CommandExitError } from '../../src/sdk/errors.js';
 const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
 
 test('a finished command leaves no timer behind (its deadline is released with the call), whether it succeeded or failed', { timeout: 60_000 }, async () => {
-  const agent = await startTestAgent();
+  const agent = await startHermeticAgent();
   try {
     const cmds = new Commands(envdClients({ baseUrl: agent.baseUrl, accessToken: '' }));
     await cmds.run('true', { timeoutMs: 600_000 }); // warm up the connection pool

@@ -1,5 +1,5 @@
 /**
- * `dmsetup remove` retry policy (DESIGN §3 step 4): retried with bounded
+ * `dmsetup remove` retry policy (docs/ARCHITECTURE.md, "Retries"): retried with bounded
  * exponential backoff only on "Device or resource busy"; anything else at
  * once; an abort stops the backoff at once. Plus the table/status parsers.
  */

@@ -231,7 +231,7 @@ describe('uffd page server', { skip }, () => {
     const ex: PageServerExit = await s.exit;
     assert.equal(ex.reason, 'error');
     assert.equal(s.stats().state, 'exited');
-    // The VMM now hangs on its next fault (PROTOCOL §3.3): nothing answers.
+    // The VMM now hangs on its next fault (docs/uffd.md, "When the handler dies"): nothing answers.
     child.send({ op: 'digest', offset: 8192, length: 4096 });
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(child.child.exitCode, null, 'the VMM is stuck, not exited');

@@ -1,6 +1,6 @@
 // The Unix socket on which Firecracker hands over its userfaultfd: one
 // connection, one sendmsg carrying a JSON array of memory regions plus the
-// uffd as SCM_RIGHTS (PROTOCOL §3.1). Firecracker never closes the stream,
+// uffd as SCM_RIGHTS (docs/uffd.md, "The handshake"). Firecracker never closes the stream,
 // so the end of the message is found by scanning for the end of the JSON
 // value, not by EOF.
 #include "common.h"

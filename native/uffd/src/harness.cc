@@ -1,5 +1,5 @@
 // Test-only: plays Firecracker's side of the Uffd backend, exactly as
-// PROTOCOL §3.1 describes it: anonymous private guest memory (optionally
+// docs/uffd.md, "The handshake", describes it: anonymous private guest memory (optionally
 // hugetlb 2 MiB), a userfaultfd with UFFD_FEATURE_EVENT_REMOVE registered in
 // MISSING mode on every region, then one sendmsg of the JSON region list with
 // the uffd as SCM_RIGHTS over a connection that stays open. Reading or

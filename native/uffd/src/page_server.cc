@@ -9,7 +9,7 @@
 //     was never written (the caller's data bitmap says it is a hole) or was
 //     removed by the balloon;
 //   - UFFD_EVENT_REMOVE: marks the range removed; later faults there get zero
-//     pages, never file contents (PROTOCOL §3.2 strategy (a)).
+//     pages, never file contents (docs/uffd.md, "Faults and balloon removals").
 // All pending events are drained before any fault is served (a pending
 // REMOVE makes every ioctl fail with EAGAIN). EEXIST means another vCPU's
 // fault or the prefetcher got there first (the range is woken, to be safe);

@@ -1,5 +1,5 @@
 /**
- * Firecracker's Uffd handshake (PROTOCOL §3.1): a JSON array with one object
+ * Firecracker's Uffd handshake (docs/uffd.md, "The handshake"): a JSON array with one object
  * per guest memory region, in memory-file order:
  *
  *   [{"base_host_virt_addr":140245008322560,"size":3221225472,"offset":0,

@@ -1,6 +1,6 @@
 /**
  * The userfaultfd page server for Firecracker's `Uffd` memory backend
- * (DESIGN §5, PROTOCOL §3). Policy lives here; the fault loop runs on a
+ * (docs/uffd.md). Policy lives here; the fault loop runs on a
  * native thread of the hearth_uffd addon (never on the event loop, which may
  * be busy awaiting `PUT /snapshot/load` while the guest already faults).
  *

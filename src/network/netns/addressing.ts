@@ -1,5 +1,5 @@
 /**
- * The addressing plan of netns slots (docs/networking.md §Addressing).
+ * The addressing plan of netns slots (docs/networking.md, "Addressing").
  *
  * Inside every slot the guest side is identical (same tap name, same guest and
  * gateway addresses, same MACs) so that one memory snapshot restores in any

@@ -96,7 +96,7 @@ export class SlotHost {
   /**
    * Flushes the slot's connection-tracking table when the conntrack tool is
    * installed. Without it, the generation mark in the ruleset already makes
-   * every old flow unusable (docs/networking.md §Reset).
+   * every old flow unusable (docs/networking.md, "Slot life cycle").
    */
   async flushConntrack(netns: string): Promise<boolean> {
     if (!await this.hasConntrack()) return false;

@@ -1,5 +1,5 @@
 /**
- * NetnsSlots: the production network backend (DESIGN §7). A pool of
+ * NetnsSlots: the production network backend (docs/networking.md). A pool of
  * pre-created slots, each a network namespace holding the guest's tap (same
  * name, addresses and MACs in every slot, so one memory snapshot restores in
  * any slot), a veth pair to the host with a per-slot /30, and an nftables

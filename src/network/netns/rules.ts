@@ -1,6 +1,6 @@
 /**
  * nftables rulesets, as text for `nft -f -` (one transaction each: a table is
- * replaced atomically, never seen half-written). docs/networking.md §Rules
+ * replaced atomically, never seen half-written). docs/networking.md, "Rules",
  * explains every rule.
  *
  * Two tables:

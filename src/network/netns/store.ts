@@ -1,5 +1,5 @@
 /**
- * Persistence of netns slots (DESIGN §7: slot numbers and addresses persist,
+ * Persistence of netns slots (docs/networking.md, "Slot life cycle": slot numbers and addresses persist,
  * so a restarted daemon finds its slots, adopts the used ones and reaps what no
  * row owns). The daemon backs this with SQLite; tests use MemorySlotStore.
  * Calls are synchronous (better-sqlite3 is) and must be durable on return.

@@ -1,5 +1,5 @@
 /**
- * Port exposure (DESIGN §7): HTTP and WebSocket traffic to a TCP port a
+ * Port exposure (docs/networking.md, "Port proxy"): HTTP and WebSocket traffic to a TCP port a
  * sandbox listens on, through hearthd. Two URL forms:
  *
  *   path form   http://<hearthd>/sandboxes/<id>/ports/<port>/<rest>   → guest GET /<rest>

@@ -85,12 +85,12 @@ type FileFate = 'unlink' | 'keep' | { moveTo: string };
 export class DmDeviceStuckError extends HostFailureError {}
 
 /**
- * dm-snapshot root disks (DESIGN §6). Per sandbox: a sparse CoW file on its
+ * dm-snapshot root disks (docs/storage.md, "dm-snapshot backend"). Per sandbox: a sparse CoW file on its
  * own writable loop device, and `hearth-<id>` = `0 <sectors> snapshot
  * <origin loop> <cow loop> P <chunk>` over the base image's shared read-only
  * loop device. Creation is O(1) whatever the image size.
  *
- * Release order (DESIGN §3 step 4-6): `dmsetup remove` (retried only while
+ * Release order (docs/ARCHITECTURE.md, "Pause order", steps 4-6): `dmsetup remove` (retried only while
  * busy) → detach the CoW loop → move or delete the CoW file → release the
  * origin reference. If the dm removal fails nothing after it runs: the stale
  * device still references both loops, and the error is a hard one.
@@ -269,7 +269,7 @@ export class DmRootfsBackend implements RootfsBackend {
   }
 
   /**
-   * After a daemon restart (DESIGN §9), before the manager's own recovery:
+   * After a daemon restart (docs/ARCHITECTURE.md, "Recovery"), before the manager's own recovery:
    * adopt the base-image loop devices, take back the dm devices of the
    * sandboxes in `keep` (re-taking their origin references), remove every
    * other `hearth-` device with the loops it held (their files are left to the

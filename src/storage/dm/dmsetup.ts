@@ -5,7 +5,7 @@ import { sleep } from '../../util/abort.js';
 
 /**
  * `dmsetup` through the injected CommandRunner. Only `remove` retries, and
- * only on "Device or resource busy" (DESIGN §3 step 4): a device that was just
+ * only on "Device or resource busy" (docs/ARCHITECTURE.md, "Retries"): a device that was just
  * closed can stay busy for a moment (udev's blkid probe, a late close of the
  * VMM's fd). Anything else, "no such device", "permission denied", a missing
  * driver, is not going to change by waiting and is returned at once.

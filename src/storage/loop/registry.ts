@@ -51,7 +51,7 @@ interface Entry {
 export interface LoopEntryInfo { imagePath: string; device: string | null; refs: number; adopted: boolean }
 
 /**
- * DESIGN §6: each base image is attached once, read-only, and shared by every
+ * docs/storage.md, "LoopRegistry": each base image is attached once, read-only, and shared by every
  * sandbox built on it. `acquire` counts references; the last `release`
  * detaches. Concurrent acquires of one image share one in-flight attach.
  * After a daemon restart `adoptExisting()` re-reads the host's loop devices

@@ -1,5 +1,5 @@
 /**
- * Firecracker API client over its Unix socket (PROTOCOL §1.2): HTTP/1.1 with
+ * Firecracker API client over its Unix socket (docs/firecracker.md, "API transport"): HTTP/1.1 with
  * node:http and `socketPath`; every request carries Content-Length (the
  * server reads bodies by Content-Length only; a chunked body reads as empty)
  * and is written in one `end(body)`; `Content-Type`/`Accept` are exactly

@@ -6,7 +6,7 @@
  * optionally bind-mounted at a constant path in a private mount namespace)
  * or the jailer's chroot. A snapshot records these names ("rootfs",
  * "v.sock"), so a restore in any other root, direct or jailed, finds its own
- * files under the same names (PROTOCOL §2.3, §5.3).
+ * files under the same names (docs/firecracker.md, "Restoring" and "Jailer").
  */
 import { createHash } from 'node:crypto';
 import { InvalidArgumentError } from '../../core/errors.js';
@@ -33,7 +33,7 @@ export const ROOT = {
   snapshotOut: 'snapshot-out',
 } as const;
 
-/** API ids: [A-Za-z0-9_], no hyphens (PROTOCOL §1.2). */
+/** API ids: [A-Za-z0-9_], no hyphens (docs/firecracker.md, "API transport"). */
 export const ROOT_DRIVE_ID = 'rootfs';
 export const NET_IFACE_ID = 'eth0';
 
@@ -126,7 +126,7 @@ export function validateVmConfig(cfg: VmConfig, opts: Pick<FirecrackerBootOption
   }
 }
 
-/** Everything `boot()` sends, in order (PROTOCOL §9 boot checklist). */
+/** Everything `boot()` sends, in order (docs/firecracker.md, "Lifecycle" and "API lifecycle"). */
 export function planBoot(cfg: FirecrackerVmConfig, o: FirecrackerBootOptions): BootPlan {
   validateVmConfig(cfg, o);
   const logger: Logger = { log_path: ROOT.log, level: o.logLevel, show_level: true, show_log_origin: false };

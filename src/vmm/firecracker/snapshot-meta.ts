@@ -1,6 +1,7 @@
 /**
  * `firecracker.json`, written beside each snapshot's `vmstate` and `memory`:
- * what the snapshot is tied to (PROTOCOL §2.1, §2.4). Checked before a
+ * what the snapshot is tied to (docs/firecracker.md, "What a snapshot holds" and
+ * "Compatibility"). Checked before a
  * restore: the Firecracker release line must match, the memory size must be
  * the VM's, and the recorded tap/vsock names decide whether the load needs
  * `network_overrides` / `vsock_override`.

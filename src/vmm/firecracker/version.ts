@@ -1,6 +1,6 @@
 /**
  * Firecracker version detection (`firecracker --version`) and the feature
- * gates of PROTOCOL §0: a request must never carry a field the running
+ * gates of docs/firecracker.md, "Versions": a request must never carry a field the running
  * binary does not know (unknown fields are a 400), and some behaviours
  * (logger file creation, snapshot format lines) changed between releases.
  */
@@ -37,7 +37,7 @@ export interface FirecrackerFeatures {
   vsockOverride: boolean;
   clockRealtime: boolean;
   netMtu: boolean;
-  /** Vsock after restore without the known bugs (1.16.1, PROTOCOL §4.5). */
+  /** Vsock after restore without the known bugs (1.16.1, docs/firecracker.md, "Versions"). */
   reliableVsockAfterRestore: boolean;
 }
 

@@ -1,5 +1,5 @@
 /**
- * The host→guest agent path over Firecracker's hybrid vsock (PROTOCOL §4):
+ * The host→guest agent path over Firecracker's hybrid vsock (docs/firecracker.md, "Hybrid vsock"):
  * connect to the VM's vsock Unix socket, send `CONNECT <port>\n` in one
  * write, read `OK <host_port>\n`, then the stream is the guest's. HTTP runs
  * on top through an http.Agent whose createConnection does the handshake.

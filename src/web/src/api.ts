@@ -1,4 +1,4 @@
-/** hearthd REST API and the envd proxy (docs/api.md, shared/protocols/envd.md §2–3), over fetch. */
+/** hearthd REST API and the envd proxy (docs/api.md; the envd wire protocol: docs/agent.md, "Wire protocol"), over fetch. */
 
 export interface Timing { op: string; steps: { step: string; ms: number }[] }
 export interface Sandbox {
