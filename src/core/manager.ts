@@ -1,8 +1,8 @@
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { readFile, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { Cleanup } from './cleanup.js';
+import { Holdings, legacyHoldings, type Holding, type Releaser } from './holdings.js';
 import {
   CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted, type ErrorCode,
 } from './errors.js';
@@ -15,6 +15,8 @@ import { Semaphore } from './semaphore.js';
 import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
 import { withoutSecrets, type Store } from '../store/store.js';
 import type { Vmm, VmmKind } from '../vmm/types.js';
+import type { Slot } from '../network/types.js';
+import type { BaseImage, DetachedDisk, RootDisk } from '../storage/types.js';
 import type { EgressPolicy } from '../network/types.js';
 import { exists, removeTree } from '../util/fs.js';
 import { abortError, abortable } from '../util/abort.js';
@@ -22,7 +24,7 @@ import {
   FILES, pausedDir, sandboxDir, type LiveSandbox, type ManagerDeps,
 } from './flows/context.js';
 import { launch, type LaunchSource } from './flows/launch.js';
-import { pauseSandbox, resumeSandbox } from './flows/pause.js';
+import { beyondPaused, commitResume, pauseSandbox, pausedDisk, resumeSandbox } from './flows/pause.js';
 import { captureSnapshot, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
 
 export type { AgentControlApi, ManagerConfig, ManagerDeps, FileCloner } from './flows/context.js';
@@ -148,8 +150,14 @@ export class SandboxManager {
   /** How long ended sandboxes stay (ms); null: until purged by hand (setEndedRetention not called). */
   private endedRetentionMs: number | null = null;
 
+  /** The VMM's snapshot-compatibility key, once asked (vmmCompat). */
+  private compatKey: string | null = null;
+  /** What each sandbox holds on the host, durably (src/core/holdings.ts). */
+  private readonly ledger: Holdings;
+
   constructor(private readonly deps: SandboxManagerDeps) {
     this.log = deps.log;
+    this.ledger = new Holdings(deps.store);
     this.starts = new Semaphore(deps.config.maxConcurrentStarts);
   }
 
@@ -366,6 +374,7 @@ export class SandboxManager {
     const { template, snapshot } = this.resolveSource(input);
     const shape = this.validateShape(template, snapshot, input);
     validateCreateInput(input);
+    if (snapshot) await this.checkSnapshotCompat(snapshot, signal);
     const rec = this.newRecord(template, snapshot, shape, input);
     // 2. Admit: the key first (a replay must not need capacity), then capacity.
     let claim: KeyClaim | null = null;
@@ -424,6 +433,23 @@ export class SandboxManager {
     }
   }
 
+  /**
+   * A user's snapshot taken under another VMM set-up (accelerator, CPU model,
+   * VMM release) cannot be loaded here: a 409 naming the difference, before
+   * anything is acquired (never a 400, never a restore that fails half-way).
+   */
+  private async checkSnapshotCompat(snapshot: SnapshotRecord, signal: AbortSignal): Promise<void> {
+    if (snapshot.compat === null) return;
+    const here = await this.vmmCompat(signal);
+    if (snapshot.compat === here) return;
+    const pairs = (s: string): Map<string, string> => new Map(s.split(' ').filter(Boolean).map((p) => [p.split('=')[0]!, p.slice(p.indexOf('=') + 1)]));
+    const was = pairs(snapshot.compat);
+    const now = pairs(here);
+    const diffs = [...new Set([...was.keys(), ...now.keys()])].filter((k) => was.get(k) !== now.get(k))
+      .map((k) => `${k} ${was.get(k) ?? '(none)'} → ${now.get(k) ?? '(none)'}`);
+    throw new ConflictError(`snapshot ${snapshot.id}${snapshot.name ? ` (${snapshot.name})` : ''} cannot be restored on this host: it was taken with ${diffs.join(', ')}; take a new snapshot here`);
+  }
+
   /** Refuse (503) rather than overcommit host memory past the configured ratio. Paused sandboxes use none. */
   private checkCapacity(memoryMib: number, count = 1): void {
     const used = this.store.listSandboxes({ states: ACTIVE_STATES }).reduce((sum, s) => sum + s.memoryMib, 0);
@@ -436,23 +462,21 @@ export class SandboxManager {
   private async doCreate(rec: SandboxRecord, source: LaunchSource, signal: AbortSignal): Promise<SandboxRecord> {
     const journal = this.store.journalBegin(rec.id, 'create', 'start');
     const steps = new StepTimer(source.kind === 'boot' ? 'create (boot)' : 'create (restore)', (step) => this.store.journalStep(journal, step));
-    const cleanup = new Cleanup();
     try {
-      const live = await launch(this.deps, rec, source, steps, cleanup, signal);
+      const live = await launch(this.deps, this.ledger, rec, source, steps, signal);
       transition(this.store, rec, 'running', { startedAt: new Date().toISOString(), timings: { op: steps.op, steps: steps.steps } });
-      cleanup.commit();
       this.live.set(rec.id, live);
       this.watchExit(rec.id, live);
       steps.log(this.log, rec.id, 'ok');
       return rec;
     } catch (err) {
       steps.log(this.log, rec.id, 'failed');
-      const cleanupErrors = await cleanup.run();
-      const reason = `create failed at ${steps.steps.at(-1)?.[0] ?? 'start'}: ${errorMessage(err)}` +
-        (cleanupErrors.length ? `; cleanup: ${cleanupErrors.map((e) => e.message).join('; ')}` : '');
-      rec.vmm = null; rec.disk = null; rec.network = null;
+      const failedAt = steps.steps.at(-1)?.[0] ?? 'start';
+      const cleanupErrors = await this.ledger.release(rec, this.releaseHolding);
+      const reason = `create failed at ${failedAt}: ${errorMessage(err)}` +
+        (cleanupErrors.length ? `; cleanup: ${cleanupErrors.join('; ')}` : '');
       this.markFailed(rec, reason);
-      this.log.error({ sandbox: rec.id, err: errorMessage(err), cleanupErrors: cleanupErrors.map((e) => e.message) }, reason);
+      this.log.error({ sandbox: rec.id, err: errorMessage(err), cleanupErrors }, reason);
       // Bad input and cancellation keep their own error; host trouble is reported with the sandbox id and step.
       if (err instanceof HearthError && err.code !== 'host_failure') throw err;
       throw new HostFailureError(`sandbox ${rec.id}: ${reason}`, { cause: err });
@@ -531,8 +555,10 @@ export class SandboxManager {
    * shared by every caller that waits for it), or null when the template
    * already keeps as many shapes as allowed and none of them can go.
    */
-  private warmLease(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<WarmLease | null> {
-    if (signal.aborted) return Promise.reject(abortError(signal));
+  private async warmLease(template: Template, vcpus: number, memoryMib: number, signal: AbortSignal): Promise<WarmLease | null> {
+    if (signal.aborted) throw abortError(signal);
+    await this.vmmCompat(signal);
+    if (signal.aborted) throw abortError(signal);
     const warmKey = this.warmKey(template);
     const found = this.store.findTemplateSnapshot(template.id, warmKey, vcpus, memoryMib);
     if (found) {
@@ -575,7 +601,7 @@ export class SandboxManager {
     if (excess <= 0) return true;
     const isDefault = (s: SnapshotRecord): boolean => s.imageHash === warmKey && s.vcpus === template.vcpus && s.memoryMib === template.memoryMib;
     const candidates = rows
-      .filter((s) => !this.warmUses.has(s.id) && !isDefault(s))
+      .filter((s) => !this.warmUses.has(s.id) && !isDefault(s) && this.baseUsers(s.dir).length === 0)
       .sort((a, b) => Number(a.imageHash === warmKey) - Number(b.imageHash === warmKey));
     if (candidates.length < excess) return false;
     for (const s of candidates.slice(0, excess)) {
@@ -688,7 +714,7 @@ export class SandboxManager {
   /** A cancelled build leaves no row either, once nothing of it is left on the host. */
   private forgetBuildRecord(id: string): void {
     const r = this.store.getSandbox(id);
-    if (!r || this.lock.isBusy(id) || (r.state !== 'destroyed' && r.state !== 'failed') || r.vmm || r.disk || r.network) return;
+    if (!r || this.lock.isBusy(id) || (r.state !== 'destroyed' && r.state !== 'failed') || this.ledger.list(id).length > 0) return;
     if (/; (cleanup|release failed): /.test(r.endReason ?? '')) return;
     this.store.deleteSandbox(id);
   }
@@ -697,12 +723,23 @@ export class SandboxManager {
    * What a template snapshot depends on beyond its shape: the image, the kernel
    * and its arguments, the network backend (a guest booted on user-mode
    * networking has another NIC set-up and address than one booted in a netns
-   * slot) and the VMM (QEMU and Firecracker snapshots are not interchangeable).
+   * slot), the VMM (QEMU and Firecracker snapshots are not interchangeable) and
+   * what that VMM checks before it loads one (its snapshot-compatibility key:
+   * accelerator, CPU model, version), so a host whose KVM/TCG choice or VMM
+   * release changed builds new warm snapshots instead of failing every create.
+   * Needs vmmCompat() resolved first.
    */
   private warmKey(template: Template): string {
+    if (this.compatKey === null) throw new Error('warmKey before vmmCompat() resolved');
     return createHash('sha256')
-      .update(`${template.imageHash}\n${template.kernelPath}\n${template.kernelArgs}\n${this.deps.network.kind}\n${this.deps.vmm.kind}`)
+      .update(`${template.imageHash}\n${template.kernelPath}\n${template.kernelArgs}\n${this.deps.network.kind}\n${this.deps.vmm.kind}\n${this.compatKey}`)
       .digest('hex');
+  }
+
+  /** The VMM driver's snapshot-compatibility key (asked once; it does not change while hearthd runs). */
+  private async vmmCompat(signal: AbortSignal): Promise<string> {
+    this.compatKey ??= await this.deps.vmm.snapshotCompat(signal);
+    return this.compatKey;
   }
 
   /** Resolves when no warm-template build or snapshot removal is in flight (tests, shutdown). */
@@ -713,6 +750,7 @@ export class SandboxManager {
   /** A template's warm snapshots, most recently used first. */
   async listTemplateSnapshots(templateId: string): Promise<TemplateSnapshotInfo[]> {
     const template = this.template(templateId);
+    await this.vmmCompat(AbortSignal.timeout(30_000));
     const warmKey = this.warmKey(template);
     const rows = this.store.listTemplateSnapshots(template.id).reverse();
     return Promise.all(rows.map(async ({ lastUsedAt, ...snapshot }) => ({
@@ -736,9 +774,10 @@ export class SandboxManager {
    * names (a build the daemon stopped in the middle). At start, before any build.
    */
   async pruneTemplateSnapshots(): Promise<void> {
+    await this.vmmCompat(AbortSignal.timeout(30_000));
     for (const s of this.store.listSnapshots({ kind: 'template' })) {
       const t = this.store.getTemplate(s.templateId);
-      if (!t || this.warmKey(t) !== s.imageHash || !(await snapshotComplete(s))) {
+      if ((!t || this.warmKey(t) !== s.imageHash || !(await snapshotComplete(s))) && this.baseUsers(s.dir).length === 0) {
         await removeSnapshotFiles(s);
         this.store.deleteSnapshot(s.id);
       }
@@ -768,10 +807,10 @@ export class SandboxManager {
       const journal = this.store.journalBegin(id, 'pause', 'start');
       const steps = new StepTimer('pause', (s) => this.store.journalStep(journal, s));
       try {
-        const out = await pauseSandbox(this.deps, rec, live, steps, signal);
+        const out = await pauseSandbox(this.deps, this.ledger, this.releaseHolding, rec, live, steps, signal);
         if (out.ok) {
           this.dropLive(id);
-          transition(this.store, rec, 'paused', { pausedAt: new Date().toISOString(), vmm: null, agent: null, disk: null, network: null, timings: { op: 'pause', steps: steps.steps } });
+          transition(this.store, rec, 'paused', { pausedAt: new Date().toISOString(), agent: null, timings: { op: 'pause', steps: steps.steps } });
           steps.log(this.log, id, 'ok');
           return rec;
         }
@@ -781,8 +820,7 @@ export class SandboxManager {
           throw new HostFailureError(`pause of ${id} failed; the sandbox was resumed and is still running: ${errorMessage(out.error)}`, { cause: out.error });
         }
         this.dropLive(id);
-        await removeTree(sandboxDir(this.config, id)).catch(() => undefined);
-        Object.assign(rec, { vmm: null, disk: null, network: null });
+        rec.timings = { op: 'pause', steps: steps.steps };
         this.markFailed(rec, out.reason);
         throw new HostFailureError(`sandbox ${id}: ${out.reason}`, { cause: out.error });
       } finally {
@@ -803,17 +841,21 @@ export class SandboxManager {
       const journal = this.store.journalBegin(id, 'resume', 'start');
       const steps = new StepTimer('resume', (s) => this.store.journalStep(journal, s));
       try {
-        const live = await this.starts.run(() => resumeSandbox(this.deps, rec, template, steps, signal));
-        transition(this.store, rec, 'running', {
-          pausedAt: null, endAt: new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString(), timings: { op: 'resume', steps: steps.steps },
+        const live = await this.starts.run(() => resumeSandbox(this.deps, this.ledger, this.releaseHolding, rec, template, steps, signal));
+        this.store.atomically(() => {
+          transition(this.store, rec, 'running', {
+            pausedAt: null, endAt: new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString(), timings: { op: 'resume', steps: steps.steps },
+          });
+          commitResume(this.ledger, rec);
         });
+        await removeTree(pausedDir(this.config, id)).catch((err: unknown) => this.log.warn({ sandbox: id, err: errorMessage(err) }, 'could not remove the paused files of a resumed sandbox'));
         this.live.set(id, live);
         this.watchExit(id, live);
         steps.log(this.log, id, 'ok');
         return rec;
       } catch (err) {
         steps.log(this.log, id, 'failed');
-        transition(this.store, rec, 'paused', { vmm: null, agent: null, disk: null, network: null });
+        transition(this.store, rec, 'paused', { agent: null, timings: { op: 'resume', steps: steps.steps } });
         if (err instanceof HearthError && err.code !== 'host_failure') throw err;
         throw new HostFailureError(`resume of ${id} failed; the sandbox is still paused and can be resumed again: ${errorMessage(err)}`, { cause: err });
       } finally {
@@ -864,10 +906,8 @@ export class SandboxManager {
    */
   async deleteSnapshot(id: string): Promise<void> {
     const snap = this.getSnapshot(id);
-    if (this.deps.storage.readsBase) {
-      const users = this.store.listSandboxes({ states: ['creating', 'running', 'pausing', 'paused', 'resuming'] }).filter((s) => s.snapshotId === snap.id);
-      if (users.length) throw new ConflictError(`snapshot ${snap.id} is the origin of running sandboxes: ${users.map((s) => s.id).join(', ')}`);
-    }
+    const users = this.baseUsers(snap.dir);
+    if (users.length) throw new ConflictError(`snapshot ${snap.id} is the origin of sandboxes whose disks read its image: ${users.join(', ')}; destroy them first`);
     this.store.deleteSnapshot(snap.id);
     await removeSnapshotFiles(snap);
   }
@@ -920,7 +960,9 @@ export class SandboxManager {
       transition(this.store, rec, 'destroying');
       const journal = this.store.journalBegin(id, 'destroy', 'start');
       const steps = new StepTimer('destroy', (s) => this.store.journalStep(journal, s));
-      const errors = await this.release(rec, steps);
+      this.adoptLegacy(rec);
+      const errors = await this.ledger.release(rec, this.releaseHolding, { steps });
+      if (errors.length === 0) this.dropLive(id);
       this.store.journalEnd(journal);
       steps.log(this.log, id, errors.length ? 'failed' : 'ok');
       rec.timings = { op: 'destroy', steps: steps.steps };
@@ -928,36 +970,69 @@ export class SandboxManager {
         this.markFailed(rec, `${reason}; release failed: ${errors.join('; ')}`);
         throw new HostFailureError(`sandbox ${id}: could not release everything: ${errors.join('; ')}`);
       }
-      transition(this.store, rec, 'destroyed', { ...withoutSecrets(rec), endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, vmm: null, disk: null, network: null, agent: null });
+      transition(this.store, rec, 'destroyed', { ...withoutSecrets(rec), endedAt: new Date().toISOString(), endReason: prior ? `${prior}; then ${reason}` : reason, agent: null });
       this.purgeIfDue(rec.id);
     });
   }
 
   /**
-   * Release every host resource of a sandbox in a fixed order:
-   * stop the VMM (and wait for its exit) → disk → slot → files. Every step runs
-   * even if an earlier one failed. Works from memory (a live sandbox) or from
-   * the record alone (failed, or left by a crashed daemon).
+   * How each kind of holding is released (src/core/holdings.ts calls this in
+   * reverse recorded order, each on a signal of its own). Works from this
+   * process's objects (a live VMM, a slot) or from the ledger alone (after a
+   * restart).
    */
-  private async release(rec: SandboxRecord, steps: StepTimer): Promise<string[]> {
-    const errors: string[] = [];
-    const attempt = async (name: string, fn: () => Promise<unknown>): Promise<void> => {
-      try { await steps.run(name, fn); } catch (err) { errors.push(`${name}: ${errorMessage(err)}`); }
-    };
-    const live = this.live.get(rec.id);
-    if (live) {
-      live.stopping = true;
-      await attempt('vmm', () => live.vmm.stop(AbortSignal.timeout(30_000)));
-      await attempt('disk', () => this.deps.storage.remove(live.disk, AbortSignal.timeout(60_000)));
-      await attempt('slot', () => this.deps.network.release(live.slot));
-      this.dropLive(rec.id);
-    } else {
-      if (rec.vmm) { const h = rec.vmm; await attempt('vmm', () => this.stopRecorded(h)); }
-      if (rec.disk) { const disk = rec.disk; await attempt('disk', () => this.deps.storage.remove(disk, AbortSignal.timeout(60_000))); }
-      if (rec.network) { const net = rec.network; await attempt('slot', () => this.deps.network.release(this.deps.network.restore(net))); }
+  private readonly releaseHolding: Releaser = async (h: Holding, { sandboxId, signal, inMemory }) => {
+    switch (h.kind) {
+      case 'vmm': {
+        const live = inMemory as LiveSandbox | undefined;
+        if (live) { live.stopping = true; await live.vmm.stop(signal); return; }
+        if (h.handle) { await this.stopRecorded(h.handle); return; }
+        // An intent: the daemon died around the spawn. Whatever runs from this run dir is the VM it started.
+        for (const vm of (await this.deps.vmm.list?.()) ?? []) {
+          if (vm.runDir === h.runDir) await this.stopRecorded({ kind: this.deps.vmm.kind, pid: vm.pid, runDir: h.runDir });
+        }
+        return;
+      }
+      case 'memory':
+        await unlink(h.path).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err; });
+        return;
+      case 'disk':
+        // Attached from a paused capture: it goes back there, never deleted.
+        if (h.from) { await this.deps.storage.reclaim(h.from, signal); return; }
+        await this.deps.storage.remove(h.disk ?? this.intendedDisk(sandboxId, h.base), signal);
+        return;
+      case 'slot':
+        await this.deps.network.release((inMemory as Slot | undefined) ?? this.deps.network.restore(h.network));
+        return;
+      case 'paused':
+        await removeTree(h.dir);
+        return;
+      case 'dir':
+        await removeTree(h.path);
+        return;
     }
-    await attempt('files', () => removeTree(sandboxDir(this.config, rec.id)));
-    return errors;
+  };
+
+  /** The disk a create meant to make (an intent the daemon died in): what `remove` needs to find it on the host. */
+  private intendedDisk(sandboxId: string, base: BaseImage | undefined): RootDisk {
+    return { sandboxId, backend: this.deps.storage.kind, devicePath: '', files: [], base: base ?? { id: '', path: '', sizeBytes: 0 } };
+  }
+
+  /**
+   * A sandbox recorded before the holdings ledger existed: its record's fields
+   * (and a complete paused capture) become its holdings, so it is released the same way.
+   */
+  private adoptLegacy(rec: SandboxRecord, pausedToken: DetachedDisk | null = null): void {
+    if (this.ledger.list(rec.id).length > 0 || (!rec.vmm && !rec.disk && !rec.network && !pausedToken && !ACTIVE_STATES.includes(rec.state))) return;
+    for (const h of legacyHoldings(rec, sandboxDir(this.config, rec.id), pausedDir(this.config, rec.id), pausedToken)) this.ledger.record(rec, h);
+  }
+
+  /** Live sandboxes whose disks read an image in `dir` (only backends that keep reading their base). */
+  private baseUsers(dir: string): string[] {
+    if (!this.deps.storage.readsBase) return [];
+    const inside = (p: string | undefined): boolean => p !== undefined && p.startsWith(`${dir}/`);
+    return this.store.listSandboxes({ states: [...ACTIVE_STATES, 'paused', 'failed'] }).filter((s) => this.ledger.list(s.id).some(({ holding: h }) =>
+      (h.kind === 'disk' && (inside(h.disk?.base?.path) || inside(h.base?.path) || inside(h.from?.base.path))) || (h.kind === 'paused' && inside(h.disk?.base.path)))).map((s) => s.id);
   }
 
   /** The VM of a sandbox is gone (paused, destroyed, failed): connections to it are dead, tell the proxies. */
@@ -980,8 +1055,8 @@ export class SandboxManager {
       await this.lock.run(id, 'reap', async () => {
         if (this.live.get(id) !== live) return;
         const rec = this.get(id);
-        const errors = await this.release(rec, new StepTimer('reap'));
-        Object.assign(rec, { vmm: null, disk: null, network: null });
+        const errors = await this.ledger.release(rec, this.releaseHolding, { steps: new StepTimer('reap') });
+        this.dropLive(id);
         this.markFailed(rec, errors.length ? `${reason}; release failed: ${errors.join('; ')}` : reason);
       });
     });
@@ -1075,40 +1150,60 @@ export class SandboxManager {
     const interrupted = new Map(this.store.listJournal().map((j) => [j.sandboxId, j]));
     for (const rec of this.store.listSandboxes({ states: [...ACTIVE_STATES, 'paused'] })) {
       const j = interrupted.get(rec.id);
+      const template = this.store.getTemplate(rec.templateId);
+      const legacyPaused = rec.state === 'paused' && template && await exists(join(pausedDir(this.config, rec.id), FILES.meta))
+        ? await pausedDisk(pausedDir(this.config, rec.id), rec, template) : null;
+      this.adoptLegacy(rec, legacyPaused);
+      const rows = this.ledger.list(rec.id);
+      const vmmRow = rows.findLast((r) => r.holding.kind === 'vmm');
+      const vmmHandle = vmmRow?.holding.kind === 'vmm' ? vmmRow.holding.handle : null;
+      const slotH = rows.findLast((r) => r.holding.kind === 'slot')?.holding;
+      const diskH = rows.findLast((r) => r.holding.kind === 'disk')?.holding;
       // A pause or snapshot interrupted before the VMM was stopped: the VM is whole, only its vCPUs may be frozen.
       const frozen = j !== undefined && ((j.op === 'pause' && rec.state === 'pausing' && BEFORE_STOP.has(j.step)) || (j.op === 'snapshot' && rec.state === 'running'));
-      if ((rec.state === 'running' || frozen) && (!j || frozen) && rec.vmm && rec.network && rec.disk && rec.agent) {
-        const vmm = await this.deps.vmm.adopt({ kind: rec.vmm.kind, pid: rec.vmm.pid, runDir: rec.vmm.runDir }).catch(() => null);
+      if ((rec.state === 'running' || frozen) && (!j || frozen) && vmmRow && vmmHandle && slotH?.kind === 'slot' && diskH?.kind === 'disk' && diskH.disk && !diskH.from && rec.agent) {
+        const vmm = await this.deps.vmm.adopt(vmmHandle).catch(() => null);
         if (vmm && frozen) {
           await vmm.resume(AbortSignal.timeout(10_000)).catch((err: unknown) => this.log.warn({ sandbox: rec.id, err: errorMessage(err) }, 'recovery: resuming the vCPUs failed'));
           await removeTree(join(sandboxDir(this.config, rec.id), 'pause-staging')).catch(() => undefined);
+          // A paused capture the pause had begun (it cannot have: the VMM was not stopped yet) is dropped.
+          await this.ledger.release(rec, this.releaseHolding, { which: (r) => r.holding.kind === 'paused' });
         }
         if (vmm && await this.deps.agent(rec.agent, rec.agentToken).health(signal)) {
           if (frozen) {
             if (rec.state !== 'running') transition(this.store, rec, 'running');
             this.log.warn({ sandbox: rec.id, op: j.op, step: j.step }, `recovery: the daemon stopped during ${j.op} (step ${j.step}) before the VM was stopped; resumed and adopted it`);
           }
-          const live: LiveSandbox = { vmm, slot: this.deps.network.restore(rec.network), disk: rec.disk, stopping: false };
+          const live: LiveSandbox = { vmm, slot: this.deps.network.restore(slotH.network), disk: diskH.disk, stopping: false };
+          this.ledger.attach(vmmRow.id, live);
           this.live.set(rec.id, live);
           this.watchExit(rec.id, live);
           adopted.push(rec.id);
           continue;
         }
       }
-      const pausedComplete = await exists(join(pausedDir(this.config, rec.id), FILES.meta));
-      if (rec.state === 'paused' && pausedComplete) { paused.push(rec.id); continue; }
-      if ((rec.state === 'resuming' || rec.state === 'pausing') && pausedComplete) {
-        // Interrupted around a complete paused capture: release whatever runs, keep the paused files.
-        await this.releaseLeftovers(rec);
-        transition(this.store, rec, 'paused', { vmm: null, disk: null, network: null, agent: null });
-        paused.push(rec.id);
-        continue;
+      // A complete paused capture: whatever was taken beyond it (a resume's VMM, slot, attached disk, memory
+      // copy; a pause's slot) is released and the disk put back into it, so the sandbox can be resumed again.
+      const capture = rows.findLast((r) => r.holding.kind === 'paused')?.holding;
+      const complete = capture?.kind === 'paused' && capture.disk !== null && await exists(join(capture.dir, FILES.meta));
+      if ((rec.state === 'paused' || rec.state === 'pausing' || rec.state === 'resuming') && complete) {
+        const errors = await this.ledger.release(rec, this.releaseHolding, { which: beyondPaused });
+        if (errors.length === 0) {
+          const row = this.ledger.find(rec.id, 'paused')!;
+          if (!row.holding.complete) this.ledger.update(rec, row.id, { ...row.holding, complete: true });
+          if (rec.state !== 'paused') {
+            transition(this.store, rec, 'paused', { agent: null });
+            this.log.warn({ sandbox: rec.id, op: j?.op, step: j?.step }, `recovery: the daemon stopped during ${j?.op ?? rec.state} (step ${j?.step ?? '?'}); what it had taken was released and the sandbox is paused again`);
+          }
+          paused.push(rec.id);
+          continue;
+        }
+        this.log.error({ sandbox: rec.id, errors }, 'recovery: could not put a paused sandbox back; it is failed');
       }
       const why = j ? `daemon stopped during ${j.op} (step ${j.step})`
         : rec.state === 'paused' ? 'paused files are missing or incomplete'
           : `daemon restarted and the VM of this ${rec.state} sandbox was gone`;
-      const errors = await this.release(rec, new StepTimer('recover'));
-      Object.assign(rec, { vmm: null, disk: null, network: null });
+      const errors = await this.ledger.release(rec, this.releaseHolding, { steps: new StepTimer('recover') });
       this.markFailed(rec, errors.length ? `${why}; release failed: ${errors.join('; ')}` : why);
       failed.push(rec.id);
     }
@@ -1188,15 +1283,6 @@ export class SandboxManager {
       this.reconcile().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'reconcile failed'));
     }, intervalMs);
     this.reconcileTimer.unref();
-  }
-
-  /** Stop a VMM and release the slot and disk a record names, leaving the paused dir alone. */
-  private async releaseLeftovers(rec: SandboxRecord): Promise<void> {
-    if (rec.vmm) await this.stopRecorded(rec.vmm).catch((err: unknown) => this.log.error({ sandbox: rec.id, err: errorMessage(err) }, 'could not stop a leftover VM'));
-    if (rec.network) await this.deps.network.release(this.deps.network.restore(rec.network)).catch(() => undefined);
-    if (rec.disk && !(await exists(join(pausedDir(this.config, rec.id), FILES.rootfs)))) {
-      await this.deps.storage.detach(rec.disk, pausedDir(this.config, rec.id), AbortSignal.timeout(60_000)).catch(() => undefined);
-    }
   }
 
   /** Stop background work. Running VMs are left running: a restarted daemon adopts them. */

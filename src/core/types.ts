@@ -117,4 +117,9 @@ export interface SnapshotRecord {
   agentToken: string;
   envVars: Record<string, string>;
   createdAt: string;
+  /**
+   * The VMM's snapshot-compatibility key when it was taken (VmmDriver.snapshotCompat);
+   * null for snapshots older than the key.
+   */
+  compat: string | null;
 }

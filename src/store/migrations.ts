@@ -119,4 +119,20 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE snapshots ADD COLUMN last_used_at TEXT;
   UPDATE snapshots SET last_used_at = created_at;
   `,
+  // 6: the holdings ledger (src/core/holdings.ts): what each sandbox holds on the host, one row per
+  // acquisition in the order taken, written as it is taken (intent rows before a VMM is spawned).
+  `
+  CREATE TABLE holdings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+  );
+  CREATE INDEX holdings_sandbox ON holdings(sandbox_id, id);
+  `,
+  // 7: the VMM's snapshot-compatibility key each snapshot was taken with (VmmDriver.snapshotCompat).
+  `
+  ALTER TABLE snapshots ADD COLUMN compat TEXT;
+  `,
 ];

@@ -194,9 +194,9 @@ export class Store {
 
   insertSnapshot(s: SnapshotRecord): void {
     this.db.prepare(`
-      INSERT INTO snapshots (id, name, kind, sandbox_id, template_id, image_hash, dir, vcpus, memory_mib, agent_token, env_vars, created_at, last_used_at)
-      VALUES (@id, @name, @kind, @sandboxId, @templateId, @imageHash, @dir, @vcpus, @memoryMib, @agentToken, @envVars, @createdAt, @createdAt)
-    `).run({ ...s, envVars: JSON.stringify(s.envVars) });
+      INSERT INTO snapshots (id, name, kind, sandbox_id, template_id, image_hash, dir, vcpus, memory_mib, agent_token, env_vars, created_at, last_used_at, compat)
+      VALUES (@id, @name, @kind, @sandboxId, @templateId, @imageHash, @dir, @vcpus, @memoryMib, @agentToken, @envVars, @createdAt, @createdAt, @compat)
+    `).run({ ...s, envVars: JSON.stringify(s.envVars), compat: s.compat ?? null });
   }
 
   /** Record that a create used this snapshot now (template snapshots are dropped least recently used first). */
@@ -308,6 +308,34 @@ export class Store {
     this.db.prepare('DELETE FROM idempotency WHERE scope = ? AND key = ? AND sandbox_id = ?').run(scope, key, sandboxId);
   }
 
+  // ---- holdings ledger (src/core/holdings.ts owns the meaning of `detail`)
+
+  insertHolding(sandboxId: string, kind: string, detail: string): number {
+    const res = this.db.prepare('INSERT INTO holdings (sandbox_id, kind, detail, recorded_at) VALUES (?, ?, ?, ?)')
+      .run(sandboxId, kind, detail, new Date().toISOString());
+    return Number(res.lastInsertRowid);
+  }
+
+  updateHolding(id: number, detail: string): void {
+    if (this.db.prepare('UPDATE holdings SET detail = ? WHERE id = ?').run(detail, id).changes !== 1) throw new Error(`store: holding ${id} does not exist`);
+  }
+
+  deleteHolding(id: number): void {
+    this.db.prepare('DELETE FROM holdings WHERE id = ?').run(id);
+  }
+
+  /** A sandbox's holdings in the order they were recorded. */
+  listHoldings(sandboxId: string): { id: number; kind: string; detail: string; recordedAt: string }[] {
+    return (this.db.prepare('SELECT * FROM holdings WHERE sandbox_id = ? ORDER BY id').all(sandboxId) as Row[]).map((r) => ({
+      id: r['id'] as number, kind: r['kind'] as string, detail: r['detail'] as string, recordedAt: r['recorded_at'] as string,
+    }));
+  }
+
+  /** Runs `fn` in one transaction (ledger rows and the sandbox row change together). */
+  atomically<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
   // ---- journal (a row before touching the host, updated per step, deleted at the end)
 
   journalBegin(sandboxId: string, op: string, step: string): number {
@@ -362,7 +390,8 @@ export function isEnded(state: SandboxState): boolean {
 }
 
 /** Ended, and nothing on the host left to release (a failed destroy keeps its handles for the next try). */
-const PURGEABLE = `state IN ('destroyed', 'failed') AND vmm IS NULL AND disk IS NULL AND network IS NULL`;
+const PURGEABLE = `state IN ('destroyed', 'failed') AND vmm IS NULL AND disk IS NULL AND network IS NULL
+  AND NOT EXISTS (SELECT 1 FROM holdings h WHERE h.sandbox_id = sandboxes.id)`;
 
 /**
  * A record without its secrets, as an ended sandbox keeps it: no agent token,
@@ -432,5 +461,6 @@ function snapshotFromRow(r: Row): SnapshotRecord {
     agentToken: r['agent_token'] as string,
     envVars: json<Record<string, string>>(r['env_vars']) ?? {},
     createdAt: r['created_at'] as string,
+    compat: (r['compat'] as string | null) ?? null,
   };
 }

@@ -82,4 +82,12 @@ export interface VmmDriver {
    * (QEMU, share=on), so the manager first fills it with a copy (reflink).
    */
   readonly restoreMapsSnapshotMemory?: boolean;
+  /**
+   * What a snapshot made here must match to be loaded here, as `name=value`
+   * pairs separated by spaces (QEMU: version, accelerator, CPU model, machine;
+   * Firecracker: its release line). Recorded with every snapshot and folded
+   * into the warm-snapshot key: a different value means rebuild (warm
+   * templates) or refuse with the difference named (user snapshots).
+   */
+  snapshotCompat(signal: AbortSignal): Promise<string>;
 }

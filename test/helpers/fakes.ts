@@ -8,7 +8,8 @@ import type { BaseImage, DetachedDisk, RootDisk, RootfsBackend } from '../../src
 import type { EgressPolicy, NetworkSlots, Slot, SlotOptions } from '../../src/network/types.js';
 import type { AgentControlApi } from '../../src/core/manager.js';
 import { HostFailureError, TimeoutError, throwIfAborted } from '../../src/core/errors.js';
-import { copyFile, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 
 export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'slot.setEgress' | 'agent.ready' | 'agent.init';
 
@@ -26,6 +27,12 @@ export class World {
   onPoint: (point: FaultPoint) => void = () => undefined;
   /** The error a fault throws, when not the default HostFailureError (e.g. an ENOSPC from the file system). */
   readonly errors = new Map<FaultPoint, () => Error>();
+  /** Fault points that never return (a daemon "dies" while an operation waits there). */
+  readonly hangs = new Set<FaultPoint>();
+  /** Waits forever at a point in `hangs`. */
+  async gate(point: FaultPoint): Promise<void> {
+    if (this.hangs.has(point)) await new Promise<never>(() => undefined);
+  }
   fail(point: FaultPoint): void {
     this.onPoint(point);
     if (this.faults.has(point)) throw this.errors.get(point)?.() ?? new HostFailureError(`injected ${point} failure`);
@@ -79,7 +86,8 @@ export class FakeVmm implements Vmm {
     }
     return { dir, statePath: `${dir}/vmstate`, memoryPath: this.cfg!.memoryFilePath };
   }
-  async stop(): Promise<void> {
+  async stop(signal: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
     this.w.events.push(`stop ${this.pid}`);
     this.w.fail('stop');
     this.w.liveVms.delete(this.pid);
@@ -93,6 +101,9 @@ export class FakeDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
   readonly vms: FakeVmm[] = [];
   constructor(private readonly w: World, readonly restoreMapsSnapshotMemory = false) {}
+  /** What a snapshot made here must match (tests change it to play a KVM/TCG switch or a VMM upgrade). */
+  compat = 'fake=1 accel=tcg cpu=max';
+  async snapshotCompat(signal: AbortSignal): Promise<string> { throwIfAborted(signal); return this.compat; }
   create(): Vmm { const v = new FakeVmm(this.w, this.restoreMapsSnapshotMemory); this.vms.push(v); return v; }
   list?: () => Promise<{ sandboxId: string; pid: number; runDir?: string }[]>;
   async adopt(h: VmmHandle): Promise<Vmm | null> {
@@ -121,30 +132,36 @@ export class FakeStorage implements RootfsBackend {
     this.w.fail('disk.detach');
     this.w.disks.delete(d.sandboxId);
     this.bases.delete(d.sandboxId);
-    await writeFile(`${intoDir}/rootfs.ext4`, 'DISK');
+    // A disk attached from a paused dir is a real file (see attach): it moves; a created one is written.
+    if (d.devicePath.startsWith('/fake/')) await writeFile(`${intoDir}/rootfs.ext4`, 'DISK');
+    else await rename(d.devicePath, `${intoDir}/rootfs.ext4`).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
     return { sandboxId: d.sandboxId, backend: 'copy', base: d.base, dir: intoDir, files: [`${intoDir}/rootfs.ext4`] };
   }
   async attach(token: DetachedDisk, signal: AbortSignal): Promise<RootDisk> {
     throwIfAborted(signal);
     this.w.events.push(`attach ${token.sandboxId}`);
     this.w.fail('disk.attach');
-    await readFile(`${token.dir}/rootfs.ext4`);
+    // Like the real backends, the disk moves out of the paused dir (next to it, in the sandbox dir).
+    const live = `${dirname(token.dir)}/rootfs.ext4`;
+    await rename(`${token.dir}/rootfs.ext4`, live);
     this.w.disks.add(token.sandboxId);
     this.bases.set(token.sandboxId, token.base.path);
-    return { sandboxId: token.sandboxId, backend: 'copy', devicePath: `/fake/${token.sandboxId}`, files: [], base: token.base };
+    return { sandboxId: token.sandboxId, backend: 'copy', devicePath: live, files: [live], base: token.base };
   }
   async reclaim(token: DetachedDisk, signal: AbortSignal): Promise<void> {
     throwIfAborted(signal);
     this.w.events.push(`reclaim ${token.sandboxId}`);
     this.w.disks.delete(token.sandboxId);
     this.bases.delete(token.sandboxId);
-    await writeFile(`${token.dir}/rootfs.ext4`, 'DISK');
+    await rename(`${dirname(token.dir)}/rootfs.ext4`, `${token.dir}/rootfs.ext4`).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
   }
   async flatten(_d: RootDisk, out: string, signal: AbortSignal): Promise<void> { throwIfAborted(signal); this.w.fail('disk.flatten'); await writeFile(out, 'DISK'); }
   async remove(d: RootDisk, signal: AbortSignal): Promise<void> {
     throwIfAborted(signal);
     this.w.events.push(`disk- ${d.sandboxId}`);
+    await this.w.gate('disk.remove');
     this.w.fail('disk.remove');
+    if (!d.devicePath.startsWith('/fake/') && d.devicePath) await unlink(d.devicePath).catch(() => undefined);
     this.w.disks.delete(d.sandboxId);
     this.bases.delete(d.sandboxId);
   }
@@ -191,6 +208,7 @@ export function fakeAgent(w: World): (endpoint: unknown, token: string | undefin
   return (_e, token) => ({
     async waitUntilReady() {
       w.events.push('agent ready?');
+      await w.gate('agent.ready');
       if (w.faults.has('agent.ready')) throw new TimeoutError('injected: agent did not answer');
       return 1;
     },

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import http from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { AbortedError, HostFailureError, InvalidArgumentError } from '../../src/core/errors.js';
+import { AbortedError, ConflictError, HostFailureError, InvalidArgumentError } from '../../src/core/errors.js';
 import { probeAccelerator } from '../../src/vmm/probe.js';
 import { QemuDriver } from '../../src/vmm/qemu/driver.js';
 import { runFiles } from '../../src/vmm/qemu/cmdline.js';
@@ -217,7 +217,7 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
     await writeFile(big.memoryFilePath, '');
     await truncate(big.memoryFilePath, 320 * 1024 * 1024);
     const r1 = lab.track(driver.create());
-    await assert.rejects(r1.restore(snap, big, sig()), (err: unknown) => err instanceof InvalidArgumentError && /memoryMib 256 → 320/.test(err.message));
+    await assert.rejects(r1.restore(snap, big, sig()), (err: unknown) => err instanceof ConflictError && /memoryMib 256 → 320/.test(err.message));
     assert.equal(r1.pid, 0);
 
     const bad = await lab.config('lay3');

@@ -12,7 +12,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync, statSync, type WriteStream } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync, readdirSync, statSync, type WriteStream } from 'node:fs';
+import Database from 'better-sqlite3';
 import { copyFile, link, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -303,6 +304,54 @@ describe('hearthd SIGKILL: running VMs survive and are adopted', () => {
     await sigterm(current);
     current = undefined;
     assert.deepEqual(qemuPidsUnder(dataDir), []);
+  });
+
+  // The ledger records every step of a resume as it is taken; recovery releases what the resume took and puts
+  // the disk back into the paused capture, so the sandbox is paused again and the next resume works.
+  test('SIGKILL mid-resume: the sandbox is paused again with its disk in place, and the next resume continues every process', async () => {
+    current ??= await spawnDaemon(dataDir, logPath);
+    const s = await Sandbox.create({ url: current.url, timeoutMs: 3_600_000 });
+    const pid = Number((await s.commands.run(COUNTER, { timeoutMs: 60_000 })).stdout.trim());
+    seenQemu.add((await s.getInfo()).vmm!.pid);
+    const paused = await api(current.url, 'POST', `/sandboxes/${s.id}/pause`, {});
+    assert.ok(paused.status >= 200 && paused.status < 300, `pause: ${paused.status}`);
+
+    // Kill the daemon once its journal says the resume is past the disk attach (the disk has left paused/).
+    const db = new Database(join(dataDir, 'hearth.db'), { readonly: true, fileMustExist: true });
+    const resuming = fetch(`${current.url}/sandboxes/${s.id}/resume`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+      .then((r) => r.status, (e: unknown) => `error: ${String(e)}`);
+    let step = '';
+    try {
+      step = await waitFor('the resume to pass its disk attach', () => {
+        const row = db.prepare(`SELECT step FROM journal WHERE sandbox_id = ? AND op = 'resume'`).get(s.id) as { step: string } | undefined;
+        return row && ['memory', 'restore', 'agent', 'init'].includes(row.step) ? row.step : undefined;
+      }, 60_000, 5);
+    } finally {
+      db.close();
+    }
+    await sigkill(current);
+    current = undefined;
+    process.stderr.write(`resume-kill: killed at step ${step}; the request ended with ${await resuming}\n`);
+    for (const q of qemuPidsUnder(dataDir)) seenQemu.add(q);
+
+    current = await spawnDaemon(dataDir, logPath);
+    const url = current.url;
+    const info = await Sandbox.getInfo(s.id, { url });
+    assert.equal(info.state, 'paused', `after the restart the sandbox is paused again (${info.endReason ?? ''})`);
+    assert.deepEqual(qemuPidsUnder(dataDir), [], 'the VM the interrupted resume started is gone');
+    assert.ok(readdirSync(join(dataDir, 'sandboxes', s.id, 'paused')).includes('meta.json'), 'the paused capture is intact');
+    const r = await api(url, 'POST', `/sandboxes/${s.id}/resume`, {});
+    assert.ok(r.status >= 200 && r.status < 300, `the next resume works: ${r.status} ${JSON.stringify(r.body)}`);
+    const again = await Sandbox.connect(s.id, { url });
+    for (const q of qemuPidsUnder(dataDir)) seenQemu.add(q);
+    const c = await counter(again);
+    assert.equal(c.pid, pid, 'the guest kept its processes');
+    assert.ok(c.alive);
+    assert.equal((await again.commands.run('echo ok')).stdout, 'ok\n');
+    await again.kill();
+    assert.deepEqual(qemuPidsUnder(dataDir), []);
+    await sigterm(current);
+    current = undefined;
   });
 });
 

@@ -13,7 +13,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { HostFailureError, InvalidArgumentError, TimeoutError } from '../../src/core/errors.js';
+import { ConflictError, HostFailureError, TimeoutError } from '../../src/core/errors.js';
 import { FirecrackerDriver, type FirecrackerDriverOptions } from '../../src/vmm/firecracker/driver.js';
 import { FirecrackerVmm } from '../../src/vmm/firecracker/vmm.js';
 import { sandboxMmds, type FirecrackerVmConfig } from '../../src/vmm/firecracker/config.js';
@@ -351,7 +351,7 @@ describe('Firecracker driver against the stand-in API', () => {
 
     const c2 = await config('irfail2', { memoryMib: 128 });
     const v2 = track(driver(fake).create());
-    await assert.rejects(v2.restore(snap, c2, sig()), InvalidArgumentError);
+    await assert.rejects(v2.restore(snap, c2, sig()), ConflictError, 'a snapshot of another shape is a conflict (409), not bad input');
     assert.equal(v2.pid, 0, 'refused before spawning');
 
     const odd: SnapshotFiles = { dir: join(dir, 'snaps', 'rfail-old'), statePath: '', memoryPath: '' };

@@ -9,7 +9,7 @@ import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
 import type { SandboxRecord, SandboxState } from '../../src/core/types.js';
 import { silentLogger } from '../../src/core/log.js';
-import { AbortedError, CapacityError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
+import { AbortedError, CapacityError, ConflictError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
 import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner, type FaultPoint } from '../helpers/fakes.js';
 
 function setup(opts: { mapsSnapshotMemory?: boolean } = {}) {
@@ -202,7 +202,9 @@ test('recovery kills a VM that is ours but cannot be controlled before its slot 
     const s = await t.m.create({ templateId: 'base' }, signal());
     t.m.close();
     const rec = t.store.getSandbox(s.id)!;
-    t.store.updateSandbox({ ...rec, vmm: { ...rec.vmm!, pid: stuck.pid! } });
+    // The ledger's VMM holding now names the stuck process.
+    const row = t.store.listHoldings(s.id).find((h) => h.kind === 'vmm')!;
+    t.store.updateHolding(row.id, JSON.stringify({ kind: 'vmm', runDir: rec.vmm!.runDir, handle: { ...rec.vmm!, pid: stuck.pid! } }));
     t.w.liveVms.delete(rec.vmm!.pid);
     const order: string[] = [];
     t.driver.adopt = async (h) => { if (h.pid === stuck.pid) throw new HostFailureError('QMP socket does not answer'); return null; };
@@ -633,37 +635,38 @@ test('fault matrix: a fork whose capture fails, or is cancelled, leaves the sour
 test('fault matrix: hearthd killed mid-create, mid-resume and mid-destroy: after recovery every sandbox is in a defined state and nothing is held', async () => {
   const t = setup();
   try {
-    const creating = await running(t);
     const resuming = await running(t);
     const destroying = await running(t);
     await t.m.pause(resuming.id, signal());
+    // The daemon "dies" while three operations wait: its process is gone, what they wrote to the store stays.
+    t.w.hangs.add('agent.ready');
+    void t.m.create({ templateId: 'base' }, signal());
+    void t.m.resume(resuming.id, signal());
+    const journalAt = async (op: string, step: string) => {
+      for (let i = 0; i < 200 && !t.store.listJournal().some((j) => j.op === op && j.step === step); i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(t.store.listJournal().some((j) => j.op === op && j.step === step), `${op} reached ${step}`);
+    };
+    await journalAt('create', 'agent');
+    await journalAt('resume', 'agent');
+    t.w.hangs.add('disk.remove');
+    void t.m.destroy(destroying.id, signal());
+    await journalAt('destroy', 'disk');
     t.m.close();
-    // mid-create: the VM runs, the agent was never initialised.
-    crashState(t.store, creating.id, 'creating', { agent: null });
-    t.store.journalStep(t.store.journalBegin(creating.id, 'create', 'start'), 'agent');
-    // mid-resume: a VM restored from the complete paused files, not yet answering.
-    const r = t.store.getSandbox(resuming.id)!;
-    const vm = t.driver.create();
-    await vm.restore({ dir: 'x', statePath: join(t.dataDir, 'sandboxes', r.id, 'paused', 'vmstate'), memoryPath: '' }, {
-      sandboxId: r.id, vcpus: 1, memoryMib: 256, kernelPath: '/k', kernelArgs: '', rootfsPath: '/d', memoryFilePath: join(t.dataDir, 'sandboxes', r.id, 'paused', 'memory'),
-      runDir: join(t.dataDir, 'sandboxes', r.id), consoleLogPath: '/dev/null', network: { kind: 'user', forwards: [], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' },
-    }, signal());
-    crashState(t.store, r.id, 'resuming', { vmm: { kind: 'qemu', pid: vm.pid, runDir: join(t.dataDir, 'sandboxes', r.id) } });
-    t.store.journalStep(t.store.journalBegin(resuming.id, 'resume', 'start'), 'agent');
-    // mid-destroy: the VM was stopped, the disk not yet removed.
-    crashState(t.store, destroying.id, 'destroying');
-    t.store.journalStep(t.store.journalBegin(destroying.id, 'destroy', 'start'), 'disk');
+    t.w.hangs.clear();
+    const creating = t.store.listSandboxes({ states: ['creating'] })[0]!;
+    assert.equal(t.store.getSandbox(resuming.id)!.state, 'resuming');
+    assert.equal(pausedFiles(t, resuming.id)[0], false, 'mid-resume, the disk was already moved out of paused/');
 
     const fresh = new SandboxManager(t.deps);
     const res = await fresh.recover(signal());
     await fresh.reconcile();
-    assert.deepEqual(res.paused, [resuming.id], 'the interrupted resume is paused again, its files intact');
-    assert.deepEqual(pausedFiles(t, resuming.id), [true, true, true, true]);
+    assert.deepEqual(res.paused, [resuming.id], 'the interrupted resume is paused again');
+    assert.deepEqual(pausedFiles(t, resuming.id), [true, true, true, true], 'its disk is back in paused/ with the rest');
     assert.deepEqual(res.failed.sort(), [creating.id, destroying.id].sort());
     assert.match(fresh.get(creating.id).endReason ?? '', /daemon stopped during create \(step agent\)/);
     assert.deepEqual([...t.w.liveVms], [], 'no VM left running');
     assert.deepEqual([...t.w.slots], [], 'no slot held');
-    assert.deepEqual([...t.w.disks], [], 'no live disk: the paused one was detached back into its dir');
+    assert.deepEqual([...t.w.disks], [], 'no live disk: the resumed one went back into its dir');
     assert.deepEqual(t.store.listJournal(), []);
     await fresh.destroy(destroying.id, signal());
     assert.equal(fresh.get(destroying.id).state, 'destroyed', 'a destroy interrupted by the crash finishes on the next call');
@@ -722,6 +725,54 @@ test('fault matrix: a pause cancelled mid-snapshot leaves a running sandbox; a V
     assert.deepEqual(pausedFiles(t, s.id), [true, true, true, true]);
     assert.equal((await t.m.resume(s.id, signal())).state, 'running');
     await t.m.destroy(s.id, signal());
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+// ---------------------------------------------------------------- snapshot compatibility (issue #12, defect 3)
+
+test('a changed VMM compatibility key (KVM/TCG, VMM release) rebuilds the warm snapshot instead of failing creates', async () => {
+  const t = setup();
+  try {
+    const a = await running(t);
+    const [old] = t.store.listSnapshots({ kind: 'template' });
+    assert.equal(old?.compat, 'fake=1 accel=tcg cpu=max', 'the warm snapshot records the key it was taken with');
+    await t.m.destroy(a.id, signal());
+    t.m.close();
+    t.driver.compat = 'fake=1 accel=kvm cpu=host';
+    const fresh = new SandboxManager(t.deps);
+    await fresh.recover(signal());
+    assert.deepEqual(t.store.listSnapshots({ kind: 'template' }), [], 'a warm snapshot of another key is dropped at start');
+    t.w.events.length = 0;
+    const b = await fresh.create({ templateId: 'base' }, signal());
+    assert.equal(b.state, 'running');
+    assert.equal(t.w.events.filter((e) => e.startsWith('boot')).length, 1, 'one build boot for the new key');
+    const [now] = t.store.listSnapshots({ kind: 'template' });
+    assert.equal(now?.compat, 'fake=1 accel=kvm cpu=host');
+    await fresh.destroy(b.id, signal());
+    await fresh.settled();
+    fresh.close();
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('a user snapshot the VMM cannot load here is a 409 naming the mismatch, before anything is acquired', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    await t.m.snapshot(s.id, 'before-upgrade', signal());
+    t.m.close();
+    t.driver.compat = 'fake=2 accel=kvm cpu=max';
+    const fresh = new SandboxManager(t.deps);
+    await fresh.recover(signal());
+    const before = t.store.listSandboxes().length;
+    t.w.events.length = 0;
+    await assert.rejects(fresh.create({ templateId: 'before-upgrade' }, signal()),
+      (e: unknown) => e instanceof ConflictError && /fake 1 → 2/.test(e.message) && /accel tcg → kvm/.test(e.message) && !/cpu/.test(e.message));
+    assert.equal(t.store.listSandboxes().length, before, 'no sandbox row for a refused create');
+    assert.deepEqual(t.w.events, [], 'nothing was acquired');
+    for (const x of fresh.list()) if (x.state !== 'destroyed') await fresh.destroy(x.id, signal());
+    fresh.close();
     t.nothingLeft();
   } finally { t.done(); }
 });

@@ -61,6 +61,7 @@ export async function captureSnapshot(
     agentToken: rec.agentToken,
     envVars: rec.envVars,
     createdAt: new Date().toISOString(),
+    compat: await deps.vmm.snapshotCompat(AbortSignal.timeout(30_000)),
   };
 }
 

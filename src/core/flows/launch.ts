@@ -1,11 +1,10 @@
-import { mkdir, unlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Cleanup } from '../cleanup.js';
+import type { Holdings } from '../holdings.js';
 import { HostFailureError, HearthError } from '../errors.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, SnapshotRecord, Template } from '../types.js';
 import type { SnapshotFiles } from '../../vmm/types.js';
-import { removeTree } from '../../util/fs.js';
 import {
   FILES, consoleTail, initBody, sandboxDir, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps,
 } from './context.js';
@@ -16,47 +15,45 @@ export type LaunchSource =
   | { kind: 'restore'; template: Template; snapshot: SnapshotRecord };
 
 /**
- * Bring a new sandbox to `running` (DESIGN §3 create): slot → disk (a clone of
+ * Bring a new sandbox to `running` (create): slot → disk (a clone of
  * the template's or snapshot's disk) → memory (a clone of the snapshot's) →
- * boot or restore → agent ready → /init. Every acquisition registers its undo on
- * `cleanup`; the caller runs it on failure and commits it on success.
+ * boot or restore → agent ready → /init. Every acquisition is recorded in the
+ * holdings ledger as it is taken (the disk and the VMM as intents first); on
+ * failure the caller releases the ledger, on success the sandbox keeps it.
  */
 export async function launch(
-  deps: ManagerDeps, rec: SandboxRecord, source: LaunchSource, steps: StepTimer, cleanup: Cleanup, signal: AbortSignal,
+  deps: ManagerDeps, ledger: Holdings, rec: SandboxRecord, source: LaunchSource, steps: StepTimer, signal: AbortSignal,
 ): Promise<LiveSandbox> {
   const { config } = deps;
   const dir = sandboxDir(config, rec.id);
+  ledger.record(rec, { kind: 'dir', path: dir });
   await mkdir(dir, { recursive: true });
-  cleanup.add('sandbox dir', () => removeTree(dir));
 
   const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
-  cleanup.add('network slot', () => deps.network.release(slot));
-  rec.network = slot.vmNetwork;
+  ledger.record(rec, { kind: 'slot', network: slot.vmNetwork });
 
   const base = source.kind === 'boot'
     ? { id: source.template.id, path: source.template.rootfsPath, sizeBytes: source.template.rootfsSizeBytes }
     : { id: source.snapshot.id, path: join(source.snapshot.dir, FILES.rootfs), sizeBytes: source.template.rootfsSizeBytes };
+  const diskRow = ledger.record(rec, { kind: 'disk', disk: null, base });
   const disk = await steps.run('disk', () => deps.storage.create(rec.id, base, signal), signal);
-  cleanup.add('root disk', () => deps.storage.remove(disk, AbortSignal.timeout(60_000)));
-  rec.disk = disk;
+  ledger.update(rec, diskRow, { kind: 'disk', disk });
 
   const vmm = deps.vmm.create();
   const cfg = vmConfig(config, rec, source.template, slot, disk);
   const live: LiveSandbox = { vmm, slot, disk, stopping: false };
-  // Registered before the VMM starts: a start that fails half-way may still have left a process.
-  cleanup.addPriority('vmm', async () => { live.stopping = true; await vmm.stop(AbortSignal.timeout(30_000)); });
-  if (source.kind === 'boot') {
-    await steps.run('boot', () => vmm.boot(cfg, signal), signal);
-  } else {
-    const snap: SnapshotFiles = { dir: source.snapshot.dir, statePath: join(source.snapshot.dir, FILES.vmstate), memoryPath: join(source.snapshot.dir, FILES.memory) };
-    if (!deps.vmm.restoreMapsSnapshotMemory) {
-      await steps.run('memory', () => deps.cloneFile(snap.memoryPath, cfg.memoryFilePath, signal), signal);
-      cleanup.add('memory file', () => unlink(cfg.memoryFilePath).catch(() => undefined));
-    }
-    await steps.run('restore', () => vmm.restore(snap, cfg, signal), signal);
+  const snap: SnapshotFiles | null = source.kind === 'restore'
+    ? { dir: source.snapshot.dir, statePath: join(source.snapshot.dir, FILES.vmstate), memoryPath: join(source.snapshot.dir, FILES.memory) }
+    : null;
+  if (snap && !deps.vmm.restoreMapsSnapshotMemory) {
+    ledger.record(rec, { kind: 'memory', path: cfg.memoryFilePath });
+    await steps.run('memory', () => deps.cloneFile(snap.memoryPath, cfg.memoryFilePath, signal), signal);
   }
-  rec.vmm = { kind: vmm.kind, pid: vmm.pid, runDir: dir };
-  deps.store.updateSandbox(rec);
+  // An intent before the VMM starts: a start that fails half-way, or a daemon that dies during it, may leave a process.
+  const vmmRow = ledger.record(rec, { kind: 'vmm', runDir: dir, handle: null }, live);
+  if (!snap) await steps.run('boot', () => vmm.boot(cfg, signal), signal);
+  else await steps.run('restore', () => vmm.restore(snap, cfg, signal), signal);
+  ledger.update(rec, vmmRow, { kind: 'vmm', runDir: dir, handle: { kind: vmm.kind, pid: vmm.pid, runDir: dir } });
 
   const endpoint = slot.guestAddress(config.agentPort);
   const timeoutMs = source.kind === 'boot' ? config.bootTimeoutMs : config.restoreTimeoutMs;

@@ -1,6 +1,6 @@
-import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Cleanup } from '../cleanup.js';
+import type { HoldingRow, Holdings, Releaser } from '../holdings.js';
 import { HostFailureError, errorMessage } from '../errors.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, Template } from '../types.js';
@@ -37,10 +37,14 @@ export type PauseOutcome =
  * state (memory already lives in the sandbox's memory file) and flush memory; on
  * failure resume the vCPUs → stop the VMM and wait for its exit → detach the disk
  * into the paused dir → move memory + state there, write metadata atomically →
- * release the slot. After the VMM stopped, any failure still releases every host
- * resource and fails the sandbox: nothing stays half-alive.
+ * release the slot. The paused capture is a holding of its own in the ledger
+ * (its disk token recorded as the disk is detached), so a daemon that dies on
+ * the way finds it. After the VMM stopped, any failure releases every holding
+ * and fails the sandbox: nothing stays half-alive.
  */
-export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: LiveSandbox, steps: StepTimer, signal: AbortSignal): Promise<PauseOutcome> {
+export async function pauseSandbox(
+  deps: ManagerDeps, ledger: Holdings, release: Releaser, rec: SandboxRecord, live: LiveSandbox, steps: StepTimer, signal: AbortSignal,
+): Promise<PauseOutcome> {
   const dir = sandboxDir(deps.config, rec.id);
   const staging = join(dir, 'pause-staging');
   const paused = pausedDir(deps.config, rec.id);
@@ -64,16 +68,23 @@ export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: 
   }
 
   // From here on the VM is gone or going: failures release everything and fail the sandbox.
-  const cleanup = new Cleanup();
-  cleanup.add('network slot', () => deps.network.release(live.slot));
-  let diskDetached = false;
-  let detached: DetachedDisk | undefined;
   try {
-    live.stopping = true;
-    await steps.run('stop', () => live.vmm.stop(AbortSignal.timeout(30_000)));
+    const vmmRow = ledger.find(rec.id, 'vmm');
+    await steps.run('stop', async () => {
+      live.stopping = true;
+      await live.vmm.stop(AbortSignal.timeout(30_000));
+      if (vmmRow) ledger.forget(rec, vmmRow.id);
+    });
     await mkdir(paused, { recursive: true });
-    detached = await steps.run('detach', () => deps.storage.detach(live.disk, paused, AbortSignal.timeout(60_000)));
-    diskDetached = true;
+    const pausedRow = ledger.record(rec, { kind: 'paused', dir: paused, disk: null, complete: false });
+    const detached = await steps.run('detach', async () => {
+      const diskRow = ledger.find(rec.id, 'disk');
+      const token = await deps.storage.detach(live.disk, paused, AbortSignal.timeout(60_000));
+      // The disk is now part of the paused capture.
+      ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: token, complete: false });
+      if (diskRow) ledger.forget(rec, diskRow.id);
+      return token;
+    });
     await steps.run('move', async () => {
       await rename(memoryPath, join(paused, FILES.memory));
       // The device state and whatever else the VMM wrote beside it (e.g. Firecracker's firecracker.json).
@@ -81,70 +92,93 @@ export async function pauseSandbox(deps: ManagerDeps, rec: SandboxRecord, live: 
       const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached };
       await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
       await removeTree(staging);
+      ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: detached, complete: true });
+      // A memory file cloned for a restore moved into the capture with the rest.
+      for (const m of ledger.list(rec.id).filter((r) => r.holding.kind === 'memory')) ledger.forget(rec, m.id);
     });
-    await steps.run('release', () => cleanup.run().then((errs) => { if (errs.length) throw errs[0]; }));
+    await steps.run('release', async () => {
+      const errs = await ledger.release(rec, release, { which: (r) => r.holding.kind === 'slot' });
+      if (errs.length) throw new HostFailureError(errs.join('; '));
+    });
     return { ok: true };
   } catch (err) {
-    if (!diskDetached) cleanup.add('root disk', () => deps.storage.remove(live.disk, AbortSignal.timeout(60_000)));
-    const errs = await cleanup.run();
-    const reason = `pause failed after the VM stopped: ${errorMessage(err)}${errs.length ? `; cleanup: ${errs.map((e) => e.message).join('; ')}` : ''}`;
+    const errs = await ledger.release(rec, release);
+    const reason = `pause failed after the VM stopped: ${errorMessage(err)}${errs.length ? `; cleanup: ${errs.join('; ')}` : ''}`;
     return { ok: false, resumed: false, reason, error: err as Error };
   }
 }
 
+/** Selects what a resume (or an interrupted pause) took beyond the paused capture and the sandbox dir. */
+export const beyondPaused = (r: HoldingRow): boolean => r.holding.kind !== 'paused' && r.holding.kind !== 'dir';
+
 /**
- * Resume (docs/ARCHITECTURE.md, "Resume order"): slot → disk back from the paused dir → a copy of the
- * memory file (the paused one stays intact, so a failed attempt can be retried)
- * → restore → agent ready → /init (clock, entropy). If anything fails the VMM is
- * stopped, the disk is moved back into the paused dir (never deleted) and the
- * sandbox stays paused.
+ * Resume (docs/ARCHITECTURE.md, "Resume order"): slot → the disk attached from
+ * the paused capture's token (on the base it was made from) → a copy of the
+ * memory file (the paused one stays intact, so a failed attempt can be
+ * retried) → restore → agent ready → /init (clock, entropy). Each step is
+ * recorded in the ledger as it is taken, so a daemon that dies mid-resume
+ * leaves a list recovery can put back. If anything fails, everything beyond the
+ * paused capture is released (the VMM stopped, the disk put back into the
+ * paused dir, never deleted) and the sandbox stays paused. On success the
+ * caller makes it running and calls `commitResume`.
  */
-export async function resumeSandbox(deps: ManagerDeps, rec: SandboxRecord, template: Template, steps: StepTimer, signal: AbortSignal): Promise<LiveSandbox> {
+export async function resumeSandbox(
+  deps: ManagerDeps, ledger: Holdings, release: Releaser, rec: SandboxRecord, template: Template, steps: StepTimer, signal: AbortSignal,
+): Promise<LiveSandbox> {
   const paused = pausedDir(deps.config, rec.id);
-  if (!(await exists(join(paused, FILES.meta)))) {
-    throw new HostFailureError(`sandbox ${rec.id} is paused but its paused files are incomplete (no ${FILES.meta} in ${paused})`);
+  const capture = ledger.find(rec.id, 'paused');
+  if (!capture || !(await exists(join(capture.holding.dir, FILES.meta)))) {
+    throw new HostFailureError(`sandbox ${rec.id} is paused but its paused files are incomplete (no ${FILES.meta} in ${capture?.holding.dir ?? paused})`);
   }
-  const cleanup = new Cleanup();
+  const token = capture.holding.disk ?? await pausedDisk(capture.holding.dir, rec, template);
   try {
     const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
-    cleanup.add('network slot', () => deps.network.release(slot));
-    const token = await pausedDisk(paused, rec, template);
+    ledger.record(rec, { kind: 'slot', network: slot.vmNetwork });
+    const diskRow = ledger.record(rec, { kind: 'disk', disk: null, from: token });
     const disk = await steps.run('attach', () => deps.storage.attach(token, signal), signal);
-    cleanup.add('root disk back to the paused dir', () => deps.storage.detach(disk, paused, AbortSignal.timeout(60_000)).then(() => undefined));
+    ledger.update(rec, diskRow, { kind: 'disk', disk, from: token });
     const vmm = deps.vmm.create();
     const cfg = vmConfig(deps.config, rec, template, slot, disk);
     // A VMM that writes guest memory into its file runs on a copy: the paused memory is never
     // consumed, so a failed resume can be retried. One that maps the file privately reads it as is.
     if (!deps.vmm.restoreMapsSnapshotMemory) {
-      await steps.run('memory', () => deps.cloneFile(join(paused, FILES.memory), cfg.memoryFilePath, signal), signal);
-      cleanup.add('memory copy', () => unlink(cfg.memoryFilePath).catch(() => undefined));
+      ledger.record(rec, { kind: 'memory', path: cfg.memoryFilePath });
+      await steps.run('memory', () => deps.cloneFile(join(capture.holding.dir, FILES.memory), cfg.memoryFilePath, signal), signal);
     }
     const live: LiveSandbox = { vmm, slot, disk, stopping: false };
-    cleanup.addPriority('vmm', async () => { live.stopping = true; await vmm.stop(AbortSignal.timeout(30_000)); });
-    const snap = { dir: paused, statePath: join(paused, FILES.vmstate), memoryPath: join(paused, FILES.memory) };
+    const runDir = sandboxDir(deps.config, rec.id);
+    const vmmRow = ledger.record(rec, { kind: 'vmm', runDir, handle: null }, live);
+    const snap = { dir: capture.holding.dir, statePath: join(capture.holding.dir, FILES.vmstate), memoryPath: join(capture.holding.dir, FILES.memory) };
     await steps.run('restore', () => vmm.restore(snap, cfg, signal), signal);
-    rec.vmm = { kind: vmm.kind, pid: vmm.pid, runDir: sandboxDir(deps.config, rec.id) };
+    ledger.update(rec, vmmRow, { kind: 'vmm', runDir, handle: { kind: vmm.kind, pid: vmm.pid, runDir } });
     const endpoint = slot.guestAddress(deps.config.agentPort);
     await steps.run('agent', () => waitForAgent(deps, endpoint, rec.agentToken, live, cfg.consoleLogPath, deps.config.restoreTimeoutMs, signal), signal);
     await vmm.markReady?.();
     await steps.run('init', () => deps.agent(endpoint, rec.agentToken).init(initBody(rec), signal), signal);
-    cleanup.commit();
     rec.agent = endpoint;
-    rec.network = slot.vmNetwork;
-    rec.disk = disk;
-    await removeTree(paused);
     return live;
   } catch (err) {
-    const errs = await cleanup.run();
+    const errs = await ledger.release(rec, release, { which: beyondPaused });
     if (errs.length) {
-      throw new HostFailureError(`resume of ${rec.id} failed (${errorMessage(err)}) and cleanup failed too: ${errs.map((e) => e.message).join('; ')}`, { cause: err });
+      throw new HostFailureError(`resume of ${rec.id} failed (${errorMessage(err)}) and cleanup failed too: ${errs.join('; ')}`, { cause: err });
     }
     throw err;
   }
 }
 
+/**
+ * A resumed sandbox owns its disk outright: the disk no longer goes back to the
+ * paused capture, and the capture is no longer held (its files are removed by
+ * the caller, best effort: the sandbox dir holding covers them).
+ */
+export function commitResume(ledger: Holdings, rec: SandboxRecord): void {
+  const disk = ledger.find(rec.id, 'disk');
+  if (disk?.holding.disk) ledger.update(rec, disk.id, { kind: 'disk', disk: disk.holding.disk });
+  for (const r of ledger.list(rec.id)) if (r.holding.kind === 'paused') ledger.forget(rec, r.id);
+}
+
 /** The token of a paused sandbox's disk, from its meta.json (older pauses wrote none: their base was the template's). */
-async function pausedDisk(paused: string, rec: SandboxRecord, template: Template): Promise<DetachedDisk> {
+export async function pausedDisk(paused: string, rec: SandboxRecord, template: Template): Promise<DetachedDisk> {
   const meta = JSON.parse(await readFile(join(paused, FILES.meta), 'utf8')) as PausedMeta;
   if (meta.disk) return meta.disk;
   return {

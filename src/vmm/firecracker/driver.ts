@@ -142,6 +142,12 @@ export class FirecrackerDriver implements VmmDriver {
     if (this.settings.guestCid < 3) throw new InvalidArgumentError('guestCid must be >= 3', 'guestCid');
   }
 
+  /** Firecracker loads snapshots only within one release line (major.minor). */
+  async snapshotCompat(signal: AbortSignal): Promise<string> {
+    const v = await this.settings.resolveVersion(signal);
+    return `firecracker=${v.major}.${v.minor}`;
+  }
+
   create(): FirecrackerVmm {
     return new FirecrackerVmm(this.settings);
   }

@@ -20,7 +20,7 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { access, chown, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  AbortedError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
+  AbortedError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
 } from '../../core/errors.js';
 import { cloneFile } from '../../memory/memory-file.js';
 import { UffdPageServer, type PageServerOptions, type PageServerStats } from '../../memory/uffd/page-server.js';
@@ -562,13 +562,13 @@ export class FirecrackerVmm implements Vmm {
       throw new InvalidArgumentError(`snapshot memory file ${snap.memoryPath} is missing: ${errorMessage(err)}`, 'memoryPath');
     }
     const mib = meta?.memoryMib ?? cfg.memoryMib;
-    if (memSize !== mib * MiB) throw new InvalidArgumentError(`snapshot memory file ${snap.memoryPath} has ${memSize} bytes, expected ${mib} MiB`, 'memoryPath');
+    if (memSize !== mib * MiB) throw new ConflictError(`snapshot memory file ${snap.memoryPath} has ${memSize} bytes, but this VM has ${mib} MiB`);
     if (!meta) return;
     if (meta.memoryMib !== cfg.memoryMib || meta.vcpus !== cfg.vcpus) {
-      throw new InvalidArgumentError(`snapshot ${snap.dir} is of a ${meta.vcpus}-vCPU ${meta.memoryMib} MiB VM; this VM is configured with ${cfg.vcpus} vCPUs and ${cfg.memoryMib} MiB`);
+      throw new ConflictError(`snapshot ${snap.dir} is of a ${meta.vcpus}-vCPU ${meta.memoryMib} MiB VM; this VM is configured with ${cfg.vcpus} vCPUs and ${cfg.memoryMib} MiB`);
     }
     if (!snapshotCompatible(meta.firecrackerVersion, this.version!)) {
-      throw new InvalidArgumentError(`snapshot ${snap.dir} was written by Firecracker ${meta.firecrackerVersion}; ${this.version!.text} cannot load it (snapshots load only within one release line)`);
+      throw new ConflictError(`snapshot ${snap.dir} was written by Firecracker ${meta.firecrackerVersion}; ${this.version!.text} cannot load it (snapshots load only within one release line)`);
     }
     if (!meta.memoryComplete) throw new InvalidArgumentError(`snapshot ${snap.dir} is a Diff layer; merge it into its base first (rebaseMemory)`);
     if (meta.hugePages === '2M' && this.settings.memoryBackend !== 'uffd') {

@@ -4,9 +4,9 @@
  * by an earlier daemon.
  */
 import { InvalidArgumentError } from '../../core/errors.js';
-import { DEFAULT_QEMU_BINARY, hostTscKhz, probeAccelerator, type Accel } from '../probe.js';
+import { DEFAULT_QEMU_BINARY, hostTscKhz, probeAccelerator, probeQemu, type Accel } from '../probe.js';
 import type { VmmDriver, VmmHandle } from '../types.js';
-import { memoryPathFromArgv, parseQemuArgv, type DriveAio, type DriveCache, type QemuMachine } from './cmdline.js';
+import { cpuModel, memoryPathFromArgv, parseQemuArgv, type DriveAio, type DriveCache, type QemuMachine } from './cmdline.js';
 import { identifyQemu, QemuVmm, type QemuSettings } from './vmm.js';
 import { listHearthQemuProcesses, type HearthQemuProcess } from './process.js';
 import { resolvePrivilege, VmIdAllocator, type QemuPrivilege, type QemuPrivilegeOptions } from './privilege.js';
@@ -101,6 +101,13 @@ export class QemuDriver implements VmmDriver {
       return p;
     });
     return this.privilegeP;
+  }
+
+  /** QEMU loads a migration stream from its own version, with the same accelerator, CPU model and machine. */
+  async snapshotCompat(signal: AbortSignal): Promise<string> {
+    const o = await this.settings.resolveCmdlineOptions(signal);
+    const q = await probeQemu({ qemuBinary: this.settings.qemuBinary, signal });
+    return `qemu=${q.version} accel=${o.accel} cpu=${cpuModel(o.accel)} machine=${o.machine ?? 'microvm'}`;
   }
 
   /** Hearth's QEMU processes on this host (by `-name hearth-<id>`), for reconciliation. */

@@ -28,7 +28,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import {
-  AbortedError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
+  AbortedError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
 } from '../../core/errors.js';
 import type { ExitInfo, SnapshotFiles, VmConfig, Vmm } from '../types.js';
 import { buildQemuArgs, cpuModel, runFiles, spawnCommand, type QemuCmdlineOptions } from './cmdline.js';
@@ -447,14 +447,14 @@ export class QemuVmm implements Vmm {
       saved = JSON.parse(await readFile(path.join(snap.dir, LAYOUT_FILE), 'utf8')) as QemuSnapshotLayout;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return; // older snapshot: QEMU will check
-      throw new InvalidArgumentError(`snapshot ${snap.dir}: unreadable ${LAYOUT_FILE}: ${errorMessage(err)}`);
+      throw new HostFailureError(`snapshot ${snap.dir}: unreadable ${LAYOUT_FILE}: ${errorMessage(err)}`);
     }
     const now = layoutOf(cfg, await this.settings.resolveCmdlineOptions(signal));
     const diffs = (['machine', 'accel', 'cpu', 'vcpus', 'memoryMib'] as const)
       .filter((k) => saved[k] !== now[k])
       .map((k) => `${k} ${String(saved[k])} → ${String(now[k])}`);
     if (diffs.length) {
-      throw new InvalidArgumentError(`snapshot ${snap.dir} was taken with a different VM layout (${diffs.join(', ')}); restore needs the same machine, CPU, vCPUs and memory`);
+      throw new ConflictError(`snapshot ${snap.dir} was taken with a different VM layout (${diffs.join(', ')}); restore needs the same machine, CPU, vCPUs and memory`);
     }
   }
 
