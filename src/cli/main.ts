@@ -8,57 +8,41 @@ import { keysCommand } from './commands/keys.js';
 import { templateCommand } from './commands/template.js';
 import { cpCommand } from './commands/cp.js';
 import { completionCommand } from './commands/completion.js';
+import { configCommand } from './commands/config.js';
+import { serviceCommand } from './commands/service.js';
 import { doctorCommand, downCommand, imageCommand, storageCommand, upCommand } from './commands/daemon.js';
-import { UsageError } from './output.js';
+import { humanize, jsonError, UsageError } from './output.js';
+import { canonicalWords, helpFor, topHelp } from './help.js';
+import { applyUserConfig } from './user-config.js';
 import { SandboxError } from '../sdk/errors.js';
 import { VERSION } from '../version.js';
 
-const HELP = `hearth ${VERSION}: microVM sandboxes for untrusted code
-
-Usage: hearth <command> [options]
-
-Daemon:
-  up [--foreground] [--port P] [--data-dir D]   build the default image if missing and start hearthd
-  down                                           stop hearthd (sandboxes keep running)
-  doctor                                         what this host can do and what Hearth uses
-  image build                                    build (or reuse) the default guest image
-  storage init                                   XFS with reflinks on a loop device for the data dir (if it lacks them)
-  keys create|ls|rm                              API keys (required when hearthd listens beyond loopback)
-
-Sandboxes:
-  sandbox create|ls|get|rm|timeout               manage sandboxes (hearth sandbox help)
-  sandbox pause|resume|snapshot|fork             pause/resume, capture, fork
-  snapshot ls|rm                                 named snapshots
-  template ls | template snapshots <id> [rm <snap>...]  templates and their warm (per-shape) snapshots
-  exec <id> -- <cmd> [args...]                   run a command; streams output; exits with its code
-  shell <id> [-- <cmd> [args...]]                interactive terminal (login shell); exits with its code
-  files ls|stat|cat|get|put|mkdir|rm|mv          files in a sandbox (hearth files help)
-  cp <local> <id>:<path> | <id>:<path> <local>   copy a file in or out (- is stdin/stdout)
-  completion bash                                shell completion: source <(hearth completion bash)
-
-Environment: HEARTH_URL (default http://127.0.0.1:3030), HEARTH_DATA_DIR, HEARTH_PORT.
-Add --json to any command that prints data.`;
-
 async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
+  const help = helpFor(argv);
+  if (help !== null) { process.stdout.write(`${help}\n`); return 0; }
+  const [first, ...rest] = argv;
+  const cmd = first === undefined ? undefined : canonicalWords([first])[0];
+  if (cmd !== 'config') applyUserConfig(); // `config show` reports the sources itself
   switch (cmd) {
     case 'up': return upCommand(rest);
     case 'down': return downCommand(rest);
     case 'doctor': return doctorCommand(rest);
     case 'image': return imageCommand(rest);
     case 'storage': return storageCommand(rest);
-    case 'sandbox': case 'sandboxes': case 'sb': return sandboxCommand(rest);
+    case 'sandbox': return sandboxCommand(rest);
     case 'exec': return execCommand(rest);
     case 'shell': return shellCommand(rest);
     case 'files': return filesCommand(rest);
-    case 'snapshot': case 'snapshots': return snapshotCommand(rest);
+    case 'snapshot': return snapshotCommand(rest);
     case 'keys': return keysCommand(rest);
-    case 'template': case 'templates': return templateCommand(rest);
+    case 'template': return templateCommand(rest);
     case 'cp': return cpCommand(rest);
     case 'completion': return completionCommand(rest);
-    case 'version': case '--version': case '-v': process.stdout.write(`${VERSION}\n`); return 0;
-    case undefined: case 'help': case '--help': case '-h': process.stdout.write(`${HELP}\n`); return cmd ? 0 : 2;
-    default: throw new UsageError(`unknown command "${cmd}"\n\n${HELP}`);
+    case 'config': return configCommand(rest);
+    case 'service': return serviceCommand(rest);
+    case 'version': process.stdout.write(`${VERSION}\n`); return 0;
+    case undefined: process.stderr.write(`${topHelp()}\n`); return 2;
+    default: throw new UsageError(`unknown command "${first}"; \`hearth --help\` lists them`);
   }
 }
 
@@ -67,13 +51,27 @@ function exit(code: number): void {
   process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
 }
 
-main(process.argv.slice(2)).then(
+const argv = process.argv.slice(2);
+const dash = argv.indexOf('--');
+const json = (dash >= 0 ? argv.slice(0, dash) : argv).includes('--json');
+
+function fail(err: unknown, code: number, text: string): void {
+  process.stderr.write(json ? `${jsonError(err, code)}\n` : `${text}\n`);
+  exit(code);
+}
+
+main(argv).then(
   (code) => { exit(code); },
   (err: unknown) => {
-    if (err instanceof UsageError) { process.stderr.write(`${err.message}\n`); exit(err.exitCode); return; }
-    if (err instanceof SandboxError) { process.stderr.write(`error: ${err.message}\n`); exit(1); return; }
-    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) { process.stderr.write(`${(err as Error).message}\n`); exit(2); return; }
-    process.stderr.write(`error: ${(err as Error).stack ?? String(err)}\n`);
-    exit(1);
+    if (err instanceof UsageError) { fail(err, err.exitCode, humanize(err.message)); return; }
+    if (err instanceof SandboxError) { fail(err, 1, `error: ${humanize(err.message)}`); return; }
+    const code = (err as { code?: string }).code;
+    if (code?.startsWith('ERR_PARSE_ARGS')) {
+      const words = argv.filter((w) => !w.startsWith('-')).slice(0, 2).join(' ');
+      fail(err, 2, `${(err as Error).message.replace(/\. To specify a positional argument.*$/s, '')}\nSee \`hearth ${words} --help\`.`);
+      return;
+    }
+    if (code === 'ENOENT' || code === 'EACCES' || code === 'EISDIR') { fail(err, 1, `error: ${(err as Error).message}`); return; }
+    fail(err, 1, `error: ${(err as Error).stack ?? String(err)}`);
   },
 );

@@ -20,6 +20,8 @@ export interface DoctorReport {
   userfaultfd: boolean;
   netns: { available: boolean; detail: string };
   chosen: { vmm: string; vmmReason: string; accel: string; storage: string; storageReason: string; network: string; networkReason: string };
+  /** Whether sandboxes can reach anything beyond the host at all, whatever their policy says. */
+  egress: { possible: boolean; interface: string | null; why: string };
 }
 
 async function versionOf(cmd: string, args: string[]): Promise<string | null> {
@@ -70,5 +72,10 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
         ? `${network.reason}; slots in ${cfg.networkRange}, egress ${cfg.egressInterface ? `via ${cfg.egressInterface}` : 'off (no egressInterface configured)'}`
         : network.reason,
     },
+    egress: network.kind !== 'netns'
+      ? { possible: false, interface: null, why: 'user-mode networking (hearthd is not root or lacks iproute2/nftables): sandboxes have no egress at all' }
+      : cfg.egressInterface
+        ? { possible: true, interface: cfg.egressInterface, why: `NAT via ${cfg.egressInterface}` }
+        : { possible: false, interface: null, why: 'no egress interface configured (egressInterface / HEARTH_EGRESS_INTERFACE): sandboxes reach nothing beyond the host' },
   };
 }

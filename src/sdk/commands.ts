@@ -120,7 +120,7 @@ export class CommandHandle {
     for (;;) {
       const state = await this.reattach.state().catch(() => undefined);
       if (signal?.aborted) return undefined;
-      if (state && PAUSED.has(state)) { await sleep(wait, signal); wait = Math.min(wait * 2, 5000); continue; }
+      if (state && PAUSED.has(state)) { await sleep(wait, signal); wait = Math.min(wait * 2, 1000); continue; }
       if (state !== 'running' || ++tries > 3) return undefined;
       try {
         return await this.reattach.connect(this.pid, signal);

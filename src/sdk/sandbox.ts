@@ -54,11 +54,14 @@ export class SandboxPaginator {
     if (this.token) q.set('nextToken', this.token);
     const s = signal ?? this.opts.signal;
     let page: { body: SandboxSummary[]; next: string | null };
+    // E2B's paged list knows running and paused sandboxes; other states come from the plain list, paged here.
+    const v2 = !states?.length || states.every((x) => x === 'running' || x === 'paused');
     try {
+      if (!v2) throw new NotFoundError('no route: states beyond running and paused');
       page = await this.api.requestWithHeaders<SandboxSummary[]>('GET', `/v2/sandboxes${q.size ? `?${q.toString()}` : ''}`, undefined, s, 'x-next-token');
     } catch (err) {
-      // hearthd without the paged route: filter and page the plain list here.
-      if (!(err instanceof NotFoundError) || !/^no route /.test(err.message)) throw err;
+      // Also a hearthd without the paged route: filter and page the plain list here.
+      if (!(err instanceof NotFoundError) || !/^no route/.test(err.message)) throw err;
       page = await this.legacyPage(states, metadata, s);
     }
     this.token = page.next ?? undefined;
@@ -74,7 +77,10 @@ export class SandboxPaginator {
   }
 
   private async legacyPage(states: string[] | undefined, metadata: Record<string, string> | undefined, signal?: AbortSignal): Promise<{ body: SandboxSummary[]; next: string | null }> {
-    const all = (await this.api.request<SandboxSummary[]>('GET', `/sandboxes${states?.length ? `?state=${states.join(',')}` : ''}`, undefined, signal))
+    const q = new URLSearchParams();
+    if (states?.length) q.set('state', states.join(','));
+    if (metadata && Object.keys(metadata).length) q.set('metadata', new URLSearchParams(Object.entries(metadata)).toString());
+    const all = (await this.api.request<SandboxSummary[]>('GET', `/sandboxes${q.size ? `?${q.toString()}` : ''}`, undefined, signal))
       .filter((x) => !metadata || Object.entries(metadata).every(([k, v]) => x.metadata[k] === v))
       .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || a.sandboxID.localeCompare(b.sandboxID));
     const start = this.token ? Number(this.token) || 0 : 0;

@@ -1,11 +1,15 @@
+import { UsageError } from '../output.js';
 /** `hearth completion bash`: a bash completion script (`source <(hearth completion bash)`). */
 const COMMANDS: Record<string, string[]> = {
-  '': ['up', 'down', 'doctor', 'image', 'storage', 'keys', 'sandbox', 'exec', 'shell', 'files', 'cp', 'snapshot', 'completion', 'version', 'help'],
+  '': ['up', 'down', 'doctor', 'image', 'storage', 'keys', 'service', 'config', 'sandbox', 'exec', 'shell', 'files', 'cp', 'snapshot', 'template', 'completion', 'version', 'help'],
   sandbox: ['create', 'ls', 'get', 'rm', 'timeout', 'pause', 'resume', 'snapshot', 'fork', 'network', 'url'],
   files: ['ls', 'stat', 'cat', 'get', 'put', 'mkdir', 'rm', 'mv'],
   snapshot: ['ls', 'rm'],
   keys: ['create', 'ls', 'rm'],
-  image: ['build'],
+  service: ['install', 'uninstall', 'status'],
+  config: ['show', 'set', 'unset'],
+  template: ['ls', 'snapshots'],
+  image: ['build', 'kernel'],
   storage: ['init'],
   completion: ['bash'],
 };
@@ -15,8 +19,7 @@ const TAKES_ID = ['exec', 'shell', 'get', 'rm', 'timeout', 'pause', 'resume', 'f
 
 export function completionCommand(argv: string[]): number {
   if (argv[0] !== 'bash') {
-    process.stderr.write('usage: hearth completion bash   (then: source <(hearth completion bash))\n');
-    return 2;
+    throw new UsageError('usage: hearth completion bash   (then: source <(hearth completion bash))');
   }
   const cases = Object.entries(COMMANDS).filter(([k]) => k).map(([k, v]) => `    ${k}) words="${v.join(' ')}" ;;`).join('\n');
   process.stdout.write(`# hearth bash completion

@@ -7,6 +7,7 @@ import { runDoctor, type DoctorReport } from '../../daemon/doctor.js';
 import { ensureDefaultImage, ensureFirecrackerKernel, defaultProgress } from '../../images/index.js';
 import { AGENT_BUNDLE_PATH, PACKAGE_ROOT } from '../../paths.js';
 import { printJson, UsageError } from '../output.js';
+import { HearthApi } from '../../sdk/api.js';
 import { initReflinkDataDir } from '../../storage/xfs-loop.js';
 
 function configFrom(values: { port?: string | undefined; host?: string | undefined; 'data-dir'?: string | undefined }): HearthConfig {
@@ -78,8 +79,18 @@ export async function upCommand(argv: string[]): Promise<number> {
   await ensureDefaultImage({ dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: defaultProgress() });
   const args = [join(PACKAGE_ROOT, 'dist', 'daemon', 'main.js'), '--host', cfg.host, '--port', String(cfg.port), '--data-dir', cfg.dataDir];
   if (values.foreground) {
+    // systemd (KillMode=process) or Ctrl-C signals this process: pass it on and wait for hearthd's clean stop.
     const child = spawn(process.execPath, args, { stdio: 'inherit' });
-    return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+    const forward = (sig: NodeJS.Signals) => () => { child.kill(sig); };
+    const onTerm = forward('SIGTERM');
+    const onInt = forward('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+    return new Promise((resolve) => child.on('exit', (code, signal) => {
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      resolve(code ?? (signal === 'SIGTERM' || signal === 'SIGINT' ? 0 : 1));
+    }));
   }
   const logFile = join(cfg.dataDir, 'hearthd.log');
   const out = openSync(logFile, 'a');
@@ -136,6 +147,7 @@ function printDoctor(r: DoctorReport): void {
     ['→ vmm', `${r.chosen.vmm} with ${r.chosen.accel} (${r.chosen.vmmReason})`],
     ['→ storage', `${r.chosen.storage} (${r.chosen.storageReason})`],
     ['→ network', `${r.chosen.network} (${r.chosen.networkReason})`],
+    ['→ egress', r.egress ? (r.egress.possible ? `sandboxes may reach beyond the host via ${r.egress.interface}` : `none: ${r.egress.why}`) : '-'],
   ];
   for (const [k, v] of lines) process.stdout.write(`${k.padEnd(15)}${v}\n`);
 }
@@ -146,7 +158,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const cfg = configFrom(values);
   const url = process.env['HEARTH_URL'] ?? urlOf(cfg);
   let report: DoctorReport;
-  if (await healthy(url)) report = (await (await fetch(`${url}/doctor`)).json()) as DoctorReport;
+  if (await healthy(url)) report = await new HearthApi({ url }).request<DoctorReport>('GET', '/doctor');
   else { mkdirSync(cfg.dataDir, { recursive: true }); report = await runDoctor(cfg); }
   if (values.json) printJson(report); else printDoctor(report);
   return 0;

@@ -1,9 +1,10 @@
 import { parseArgs } from 'node:util';
 import { once } from 'node:events';
-import { Sandbox } from '../../sdk/index.js';
-import { parseKeyValues, UsageError } from '../output.js';
+import { Sandbox, TimeoutError } from '../../sdk/index.js';
+import { parseKeyValues, printJson, UsageError } from '../output.js';
+import { resolveSandboxId } from '../resolve.js';
 
-const USAGE = 'usage: hearth exec [--env K=V]... [--cwd DIR] [--user U] [--timeout SECONDS] [--shell] <id> -- <cmd> [args...]';
+const USAGE = 'usage: hearth exec [--env K=V]... [--cwd DIR] [--user U] [--timeout SECONDS] [--shell] <id> -- <cmd> [args...]\nSee `hearth exec --help`.';
 
 /** Write with backpressure: a slow terminal or pipe slows the guest process, nothing piles up in memory. */
 async function writeOut(stream: NodeJS.WriteStream, bytes: Uint8Array): Promise<void> {
@@ -11,8 +12,20 @@ async function writeOut(stream: NodeJS.WriteStream, bytes: Uint8Array): Promise<
 }
 
 /**
+ * The guest's wrapper shell reports a missing program as `--: 1: exec: foo: not found` (its
+ * $0 is the `--` before the command): say it as a shell would. Only the first stderr chunk.
+ */
+export function missingCommandText(text: string): string | null {
+  const m = /^(?:--|sh): \d+: exec: (.+): (not found|Permission denied)\n?$/.exec(text)
+    ?? /^setpriv: failed to execute (.+): (No such file or directory|Permission denied)\n?$/.exec(text);
+  if (!m) return null;
+  return `hearth: ${m[1]}: ${m[2] === 'Permission denied' ? 'permission denied' : 'command not found'}\n`;
+}
+
+/**
  * Runs a process in the sandbox, streaming its stdout and stderr as they come;
- * our stdin (when it is not a terminal) is forwarded; exits with its exit code.
+ * our stdin (when it is not a terminal) is forwarded; exits with its exit code
+ * (124 when --timeout killed it, 130 after Ctrl-C, as shells and timeout(1) do).
  */
 export async function execCommand(argv: string[]): Promise<number> {
   const dash = argv.indexOf('--');
@@ -20,27 +33,43 @@ export async function execCommand(argv: string[]): Promise<number> {
   const cmd = dash >= 0 ? argv.slice(dash + 1) : [];
   const { values, positionals } = parseArgs({ args: before, allowPositionals: true, options: {
     env: { type: 'string', short: 'e', multiple: true }, cwd: { type: 'string' }, user: { type: 'string', short: 'u' },
-    timeout: { type: 'string' }, shell: { type: 'boolean' },
+    timeout: { type: 'string' }, shell: { type: 'boolean' }, json: { type: 'boolean' },
   } });
-  const id = positionals[0];
-  if (!id || cmd.length === 0) throw new UsageError(USAGE);
+  // `hearth exec <id> cmd args` without `--`: take the words after the id as the command.
+  const words = dash >= 0 ? cmd : positionals.slice(1);
+  const idArg = positionals[0];
+  if (!idArg || words.length === 0 || (dash >= 0 && positionals.length > 1)) throw new UsageError(USAGE);
   if (values.timeout !== undefined && !/^\d+$/.test(values.timeout)) throw new UsageError(`--timeout expects seconds, got "${values.timeout}"`);
+  const id = await resolveSandboxId(idArg);
   const sbx = await Sandbox.connect(id, values.user ? { user: values.user } : {});
   const forwardStdin = !process.stdin.isTTY;
-  const ac = new AbortController();
-  const handle = await sbx.commands.run(values.shell ? cmd.join(' ') : cmd, {
+  const timeoutMs = values.timeout ? Number(values.timeout) * 1000 : 0;
+  const json = values.json === true;
+  let firstErr = true;
+  const out = { stdout: '', stderr: '' };
+  const dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+  const handle = await sbx.commands.run(values.shell ? words.join(' ') : words, {
     background: true,
     collect: false,
     stdin: forwardStdin,
     envs: parseKeyValues(values.env, '--env'),
     ...(values.cwd ? { cwd: values.cwd } : {}),
-    timeoutMs: values.timeout ? Number(values.timeout) * 1000 : 0,
-    onData: (stream, bytes) => writeOut(stream === 'stdout' ? process.stdout : process.stderr, bytes),
-    signal: ac.signal,
+    timeoutMs,
+    onData: (stream, bytes) => {
+      if (json) { out[stream] += dec[stream].decode(bytes, { stream: true }); return undefined; }
+      if (stream === 'stderr' && firstErr) {
+        firstErr = false;
+        const missing = missingCommandText(new TextDecoder().decode(bytes));
+        if (missing) return writeOut(process.stderr, new TextEncoder().encode(missing));
+      }
+      return writeOut(stream === 'stdout' ? process.stdout : process.stderr, bytes);
+    },
   });
-  const onSignal = (): void => { void handle.kill(); };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  let interrupted = false;
+  const onInt = (): void => { interrupted = true; void handle.kill().catch(() => undefined); };
+  const onTerm = (): void => { void handle.kill().catch(() => undefined); };
+  process.once('SIGINT', onInt);
+  process.once('SIGTERM', onTerm);
   if (forwardStdin) {
     void (async () => {
       try {
@@ -49,10 +78,25 @@ export async function execCommand(argv: string[]): Promise<number> {
       } catch { /* the process may have exited first */ }
     })();
   }
-  const result = await handle.result();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
-  if (forwardStdin) process.stdin.destroy();
-  // Killed by a signal: the agent reports -1; use the shell's 128+9 convention.
-  return result.exitCode < 0 ? 137 : result.exitCode;
+  const t0 = performance.now();
+  let code: number;
+  let timedOut = false;
+  try {
+    const result = await handle.result();
+    timedOut = timeoutMs > 0 && result.exitCode < 0 && performance.now() - t0 >= timeoutMs - 500;
+    // Killed by a signal: the agent reports -1; use the shell's 128+9 convention.
+    code = interrupted ? 130 : timedOut ? 124 : result.exitCode < 0 ? 137 : result.exitCode;
+  } catch (err) {
+    if (interrupted) code = 130;
+    else if (err instanceof TimeoutError && timeoutMs > 0) { timedOut = true; code = 124; void handle.kill().catch(() => undefined); }
+    else throw err;
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+    if (forwardStdin) process.stdin.destroy();
+  }
+  if (json) printJson({ sandboxID: id, pid: handle.pid, exitCode: code, stdout: out.stdout, stderr: out.stderr, ...(timedOut ? { timedOut: true } : {}), ...(interrupted ? { interrupted: true } : {}) });
+  else if (timedOut) process.stderr.write(`hearth: the command was killed after its --timeout of ${values.timeout} s\n`);
+  else if (interrupted) process.stderr.write('hearth: interrupted; the command was killed\n');
+  return code;
 }

@@ -31,6 +31,7 @@ export async function keysCommand(argv: string[]): Promise<number> {
         const id = positionals[0];
         if (!id) throw new UsageError(USAGE);
         if (!store.deleteApiKey(id)) throw new UsageError(`no API key ${id}`, 1);
+        if (values.json) printJson({ id, deleted: true });
         return 0;
       }
       default: throw new UsageError(USAGE);

@@ -2,14 +2,18 @@ import { parseArgs } from 'node:util';
 import { once } from 'node:events';
 import { Sandbox } from '../../sdk/index.js';
 import { parseKeyValues, UsageError } from '../output.js';
+import { resolveSandboxId } from '../resolve.js';
+import { execCommand } from './exec.js';
 
-const USAGE = 'usage: hearth shell [--env K=V]... [--cwd DIR] [--user U] <id> [-- <cmd> [args...]]';
+const USAGE = 'usage: hearth shell [-t|-T] [--env K=V]... [--cwd DIR] [--user U] <id> [-- <cmd> [args...]]\nSee `hearth shell --help`.';
 
 /**
  * An interactive terminal in a sandbox (a login shell, or the given command, on a PTY). With a
  * terminal on stdin it is put in raw mode (keys such as Ctrl-C go to the sandbox) and window
- * size changes are forwarded; otherwise stdin is forwarded as typed input and its end sends
- * Ctrl-D. Exits with the shell's exit code (137 if it was killed).
+ * size changes are forwarded. Like ssh and docker, a PTY is allocated only when stdin is a
+ * terminal (or with -t): piped input runs the shell (`bash -l`, reading commands from stdin) or
+ * the command without one, as `hearth exec` does. With -t and piped stdin, its end sends Ctrl-D.
+ * Exits with the shell's exit code (137 if it was killed).
  */
 export async function shellCommand(argv: string[]): Promise<number> {
   const dash = argv.indexOf('--');
@@ -17,9 +21,18 @@ export async function shellCommand(argv: string[]): Promise<number> {
   const cmd = dash >= 0 ? argv.slice(dash + 1) : [];
   const { values, positionals } = parseArgs({ args: before, allowPositionals: true, options: {
     env: { type: 'string', short: 'e', multiple: true }, cwd: { type: 'string' }, user: { type: 'string', short: 'u' },
+    tty: { type: 'boolean', short: 't' }, 'no-tty': { type: 'boolean', short: 'T' },
   } });
-  const id = positionals[0];
-  if (!id || positionals.length > 1) throw new UsageError(USAGE);
+  const idArg = positionals[0];
+  if (!idArg || positionals.length > 1) throw new UsageError(USAGE);
+  if (values.tty && values['no-tty']) throw new UsageError('-t and -T contradict each other');
+  const wantPty = values.tty === true || (values['no-tty'] !== true && process.stdin.isTTY === true);
+  if (!wantPty) {
+    // No terminal: the same as exec, with a login shell reading stdin when no command is given.
+    const opts = [...(values.env ?? []).flatMap((e) => ['--env', e]), ...(values.cwd ? ['--cwd', values.cwd] : []), ...(values.user ? ['--user', values.user] : [])];
+    return execCommand([...opts, idArg, '--', ...(cmd.length ? cmd : ['/bin/bash', '-l'])]);
+  }
+  const id = await resolveSandboxId(idArg);
   const sbx = await Sandbox.connect(id, values.user ? { user: values.user } : {});
 
   const stdin = process.stdin;

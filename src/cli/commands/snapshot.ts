@@ -2,14 +2,6 @@ import { parseArgs } from 'node:util';
 import { Sandbox } from '../../sdk/index.js';
 import { age, printJson, printTable, UsageError } from '../output.js';
 
-const HELP = `Usage: hearth snapshot <command>
-
-  ls [--sandbox ID]        list named snapshots
-  rm <id|name>...          delete snapshots (sandboxes started from them are unaffected)
-
-Take one with \`hearth sandbox snapshot <id> --name NAME\`; start from one with
-\`hearth sandbox create --snapshot NAME\`.`;
-
 export async function snapshotCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { sandbox: { type: 'string' }, json: { type: 'boolean' } } });
@@ -24,9 +16,10 @@ export async function snapshotCommand(argv: string[]): Promise<number> {
     case 'rm': case 'delete': {
       if (positionals.length === 0) throw new UsageError('usage: hearth snapshot rm <id|name>...');
       for (const id of positionals) await Sandbox.deleteSnapshot(id);
+      if (values.json) printJson(positionals.map((id) => ({ snapshot: id, deleted: true })));
       return 0;
     }
-    case undefined: case 'help': case '--help': process.stdout.write(`${HELP}\n`); return sub ? 0 : 2;
-    default: throw new UsageError(`unknown command "snapshot ${sub}"\n\n${HELP}`);
+    case undefined: throw new UsageError('usage: hearth snapshot ls|rm; `hearth snapshot --help` says more');
+    default: throw new UsageError(`unknown command "snapshot ${sub}"; \`hearth snapshot --help\` lists them`);
   }
 }

@@ -2,17 +2,6 @@ import { parseArgs } from 'node:util';
 import { HearthApi } from '../../sdk/index.js';
 import { age, printJson, printTable, UsageError } from '../output.js';
 
-const HELP = `Usage: hearth template <command>
-
-  ls                                   list templates
-  snapshots <template>                 the template's warm snapshots (one per vCPU/memory shape)
-  snapshots rm <template> <snapshot>...
-                                       remove warm snapshots (refused while a create restores from one);
-                                       the next create of that shape builds it again
-
-A template keeps at most warmShapesPerTemplate shapes (HEARTH_WARM_SHAPES_PER_TEMPLATE, default 4);
-beyond it the least recently used one goes.`;
-
 interface TemplateInfo { templateID: string; cpuCount: number; memoryMB: number; diskSizeMB: number; imageHash: string; createdAt: string }
 interface TemplateSnapshotInfo {
   snapshotID: string; templateID: string; cpuCount: number; memoryMB: number; sizeBytes: number;
@@ -39,6 +28,7 @@ export async function templateCommand(argv: string[]): Promise<number> {
         const [, template, ...snaps] = positionals;
         if (!template || snaps.length === 0) throw new UsageError('usage: hearth template snapshots rm <template> <snapshot>...');
         for (const snap of snaps) await api.request<void>('DELETE', path('templates', template, 'snapshots', snap));
+        if (values.json) printJson(snaps.map((s) => ({ template, snapshot: s, deleted: true })));
         return 0;
       }
       const [template] = positionals;
@@ -51,7 +41,7 @@ export async function templateCommand(argv: string[]): Promise<number> {
       })), ['id', 'shape', 'size', 'age', 'used', 'state']);
       return 0;
     }
-    case undefined: case 'help': case '--help': process.stdout.write(`${HELP}\n`); return sub ? 0 : 2;
-    default: throw new UsageError(`unknown command "template ${sub}"\n\n${HELP}`);
+    case undefined: throw new UsageError('usage: hearth template ls|snapshots; `hearth template --help` says more');
+    default: throw new UsageError(`unknown command "template ${sub}"; \`hearth template --help\` lists them`);
   }
 }
