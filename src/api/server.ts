@@ -13,6 +13,7 @@ import { sandboxPortProxy } from './port-proxy.js';
 import { StreamRegistry } from '../util/stream-registry.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { templateRoutes } from './routes/templates.js';
+import { apiKeyRoutes } from './keys.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
 import { ErrorSchema } from './schemas.js';
@@ -245,6 +246,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onClose', async () => metrics.close());
   const compat = { metrics, ...(deps.sandboxDomain ? { sandboxDomain: deps.sandboxDomain } : {}), ...(deps.defaultTimeoutSec !== undefined ? { defaultTimeoutSec: deps.defaultTimeoutSec } : {}) };
   templateRoutes(app, deps.manager, deps.store);
+  apiKeyRoutes(app, deps.store); // /api-keys: the dashboard's key page
   sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   webRoutes(app); // dashboard at / and /ui/* (docs/dashboard.md)
