@@ -212,9 +212,10 @@ export function fakeAgent(w: World): (endpoint: unknown, token: string | undefin
       if (w.faults.has('agent.ready')) throw new TimeoutError('injected: agent did not answer');
       return 1;
     },
-    async init(body) {
+    async init(body, signal) {
       w.events.push(`agent init${token ? ' (token presented)' : ''}`);
       w.fail('agent.init');
+      throwIfAborted(signal);
       w.tokens.push({ presented: token, set: body.accessToken });
     },
     async health() { return !w.faults.has('agent.ready'); },

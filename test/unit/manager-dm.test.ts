@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
@@ -90,6 +90,30 @@ test('dm: a sandbox started from a named snapshot resumes on that snapshot\'s im
     for (const x of t.m.list()) if (x.state !== 'destroyed') await t.m.destroy(x.id, signal());
     await t.m.deleteSnapshot(snap.id);
     assert.equal(t.host.dm.size, 0);
+    assert.deepEqual(t.host.violations, []);
+  } finally { t.done(); }
+});
+
+test('dm: a resume that fails after the attach puts the CoW file back into the paused dir and leaves no device; the retry works', async () => {
+  const t = setup();
+  try {
+    const s = await t.m.create({ templateId: 'base' }, signal());
+    await t.m.settled();
+    const image = t.originOf(s.id);
+    await t.m.pause(s.id, signal());
+    const cowPaused = join(t.dataDir, 'sandboxes', s.id, 'paused', 'cow.img');
+    assert.ok(existsSync(cowPaused));
+    t.w.faults.add('agent.ready');
+    await assert.rejects(t.m.resume(s.id, signal()), /still paused/);
+    t.w.faults.clear();
+    assert.equal(t.m.get(s.id).state, 'paused');
+    assert.ok(existsSync(cowPaused), 'the CoW file is back in the paused dir');
+    assert.equal(existsSync(join(t.dataDir, 'sandboxes', s.id, 'cow.img')), false, 'and not left beside it');
+    assert.equal(t.host.dm.has(`hearth-${s.id}`), false, 'no dm device left');
+    assert.equal([...t.host.loops.values()].some((l) => l.file.endsWith('/cow.img')), false, 'no CoW loop left');
+    assert.equal((await t.m.resume(s.id, signal())).state, 'running');
+    assert.equal(t.originOf(s.id), image);
+    await t.m.destroy(s.id, signal());
     assert.deepEqual(t.host.violations, []);
   } finally { t.done(); }
 });

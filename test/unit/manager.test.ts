@@ -143,7 +143,7 @@ test('destroy stops the VMM before removing its disk, and is idempotent', async 
   } finally { t.done(); }
 });
 
-test('destroy whose VMM stop fails still releases the rest, reports a hard error, and can be retried', async () => {
+test('destroy whose disk removal fails still releases the rest, reports a hard error, and can be retried', async () => {
   const t = setup();
   try {
     const s = await t.m.create({ templateId: 'base' }, signal());
@@ -774,5 +774,96 @@ test('a user snapshot the VMM cannot load here is a 409 naming the mismatch, bef
     for (const x of fresh.list()) if (x.state !== 'destroyed') await fresh.destroy(x.id, signal());
     fresh.close();
     t.nothingLeft();
+  } finally { t.done(); }
+});
+
+// ---------------------------------------------------------------- the seed's rules, each guarded by a test
+
+test('rule: a pause that fails moving memory/metadata releases slot and disk, removes its files, and drops the sandbox from the live map', async () => {
+  const t = setup();
+  try {
+    const s = await running(t);
+    const gone: string[] = [];
+    t.m.events.on('vm-gone', (id) => gone.push(id));
+    // The memory file vanishes between the snapshot and the move: the move step fails after the VMM stopped.
+    t.w.onPoint = (p) => { if (p === 'stop') rmSync(join(t.dataDir, 'sandboxes', s.id, 'memory'), { force: true }); };
+    await assert.rejects(t.m.pause(s.id, signal()), (e: unknown) => e instanceof HostFailureError && /pause failed after the VM stopped: ENOENT/.test(e.message));
+    t.w.onPoint = () => undefined;
+    const rec = t.m.get(s.id);
+    assert.equal(rec.state, 'failed');
+    assert.equal(rec.timings?.steps.at(-1)?.[0], 'move', 'it failed in the move step');
+    assert.deepEqual([...t.w.slots], [], 'slot released');
+    assert.deepEqual([...t.w.disks], [], 'disk released');
+    assert.equal(existsSync(join(t.dataDir, 'sandboxes', s.id)), false, 'no files left');
+    assert.deepEqual(gone, [s.id], 'the proxies were told the VM is gone');
+    assert.equal(await t.m.diskUsage(s.id), null, 'the sandbox is no longer in the live map');
+    await assert.rejects(t.m.portEndpoint(s.id, 8080, signal()), /not running/);
+    assert.deepEqual(t.store.listHoldings(s.id), [], 'the ledger is empty');
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('rule: resume keeps the sandbox\'s vCPU count and memory (a 2-vCPU sandbox restores with 2 vCPUs)', async () => {
+  const t = setup();
+  try {
+    const s = await t.m.create({ templateId: 'base', vcpus: 2, memoryMib: 512 }, signal());
+    await t.m.pause(s.id, signal());
+    const r = await t.m.resume(s.id, signal());
+    const vm = t.driver.vms.find((v) => v.pid === r.vmm!.pid)!;
+    assert.equal(vm.cfg?.vcpus, 2, 'the restored VM has the sandbox\'s vCPUs, not the template\'s 1');
+    assert.equal(vm.cfg?.memoryMib, 512);
+    assert.equal(r.vcpus, 2);
+    await t.m.destroy(s.id, signal());
+  } finally { t.done(); }
+});
+
+test('rule: cleanup runs on signals the caller\'s abort cannot cancel (the fakes refuse aborted signals)', async () => {
+  const t = setup();
+  try {
+    await running(t);
+    // Create, cancelled once the VM runs: stop, memory, disk, slot and dir are released all the same.
+    const ac = new AbortController();
+    t.w.onPoint = (p) => { if (p === 'agent.init') ac.abort(); };
+    await assert.rejects(t.m.create({ templateId: 'base' }, ac.signal), AbortedError);
+    t.w.onPoint = () => undefined;
+    const failed = t.store.listSandboxes({ states: ['failed'] })[0]!;
+    assert.doesNotMatch(failed.endReason ?? '', /cleanup/, `cleanup had no error: ${failed.endReason}`);
+    assert.deepEqual(t.store.listHoldings(failed.id), []);
+    // Resume, cancelled after the restore: the VM stops and the disk goes back, though the request is gone.
+    const s = t.m.list(['running'])[0]!;
+    await t.m.pause(s.id, signal());
+    const rc = new AbortController();
+    t.w.onPoint = (p) => { if (p === 'agent.init') rc.abort(); };
+    await assert.rejects(t.m.resume(s.id, rc.signal), AbortedError);
+    t.w.onPoint = () => undefined;
+    assert.equal(t.m.get(s.id).state, 'paused');
+    assert.deepEqual(pausedFiles(t, s.id), [true, true, true, true]);
+    for (const x of t.m.list()) if (x.state !== 'destroyed') await t.m.destroy(x.id, signal());
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('rule: pause records its per-step timings on the sandbox and logs them on one line', async () => {
+  const lines: { msg: string; obj: Record<string, unknown> }[] = [];
+  const log = silentLogger();
+  const capture = Object.assign(Object.create(log) as typeof log, {
+    info: (obj: Record<string, unknown>, msg: string) => { lines.push({ obj, msg }); },
+  });
+  const t = setup();
+  try {
+    const m = new SandboxManager({ ...t.deps, log: capture });
+    const s = await m.create({ templateId: 'base' }, signal());
+    await m.settled();
+    const p = await m.pause(s.id, signal());
+    const names = ['snapshot', 'flush', 'stop', 'detach', 'move', 'release'];
+    assert.deepEqual(p.timings?.op, 'pause');
+    assert.deepEqual(p.timings?.steps.map(([n]) => n), names);
+    assert.ok(p.timings!.steps.every(([, ms]) => Number.isInteger(ms) && ms >= 0));
+    assert.deepEqual(t.store.getSandbox(s.id)!.timings, p.timings, 'stored with the sandbox');
+    const line = lines.find((l) => l.obj['op'] === 'pause' && l.obj['outcome'] === 'ok');
+    assert.ok(line, 'one log line for the pause');
+    assert.match(line.msg, new RegExp(`^pause ${s.id} ok in \\d+ ms: ${names.map((n) => `${n} \\d+ ms`).join(', ')}$`));
+    assert.deepEqual(Object.keys(line.obj['steps'] as object), names);
+    m.close();
   } finally { t.done(); }
 });
