@@ -61,7 +61,7 @@ export const HELP: Record<string, Entry> = {
   'storage init': {
     usage: 'hearth storage init [--data-dir DIR] [--size-gib N] [--json]',
     summary: 'give the data dir reflinks: a sparse XFS image on a loop device mounted there (when its filesystem has none)',
-    options: [['--data-dir DIR', 'the data directory'], ['--size-gib N', 'size of the sparse image (default: from free space)'], JSON_OPT],
+    options: [['--data-dir DIR', 'the data directory'], ['--size-gib N', 'size of the sparse image (default 64; it uses only what is written)'], JSON_OPT],
     examples: ['hearth storage init', 'hearth storage init --size-gib 200'],
   },
   keys: { usage: 'hearth keys <command>', summary: 'API keys (required when hearthd listens beyond loopback); run on the host as the daemon\'s user', group: true },

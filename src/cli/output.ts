@@ -56,7 +56,9 @@ export function humanize(message: string): string {
   return message
     .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)(?:\/[\w/]*)? must be (<=|>=|<|>) (\d+)/g, (_m, field: string, op: string, n: string) => `${FIELD_FLAGS[field] ?? field} must be ${COMPARE[op]} ${n}`)
     .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)(?:\/[\w/]*)? must be integer/g, (_m, field: string) => `${FIELD_FLAGS[field] ?? field} must be a whole number`)
-    .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)/g, (_m, field: string) => FIELD_FLAGS[field] ?? field);
+    .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)/g, (_m, field: string) => FIELD_FLAGS[field] ?? field)
+    // hearthd's own limits (src/core/manager.ts): "cpuCount must be an integer from 1 to 8"
+    .replace(/^(cpuCount|memoryMB|timeout|count) must be an integer(?: number of seconds)? from/, (_m, field: string) => `${FIELD_FLAGS[field] ?? field} must be a whole number from`);
 }
 
 /** An error as the CLI reports it under --json: one JSON object on stderr. */

@@ -74,6 +74,7 @@ export class CommandHandle {
     const dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
     let events = first;
     for (;;) {
+      const current = events; // finally below must release this stream, not the one a reattach opens
       try {
         for (;;) {
           const next = await events.next();
@@ -100,7 +101,7 @@ export class CommandHandle {
         events = again;
       } finally {
         // The end event is the last thing a command sends: finish the call (and its timers) in the background.
-        void events.return?.().catch(() => undefined);
+        void current.return?.().catch(() => undefined);
       }
     }
   }

@@ -115,6 +115,7 @@ describe('errors', () => {
     assert.equal(humanize('body/memoryMB must be >= 64'), '--memory must be at least 64');
     assert.equal(humanize('body/timeout must be integer'), '--timeout must be a whole number');
     assert.equal(humanize('sandbox x not found'), 'sandbox x not found');
+    assert.equal(humanize('cpuCount must be an integer from 1 to 8'), '--cpu must be a whole number from 1 to 8');
   });
 
   test('--json: errors are one JSON object on stderr, stdout stays empty', async () => {

@@ -45,7 +45,17 @@ export async function execCommand(argv: string[]): Promise<number> {
   const forwardStdin = !process.stdin.isTTY;
   const timeoutMs = values.timeout ? Number(values.timeout) * 1000 : 0;
   const json = values.json === true;
-  let firstErr = true;
+  // The first line of stderr is held until it is complete (the shell writes its error in pieces).
+  let firstErr: Buffer | null = Buffer.alloc(0);
+  const flushFirstErr = async (): Promise<void> => {
+    if (!firstErr) return;
+    const held = firstErr;
+    firstErr = null;
+    const nl = held.indexOf(10);
+    const line = nl >= 0 ? held.subarray(0, nl + 1) : held;
+    const missing = missingCommandText(line.toString('utf8'));
+    await writeOut(process.stderr, missing ? Buffer.concat([Buffer.from(missing), held.subarray(line.length)]) : held);
+  };
   const out = { stdout: '', stderr: '' };
   const dec = { stdout: new TextDecoder(), stderr: new TextDecoder() };
   const handle = await sbx.commands.run(values.shell ? words.join(' ') : words, {
@@ -58,9 +68,8 @@ export async function execCommand(argv: string[]): Promise<number> {
     onData: (stream, bytes) => {
       if (json) { out[stream] += dec[stream].decode(bytes, { stream: true }); return undefined; }
       if (stream === 'stderr' && firstErr) {
-        firstErr = false;
-        const missing = missingCommandText(new TextDecoder().decode(bytes));
-        if (missing) return writeOut(process.stderr, new TextEncoder().encode(missing));
+        firstErr = Buffer.concat([firstErr, bytes]);
+        return firstErr.includes(10) || firstErr.length > 4096 ? flushFirstErr() : undefined;
       }
       return writeOut(stream === 'stdout' ? process.stdout : process.stderr, bytes);
     },
@@ -91,6 +100,7 @@ export async function execCommand(argv: string[]): Promise<number> {
     else if (err instanceof TimeoutError && timeoutMs > 0) { timedOut = true; code = 124; void handle.kill().catch(() => undefined); }
     else throw err;
   } finally {
+    await flushFirstErr();
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
     if (forwardStdin) process.stdin.destroy();
