@@ -12,11 +12,12 @@ import { isControlPlanePath, normaliseTarget } from '../util/request-target.js';
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
 
 /**
- * Pooled connections to agents. Idle ones are closed after 4 s, well before the
- * agent's own idle limits; a request that still meets a stale one is retried
+ * Pooled connections to agents, kept for 30 s (well inside the agent's 640 s
+ * idle limit): a new TCP connection into an emulated guest costs tens of ms. A
+ * request that meets one the guest closed anyway is retried
  * (src/util/upstream-request.ts).
  */
-const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256, timeout: 4_000 });
+const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256, timeout: 30_000 });
 
 /** hearthd's own credentials (the API key) and the API origin's cookies never cross into a guest. */
 const NOT_FOR_GUEST = new Set(['x-api-key', 'cookie']);
