@@ -7,12 +7,14 @@ import { SandboxDetailPage } from './pages/SandboxDetail.js';
 import { SnapshotsPage } from './pages/Snapshots.js';
 import { TemplatesPage } from './pages/Templates.js';
 import { HostPage } from './pages/Host.js';
+import { KeysPage } from './pages/Keys.js';
 
 const NAV = [
   { to: '/sandboxes', label: 'Sandboxes' },
   { to: '/snapshots', label: 'Snapshots' },
   { to: '/templates', label: 'Templates' },
   { to: '/host', label: 'Host' },
+  { to: '/keys', label: 'API keys' },
 ];
 
 export function App() {
@@ -33,6 +35,7 @@ export function App() {
   else if (section === 'snapshots') page = <SnapshotsPage />;
   else if (section === 'templates') page = <TemplatesPage />;
   else if (section === 'host') page = <HostPage />;
+  else if (section === 'keys') page = <KeysPage />;
   else page = <div className="card"><h2>Not found</h2><p>No page at <code>{path}</code>. <Link to="/sandboxes">Sandboxes</Link></p></div>;
   useEffect(() => {
     const name = NAV.find((n) => n.to === `/${section}`)?.label ?? 'Hearth';

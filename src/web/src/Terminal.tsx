@@ -54,9 +54,9 @@ export default function Terminal({ target }: { target: EnvdTarget }) {
     term.onData((d) => { pending += d; void flush(); });
     const dec = new TextDecoder();
     startProcess(target, { cmd: '/bin/bash', args: ['-i', '-l'], envs: { TERM: 'xterm-256color' }, pty: { cols: term.cols, rows: term.rows }, stdin: true }, (ev) => {
-      if (ev.start) { pid = ev.start.pid; setStatus(`bash pid ${pid}`); term.focus(); void flush(); }
+      if (ev.start) { pid = ev.start.pid; setStatus(`shell running (pid ${pid})`); term.focus(); void flush(); }
       if (ev.data?.pty) term.write(dec.decode(decodeBytes(ev.data.pty), { stream: true }));
-      if (ev.end) { setStatus(`exited (${ev.end.status ?? ev.end.exitCode ?? 0})`); term.write('\r\n[process exited]\r\n'); }
+      if (ev.end) { setStatus(`the shell exited (${ev.end.exitCode ?? 0})`); term.write('\r\n[process exited]\r\n'); }
     }, ac.signal).catch((e) => {
       if (ac.signal.aborted) return;
       setStatus('unavailable');

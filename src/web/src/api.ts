@@ -9,13 +9,16 @@ export interface Sandbox {
 export interface SandboxDetail extends Sandbox {
   envdAccessToken: string; envVars: Record<string, string>;
   vmm: { kind: string; pid: number } | null; diskUsageBytes: number | null; timings: Timing | null;
+  lifecycle?: { onTimeout: string; autoResume: boolean; autoExtend: boolean };
+  network?: { allow_internet_access: boolean; allowOut: string[]; denyOut: string[] } | null;
 }
+export interface ApiKey { id: string; name: string; createdAt: string; lastUsedAt: string | null }
 export interface Snapshot {
   snapshotID: string; names: string[]; sandboxID: string | null; templateID: string;
   cpuCount: number; memoryMB: number; createdAt: string; sizeBytes: number;
 }
 export interface Template { templateID: string; imageHash: string; cpuCount: number; memoryMB: number; diskSizeMB: number; createdAt: string }
-export interface NewSandbox { templateID: string; cpuCount?: number; memoryMB?: number; timeout?: number; envVars?: Record<string, string> }
+export interface NewSandbox { templateID: string; cpuCount?: number; memoryMB?: number; timeout?: number; envVars?: Record<string, string>; metadata?: Record<string, string> }
 export interface ForkResult { sandbox?: SandboxDetail; error?: { code: number; message: string; error_code: string } }
 
 export class ApiError extends Error {
@@ -50,8 +53,10 @@ async function call<T>(method: string, path: string, body?: unknown, signal?: Ab
 }
 
 export const api = {
-  listSandboxes: () => call<Sandbox[]>('GET', '/sandboxes'),
+  listSandboxes: (states?: string[]) => call<Sandbox[]>('GET', `/sandboxes${states?.length ? `?state=${states.join(',')}` : ''}`),
+  /** Any state: ended sandboxes too, while hearthd keeps their record. */
   getSandbox: (id: string) => call<SandboxDetail>('GET', `/sandboxes/${id}/record`),
+  setTimeout: (id: string, seconds: number) => call<void>('POST', `/sandboxes/${id}/timeout`, { timeout: seconds }),
   createSandbox: (b: NewSandbox) => call<SandboxDetail>('POST', '/sandboxes', b),
   destroy: (id: string) => call<void>('DELETE', `/sandboxes/${id}`),
   pause: (id: string) => call<void>('POST', `/sandboxes/${id}/pause`, {}),
@@ -63,6 +68,9 @@ export const api = {
   listTemplates: () => call<Template[]>('GET', '/templates'),
   doctor: () => call<unknown>('GET', '/doctor'),
   health: () => call<{ status: string; version: string }>('GET', '/health'),
+  listKeys: () => call<ApiKey[]>('GET', '/api-keys'),
+  createKey: (name: string) => call<ApiKey & { key: string }>('POST', '/api-keys', { name }),
+  deleteKey: (id: string) => call<void>('DELETE', `/api-keys/${encodeURIComponent(id)}`),
 };
 
 // ---------- envd (through hearthd's proxy) ----------
@@ -82,6 +90,15 @@ export function b64encode(bytes: Uint8Array): string {
   return btoa(s);
 }
 
+/** An envd error in the user's words (no protocol method names). */
+function envdErrorText(status: number, message: string, code?: unknown): string {
+  if (status === 502) return 'the sandbox is not running (paused or ended)';
+  if (status === 401) return 'the sandbox refused the access token (reload the page)';
+  const m = message.replace(/^(process\.Process|filesystem\.Filesystem)\/\w+:\s*/, '').trim();
+  const words: Record<string, string> = { not_found: 'not found', permission_denied: 'permission denied', already_exists: 'already exists', invalid_argument: 'invalid', deadline_exceeded: 'timed out', resource_exhausted: 'too busy' };
+  return m || (typeof code === 'string' ? words[code] ?? code.replace(/_/g, ' ') : 'failed');
+}
+
 /** Connect unary call with the JSON codec. */
 export async function envdUnary<T>(t: EnvdTarget, method: string, body: unknown, signal?: AbortSignal): Promise<T> {
   const init: RequestInit = {
@@ -94,7 +111,7 @@ export async function envdUnary<T>(t: EnvdTarget, method: string, body: unknown,
   const text = await res.text();
   let data: { code?: unknown; message?: string } | undefined;
   try { data = text ? JSON.parse(text) : {}; } catch { data = undefined; }
-  if (res.status !== 200) throw new ApiError(res.status, `${method}: ${data?.message ?? (text || res.statusText)}`, typeof data?.code === 'string' ? data.code : undefined);
+  if (res.status !== 200) throw new ApiError(res.status, envdErrorText(res.status, data?.message ?? (text || res.statusText), data?.code), typeof data?.code === 'string' ? data.code : undefined);
   return data as T;
 }
 
@@ -126,7 +143,7 @@ export async function envdStream(t: EnvdTarget, method: string, body: unknown, o
     const text = await res.text().catch(() => '');
     let msg = text;
     try { msg = (JSON.parse(text) as { message?: string }).message ?? text; } catch { /* raw */ }
-    throw new ApiError(res.status, `${method}: HTTP ${res.status} ${msg}`);
+    throw new ApiError(res.status, envdErrorText(res.status, msg || res.statusText));
   }
   const reader = res.body.getReader();
   let buf = new Uint8Array(0);
@@ -145,13 +162,13 @@ export async function envdStream(t: EnvdTarget, method: string, body: unknown, o
         const msg = json ? JSON.parse(json) as Record<string, unknown> : {};
         if (flags & 0x02) {
           const err = msg['error'] as { code?: string; message?: string } | undefined;
-          if (err) throw new ApiError(200, `${err.code ?? 'unknown'}: ${err.message ?? ''}`, err.code);
+          if (err) throw new ApiError(200, envdErrorText(200, err.message ?? '', err.code), err.code);
           return;
         }
         onMessage(msg);
       }
     }
-    if (done) throw new ApiError(0, 'stream ended without EndStream (sandbox killed?)');
+    if (done) throw new ApiError(0, 'the connection to the sandbox ended early (was it paused or destroyed?)');
   }
 }
 
@@ -179,15 +196,39 @@ export interface EntryInfo { name: string; type: string; path: string; size?: st
 export const listDir = (t: EnvdTarget, path: string) =>
   envdUnary<{ entries?: EntryInfo[] }>(t, 'filesystem.Filesystem/ListDir', { path, depth: 1 }).then((r) => r.entries ?? []);
 
+export const removePath = (t: EnvdTarget, path: string) => envdUnary(t, 'filesystem.Filesystem/Remove', { path });
+export const makeDir = (t: EnvdTarget, path: string) => envdUnary(t, 'filesystem.Filesystem/MakeDir', { path });
+
+/** The first `max` bytes of a file (for a preview), and whether there was more. */
+export async function readHead(t: EnvdTarget, path: string, max: number): Promise<{ bytes: Uint8Array; truncated: boolean }> {
+  const ac = new AbortController();
+  const res = await fetch(envdUrl(t, `files?path=${encodeURIComponent(path)}`), { headers: { 'x-access-token': t.token }, signal: ac.signal });
+  if (!res.ok || !res.body) throw new ApiError(res.status, envdErrorText(res.status, (await res.text()) || res.statusText));
+  const reader = res.body.getReader();
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  let truncated = false;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    parts.push(value); n += value.length;
+    if (n > max) { truncated = true; ac.abort(); break; }
+  }
+  const out = new Uint8Array(Math.min(n, max));
+  let off = 0;
+  for (const p of parts) { if (off >= out.length) break; out.set(p.subarray(0, out.length - off), off); off += p.length; }
+  return { bytes: out, truncated };
+}
+
 export async function uploadFile(t: EnvdTarget, path: string, data: Blob): Promise<void> {
   const res = await fetch(envdUrl(t, `files?path=${encodeURIComponent(path)}`), {
     method: 'POST', headers: { 'content-type': 'application/octet-stream', 'x-access-token': t.token }, body: data,
   });
-  if (!res.ok) throw new ApiError(res.status, `upload ${path}: ${(await res.text()) || res.statusText}`);
+  if (!res.ok) throw new ApiError(res.status, `could not upload ${path}: ${envdErrorText(res.status, (await res.text()) || res.statusText)}`);
 }
 
 export async function downloadFile(t: EnvdTarget, path: string): Promise<Blob> {
   const res = await fetch(envdUrl(t, `files?path=${encodeURIComponent(path)}`), { headers: { 'x-access-token': t.token } });
-  if (!res.ok) throw new ApiError(res.status, `download ${path}: ${(await res.text()) || res.statusText}`);
+  if (!res.ok) throw new ApiError(res.status, `could not download ${path}: ${envdErrorText(res.status, (await res.text()) || res.statusText)}`);
   return res.blob();
 }

@@ -114,3 +114,17 @@ export function ErrorBox({ error, onClose }: { error: string | undefined; onClos
   if (!error) return null;
   return <div className="error" role="alert">{error}{onClose && <button type="button" className="link" onClick={onClose}>dismiss</button>}</div>;
 }
+
+/** A destructive action that asks once more before it runs: the first click arms it, the second runs it. */
+export function ConfirmButton({ label, confirmLabel, busyLabel, run, disabled, onError, onDone, testId }: {
+  label: string; confirmLabel: string; busyLabel?: string; run: () => Promise<unknown>; disabled?: boolean;
+  onError: (msg: string) => void; onDone?: (r: unknown) => void; testId?: string;
+}) {
+  const [armed, setArmed] = useState(false);
+  if (!armed) return <button type="button" className="danger" disabled={disabled} data-testid={testId} onClick={() => setArmed(true)}>{label}</button>;
+  return <span className="confirm">
+    <ActionButton label={confirmLabel} busyLabel={busyLabel} danger run={run} testId={testId ? `confirm-${testId}` : undefined}
+      onError={(m) => { setArmed(false); onError(m); }} onDone={(r) => { setArmed(false); onDone?.(r); }} />
+    <button type="button" className="link" onClick={() => setArmed(false)}>cancel</button>
+  </span>;
+}
