@@ -306,7 +306,7 @@ export const HELP: Record<string, Entry> = {
     summary: 'print a bash completion script (commands, subcommands, sandbox ids)',
     examples: ['source <(hearth completion bash)'],
   },
-  version: { usage: 'hearth version', summary: 'print the version', examples: ['hearth version'] },
+  version: { usage: 'hearth version [--json]', summary: 'print the version', options: [JSON_OPT], examples: ['hearth version'] },
   help: { usage: 'hearth help [command...]', summary: 'this help, or a command\'s', examples: ['hearth help', 'hearth help sandbox create'] },
 };
 

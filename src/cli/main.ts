@@ -40,7 +40,7 @@ async function main(argv: string[]): Promise<number> {
     case 'completion': return completionCommand(rest);
     case 'config': return configCommand(rest);
     case 'service': return serviceCommand(rest);
-    case 'version': process.stdout.write(`${VERSION}\n`); return 0;
+    case 'version': process.stdout.write(rest.includes('--json') ? `${JSON.stringify({ version: VERSION })}\n` : `${VERSION}\n`); return 0;
     case undefined: process.stderr.write(`${topHelp()}\n`); return 2;
     default: throw new UsageError(`unknown command "${first}"; \`hearth --help\` lists them`);
   }

@@ -1,6 +1,7 @@
 /**
  * The shapes hearthd's API answers with, as plain interfaces (the SDK depends on nothing of the
- * daemon's; they mirror src/api/schemas.ts, and test/unit/sdk-types.test.ts checks they agree).
+ * daemon's; they mirror src/api/schemas.ts, and test/unit/sdk-types.test.ts checks that they
+ * describe every field of its answers).
  */
 
 /** A sandbox's egress, as E2B names it; deny wins over allow. */
@@ -29,7 +30,8 @@ export interface SandboxSummary {
   endAt: string;
   endedAt: string | null;
   endReason: string | null;
-  domain: null;
+  /** E2B's SDKs reach port P of the sandbox at `<P>-<sandboxID>.<domain>`; null without a proxy domain. */
+  domain: string | null;
 }
 
 export interface Timing { op: string; steps: { step: string; ms: number }[] }
@@ -39,13 +41,17 @@ export interface SandboxInfo extends SandboxSummary {
   /** X-Access-Token for the sandbox's agent (envd); "" once it has ended. */
   envdAccessToken: string;
   envVars: Record<string, string>;
-  lifecycle: { onTimeout: string; autoResume: boolean; autoExtend: boolean };
+  lifecycle: { onTimeout: string; keepMemory?: boolean; autoResume: boolean; autoExtend: boolean };
+  /** While paused: whether memory was kept (a resume continues every process); null otherwise. */
+  pausedWithMemory?: boolean | null;
   vmm: { kind: string; pid: number } | null;
   /** Allocated blocks of the root disk. */
   diskUsageBytes: number | null;
   timings: Timing | null;
   /** Egress in force (null once ended). */
   network: NetworkPolicy | null;
+  /** E2B's name for network.allow_internet_access (null once ended). */
+  allowInternetAccess?: boolean | null;
   allowPublicTraffic: boolean;
   trafficAccessToken: string | null;
   /** Ports are served at `<port>-<id>.<portDomain>` on the API port; null: path form only. */
