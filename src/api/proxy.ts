@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { forwardUpstream } from '../util/upstream-request.js';
 import { LeaseAgent, type LeasedRequestArgs } from '../util/lease-agent.js';
 import type { StreamRegistry } from '../util/stream-registry.js';
+import type { InflightRequests } from '../util/inflight.js';
 import type { FastifyBaseLogger } from 'fastify';
 import type { SandboxManager } from '../core/manager.js';
 import { HearthError } from '../core/errors.js';
@@ -78,6 +79,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
  */
 export async function proxyToSandbox(
   manager: SandboxManager, log: FastifyBaseLogger, target: ProxyTarget, req: IncomingMessage, res: ServerResponse, streams?: StreamRegistry,
+  inflight?: InflightRequests,
 ): Promise<void> {
   // Decide on the canonical form (again: a target built elsewhere may not be), and forward only that.
   const n = target.invalid === undefined ? normaliseTarget(target.path) : { ok: false as const, message: target.invalid };
@@ -118,6 +120,8 @@ export async function proxyToSandbox(
   const args: LeasedRequestArgs = { host: endpoint.host, port: endpoint.port, method: req.method, path: forwardPath, headers, agent: upstreamAgent, lease };
   // Cut at once when the sandbox's VM goes away (see StreamRegistry).
   streams?.add(target.sandboxId, res, (fn) => res.once('close', fn));
+  // Short requests (all but Connect streams) are waited for by a pause (see InflightRequests).
+  if (inflight && !String(req.headers['content-type'] ?? '').startsWith('application/connect+')) res.once('close', inflight.begin(target.sandboxId));
   const up = forwardUpstream(req, args, {
     onResponse: (upRes) => {
       const out: Record<string, string | string[]> = {};

@@ -11,6 +11,7 @@ import { errorBody, handleError } from './errors.js';
 import { envdTarget, proxyTargetOf, proxyToSandbox, type ProxyTarget } from './proxy.js';
 import { sandboxPortProxy } from './port-proxy.js';
 import { StreamRegistry } from '../util/stream-registry.js';
+import { InflightRequests } from '../util/inflight.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { templateRoutes } from './routes/templates.js';
 import { apiKeyRoutes } from './keys.js';
@@ -137,9 +138,12 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   // A sandbox whose VM went away (paused, destroyed, failed): its streams end now, not when TCP gives up.
   const envdStreams = new StreamRegistry();
+  // A pause lets short envd requests in flight finish (up to 2 s) before it freezes the guest.
+  const envdInflight = new InflightRequests();
+  const offBeforePause = deps.manager.onBeforePause((id) => envdInflight.drain(id, 2000));
   const onVmGone = (id: string): void => { ports.cut(id); envdStreams.cut(id); };
   deps.manager.events.on('vm-gone', onVmGone);
-  app.addHook('onClose', async () => { ports.close(); deps.manager.events.off('vm-gone', onVmGone); });
+  app.addHook('onClose', async () => { ports.close(); deps.manager.events.off('vm-gone', onVmGone); offBeforePause(); });
 
   // Shutdown must not wait for long-lived streams (a background command's output, a terminal, a
   // WebSocket through the port proxy): they would hold close() for as long as they live. Requests
@@ -205,7 +209,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         return;
       }
       void reply.hijack();
-      proxyToSandbox(deps.manager, req.log, envd, req.raw, reply.raw, envdStreams).catch((err: unknown) => {
+      proxyToSandbox(deps.manager, req.log, envd, req.raw, reply.raw, envdStreams, envdInflight).catch((err: unknown) => {
         req.log.error({ err }, 'proxy failed');
         if (!reply.raw.headersSent) reply.raw.writeHead(502, { 'content-type': 'application/json' });
         reply.raw.end(JSON.stringify(errorBody(502, `proxy error: ${String(err)}`, 'host_failure')));

@@ -132,6 +132,17 @@ export class SandboxManager {
   private readonly live = new Map<string, LiveSandbox>();
   /** 'vm-gone' (sandboxId): its VM stopped for good or was paused; streams to it can be cut at once. */
   readonly events = new EventEmitter<{ 'vm-gone': [string] }>();
+  /**
+   * Run before a pause takes a sandbox's VM away, after the sandbox stopped taking
+   * new work (state `pausing`): the API lets short requests in flight finish
+   * (bounded) rather than freeze them inside the guest. Failures are ignored.
+   */
+  private readonly pauseQuiescers: Array<(id: string) => Promise<unknown>> = [];
+
+  onBeforePause(fn: (id: string) => Promise<unknown>): () => void {
+    this.pauseQuiescers.push(fn);
+    return () => { const i = this.pauseQuiescers.indexOf(fn); if (i !== -1) this.pauseQuiescers.splice(i, 1); };
+  }
   private closed = false;
   private readonly lock = new KeyedLock();
   private readonly starts: Semaphore;
@@ -804,6 +815,7 @@ export class SandboxManager {
       assertTransition(id, rec.state, 'pausing');
       const live = this.mustLive(id);
       transition(this.store, rec, 'pausing');
+      for (const quiesce of this.pauseQuiescers) await quiesce(id).catch(() => undefined);
       const journal = this.store.journalBegin(id, 'pause', 'start');
       const steps = new StepTimer('pause', (s) => this.store.journalStep(journal, s));
       try {
