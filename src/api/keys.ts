@@ -35,7 +35,8 @@ export function apiKeyRoutes(app: FastifyInstance, store: Store): void {
     const name = req.body.name ?? 'default';
     const k = createApiKey(store, name);
     const created = store.listApiKeys().find((x) => x.id === k.id);
-    return reply.status(201).send({ id: k.id, name, key: k.key, createdAt: created?.createdAt ?? new Date().toISOString() });
+    // The key is in this answer only: no cache may keep it.
+    return reply.status(201).header('cache-control', 'no-store').send({ id: k.id, name, key: k.key, createdAt: created?.createdAt ?? new Date().toISOString() });
   });
 
   r.delete('/api-keys/:id', {

@@ -57,6 +57,8 @@ export function humanize(message: string): string {
     .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)(?:\/[\w/]*)? must be (<=|>=|<|>) (\d+)/g, (_m, field: string, op: string, n: string) => `${FIELD_FLAGS[field] ?? field} must be ${COMPARE[op]} ${n}`)
     .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)(?:\/[\w/]*)? must be integer/g, (_m, field: string) => `${FIELD_FLAGS[field] ?? field} must be a whole number`)
     .replace(/\b(?:body|querystring|params)\/(?:network\/)?(\w+)/g, (_m, field: string) => FIELD_FLAGS[field] ?? field)
+    // The SDK's advice, as CLI commands.
+    .replace(/\(sandbox\.resume\(\) or Sandbox\.connect\(id\)\)/g, '(`hearth sandbox resume <id>`)')
     // hearthd's own limits (src/core/manager.ts): "cpuCount must be an integer from 1 to 8"
     .replace(/^(cpuCount|memoryMB|timeout|count) must be an integer(?: number of seconds)? from/, (_m, field: string) => `${FIELD_FLAGS[field] ?? field} must be a whole number from`);
 }

@@ -116,6 +116,7 @@ describe('errors', () => {
     assert.equal(humanize('body/timeout must be integer'), '--timeout must be a whole number');
     assert.equal(humanize('sandbox x not found'), 'sandbox x not found');
     assert.equal(humanize('cpuCount must be an integer from 1 to 8'), '--cpu must be a whole number from 1 to 8');
+    assert.match(humanize('the sandbox is paused: resume it (sandbox.resume() or Sandbox.connect(id)) to reach it again'), /resume it \(`hearth sandbox resume <id>`\)/);
   });
 
   test('--json: errors are one JSON object on stderr, stdout stays empty', async () => {
