@@ -30,6 +30,20 @@
  * If the agent goes away (stdout EPIPE), the command's process group gets SIGHUP.
  *
  * Built statically by the image build: gcc -static -Os -o hearth-pty hearth-pty.c -lutil
+ *
+ * A second mode serves the agent's `/init` without starting a process per call (under software
+ * emulation every fork+exec costs hundreds of milliseconds):
+ *
+ *   hearth-pty --sys
+ *
+ * The agent starts it once, as root, before the template snapshot is taken, so it is already
+ * running after every restore. It reads newline-terminated requests on stdin and answers each
+ * with one line on stdout, "ok\n" or "err <errno> <text>\n":
+ *   "clock <sec> <nsec>"  clock_settime(CLOCK_REALTIME)
+ *   "seed <hex>"          write the bytes (at most 512) to /dev/urandom (mixed into the input
+ *                         pool), then ioctl(RNDRESEEDCRNG) so the CRNG reseeds now
+ *   "ping"                nothing (liveness)
+ * It exits on EOF on stdin (the agent went away).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <linux/random.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -130,8 +145,90 @@ static void ctl_line(int master, char *line) {
   }
 }
 
+static int hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static void sys_reply(int err, const char *what) {
+  char line[160];
+  int n = err ? snprintf(line, sizeof line, "err %d %s: %s\n", err, what, strerror(err)) : snprintf(line, sizeof line, "ok\n");
+  if (n < 0) return;
+  if (n >= (int)sizeof line) n = sizeof line - 1, line[n - 1] = '\n';
+  const char *p = line;
+  while (n > 0) {
+    ssize_t w = write(STDOUT_FILENO, p, (size_t)n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      exit(0); /* the agent went away */
+    }
+    p += w;
+    n -= (int)w;
+  }
+}
+
+static void sys_request(char *line) {
+  long long sec;
+  long nsec;
+  if (strcmp(line, "ping") == 0) { sys_reply(0, ""); return; }
+  if (sscanf(line, "clock %lld %ld", &sec, &nsec) == 2) {
+    if (sec < 0 || nsec < 0 || nsec >= 1000000000L) { sys_reply(EINVAL, "clock"); return; }
+    struct timespec ts = {.tv_sec = (time_t)sec, .tv_nsec = nsec};
+    sys_reply(clock_settime(CLOCK_REALTIME, &ts) < 0 ? errno : 0, "clock_settime");
+    return;
+  }
+  if (strncmp(line, "seed ", 5) == 0) {
+    unsigned char buf[512];
+    size_t n = 0;
+    const char *h = line + 5;
+    while (h[0] && h[1] && n < sizeof buf) {
+      int hi = hexval(h[0]), lo = hexval(h[1]);
+      if (hi < 0 || lo < 0) break;
+      buf[n++] = (unsigned char)(hi << 4 | lo);
+      h += 2;
+    }
+    if (*h != '\0' || n == 0) { sys_reply(EINVAL, "seed"); return; }
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) { sys_reply(errno, "open /dev/urandom"); return; }
+    int err = 0;
+    if (write(fd, buf, n) != (ssize_t)n) err = errno ? errno : EIO;
+    else if (ioctl(fd, RNDRESEEDCRNG, 0) < 0) err = errno;
+    close(fd);
+    sys_reply(err, err ? "seed" : "");
+    return;
+  }
+  sys_reply(EINVAL, "unknown request");
+}
+
+/* `hearth-pty --sys`: serve /init's clock and CRNG requests from one long-lived process. */
+static int sys_main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  char line[1200];
+  size_t len = 0;
+  int overlong = 0;
+  for (;;) {
+    ssize_t r = read(STDIN_FILENO, line + len, sizeof line - 1 - len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 0;
+    len += (size_t)r;
+    char *start = line, *nl;
+    while ((nl = memchr(start, '\n', (size_t)(line + len - start))) != NULL) {
+      *nl = '\0';
+      if (overlong) { overlong = 0; sys_reply(E2BIG, "request"); }
+      else sys_request(start);
+      start = nl + 1;
+    }
+    len = (size_t)(line + len - start);
+    memmove(line, start, len);
+    if (len == sizeof line - 1) { overlong = 1; len = 0; }
+  }
+}
+
 int main(int argc, char **argv) {
   unsigned long cols = 80, rows = 24, uid = 0;
+  if (argc == 2 && strcmp(argv[1], "--sys") == 0) return sys_main();
   int have_uid = 0, opt;
   const char *cgroup_procs = NULL;
   while ((opt = getopt(argc, argv, "+c:r:u:C:")) != -1) {

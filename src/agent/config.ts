@@ -19,6 +19,13 @@ export interface AgentConfig {
   processPath: string;
   /** The hearth-pty helper binary for PTY sessions (native/pty/hearth-pty.c). */
   ptyHelper: string;
+  /**
+   * The binary run once as `<sysHelper> --sys` (as root) to set the clock and reseed the CRNG
+   * for `/init` without spawning a process per call; empty disables it (then `dateBin` and perl).
+   */
+  sysHelper: string;
+  /** Run a login-shell command through the agent's own request path once at start, before reporting healthy. */
+  warmup: boolean;
 }
 
 /** Where the image installs the PTY helper (src/images/rootfs.ts PTY_HELPER_GUEST_PATH). */
@@ -43,5 +50,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): AgentConfig
     urandomPath: env.HEARTH_AGENT_URANDOM ?? '/dev/urandom',
     processPath: env.PATH || DEFAULT_PATH,
     ptyHelper: env.HEARTH_AGENT_PTY_HELPER ?? DEFAULT_PTY_HELPER,
+    sysHelper: env.HEARTH_AGENT_SYS_HELPER ?? DEFAULT_PTY_HELPER,
+    warmup: (env.HEARTH_AGENT_WARMUP ?? '1') !== '0',
   };
 }

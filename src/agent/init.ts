@@ -6,6 +6,7 @@ import { BodyTooLargeError, readBody, sendError, sendJson } from './http-util.js
 import { errorMessage, log } from './log.js';
 import { ENVD_VERSION, HEADER_ACCESS_TOKEN, UNAUTHORIZED_MESSAGE, type InitRequestBody } from './protocol.js';
 import type { AgentState } from './state.js';
+import type { SysHelper } from './sys-helper.js';
 import { lookupUser } from './users.js';
 
 /** The guest clock is set from `/init` only when it is off by more than this. */
@@ -73,7 +74,8 @@ function parseInit(raw: unknown): ParsedInit {
 }
 
 /**
- * ioctl(RNDRESEEDCRNG) on /dev/urandom. Node has no ioctl; perl (perl-base is
+ * Fallback when the sys helper (sys-helper.ts) is not running: ioctl(RNDRESEEDCRNG) on
+ * /dev/urandom. Node has no ioctl; perl (perl-base is
  * Essential in Debian, so every image has it) does. 0x5207 = _IO('R', 0x07).
  */
 function reseedCrng(): Promise<void> {
@@ -102,7 +104,7 @@ function setClock(dateBin: string, ms: number): Promise<void> {
  * the check here runs under the lock, so a tokenless call that passed the gate while the first
  * /init was still applying is refused once that /init has set the token.
  */
-export function createInitHandler(state: AgentState): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+export function createInitHandler(state: AgentState, sys?: SysHelper): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   let lock: Promise<void> = Promise.resolve();
 
   const apply = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -137,10 +139,16 @@ export function createInitHandler(state: AgentState): (req: IncomingMessage, res
     if (p.timestampMs !== undefined && p.timestampMs > state.lastTimestampMs) {
       state.lastTimestampMs = p.timestampMs;
       const drift = Math.abs(Date.now() - p.timestampMs);
-      if (drift > CLOCK_DRIFT_TOLERANCE_MS && state.config.dateBin !== '') {
+      // The running sys helper sets it with clock_settime; spawning `date` is the fallback
+      // (hundreds of milliseconds under software emulation).
+      if (drift > CLOCK_DRIFT_TOLERANCE_MS && (sys?.available || state.config.dateBin !== '')) {
         try {
-          await setClock(state.config.dateBin, p.timestampMs);
-          log.info('clock set from /init', { driftMs: drift });
+          const viaHelper = sys?.available ? await sys.setClock(p.timestampMs).then(() => true, (e: unknown) => {
+            log.warn('sys helper could not set the clock', { error: errorMessage(e) });
+            return false;
+          }) : false;
+          if (!viaHelper && state.config.dateBin !== '') await setClock(state.config.dateBin, p.timestampMs);
+          log.info('clock set from /init', { driftMs: drift, viaHelper });
         } catch (e) {
           log.warn('cannot set clock', { error: errorMessage(e) });
         }
@@ -148,11 +156,19 @@ export function createInitHandler(state: AgentState): (req: IncomingMessage, res
     }
     if (p.entropy && p.entropy.length > 0) {
       try {
-        await fsp.writeFile(state.config.urandomPath, p.entropy, { flag: 'a' });
         // Writing only mixes the bytes into the input pool; the CRNG that /dev/urandom and
         // getrandom() read from keeps its state (cloned with the snapshot) until its next
-        // reseed, up to a minute later. RNDRESEEDCRNG forces that reseed now.
-        if (state.config.urandomPath === '/dev/urandom') await reseedCrng();
+        // reseed, up to a minute later. RNDRESEEDCRNG forces that reseed now: the sys helper
+        // does both in one request; without it, a write here and perl for the ioctl.
+        const real = state.config.urandomPath === '/dev/urandom';
+        const viaHelper = real && sys?.available ? await sys.seed(p.entropy).then(() => true, (e: unknown) => {
+          log.warn('sys helper could not seed the CRNG', { error: errorMessage(e) });
+          return false;
+        }) : false;
+        if (!viaHelper) {
+          await fsp.writeFile(state.config.urandomPath, p.entropy, { flag: 'a' });
+          if (real) await reseedCrng();
+        }
       } catch (e) {
         log.warn('cannot write entropy or reseed the CRNG', { path: state.config.urandomPath, error: errorMessage(e) });
       }

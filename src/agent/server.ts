@@ -28,6 +28,8 @@ import {
 } from './protocol.js';
 import { PtyBackend } from './pty.js';
 import { AgentState } from './state.js';
+import { SysHelper } from './sys-helper.js';
+import { warmCommandPath } from './warmup.js';
 
 /** envd's idle timeout for keep-alive connections (streams themselves have no timeout). */
 const IDLE_TIMEOUT_MS = 640_000;
@@ -59,7 +61,11 @@ export function createAgent(config: AgentConfig): Agent {
   });
   const filesystem = createFilesystemService(state);
   const metrics = new MetricsCollector();
-  const handleInit = createInitHandler(state);
+  // Started now, before any snapshot, so /init never spawns a process for the clock or the CRNG.
+  const sys = new SysHelper(config.sysHelper);
+  const handleInit = createInitHandler(state, sys);
+  /** Set while the start-up warm-up runs: /health is 503 until it ends (docs/agent.md, "Starting it"). */
+  let warming: Promise<void> | undefined;
 
   const connectHandler = connectNodeAdapter({
     routes: (router: ConnectRouter) => {
@@ -91,6 +97,7 @@ export function createAgent(config: AgentConfig): Agent {
     switch (pathname) {
       case PATH_HEALTH:
         if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed(res, 'GET');
+        if (warming) return sendJson(res, 503, { code: 503, message: 'agent warming up' });
         res.writeHead(204, { 'Cache-Control': 'no-store' });
         res.end();
         return;
@@ -138,11 +145,21 @@ export function createAgent(config: AgentConfig): Agent {
         server.once('error', reject);
         server.listen(config.port, config.host, () => {
           server.off('error', reject);
-          resolve(server.address() as AddressInfo);
+          const addr = server.address() as AddressInfo;
+          if (config.warmup) {
+            const t0 = performance.now();
+            const w: Promise<void> = warmCommandPath(config.host, addr.port)
+              .then(() => log.info('warm-up done', { ms: Math.round(performance.now() - t0) }))
+              .catch((e: unknown) => log.warn('warm-up failed (first commands will be slower)', { error: errorMessage(e) }))
+              .finally(() => { if (warming === w) warming = undefined; });
+            warming = w;
+          }
+          resolve(addr);
         });
       });
     },
     async close() {
+      sys.close();
       processes.manager.close();
       filesystem.close();
       await new Promise<void>((resolve) => {

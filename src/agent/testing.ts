@@ -45,6 +45,8 @@ export async function startTestAgent(env: Record<string, string> = {}): Promise<
       HEARTH_AGENT_DEFAULT_USER: 'root',
       HEARTH_AGENT_OOM_SCORE_ADJ: '',
       HEARTH_AGENT_DATE_BIN: '',
+      HEARTH_AGENT_SYS_HELPER: '',
+      HEARTH_AGENT_WARMUP: '0',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
