@@ -256,7 +256,7 @@ export const HELP: Record<string, Entry> = {
       JSON_OPT,
     ],
     examples: ['hearth exec i3kz -- uname -a', 'echo hi | hearth exec i3kz -- cat', 'hearth exec i3kz --shell -- \'ls /etc | wc -l\'', 'hearth exec i3kz --timeout 10 -- make test'],
-    notes: 'Stdin is forwarded when it is not a terminal. Exit codes: the command\'s; 124 on --timeout; 130 on Ctrl-C (the command is killed); 137 when it was killed otherwise; 127 when the command does not exist.',
+    notes: 'A paused sandbox is resumed first (said on stderr). Stdin is forwarded when it is not a terminal. Exit codes: the command\'s; 124 on --timeout; 130 on Ctrl-C (the command is killed); 137 when it was killed otherwise; 127 when the command does not exist.',
   },
   shell: {
     usage: 'hearth shell [-t|-T] [--env K=V]... [--cwd DIR] [--user USER] <id> [-- <command> [args...]]',
@@ -269,9 +269,9 @@ export const HELP: Record<string, Entry> = {
       USER_OPT,
     ],
     examples: ['hearth shell i3kz', 'hearth shell i3kz -- python3', 'hearth shell i3kz < script.sh   # no PTY: the script runs in a login shell'],
-    notes: 'As with ssh and docker, a PTY is allocated only when stdin is a terminal: piped input runs without one, so output is not mangled by terminal echo and CR/LF.',
+    notes: 'A paused sandbox is resumed first. As with ssh and docker, a PTY is allocated only when stdin is a terminal: piped input runs without one, so output is not mangled by terminal echo and CR/LF.',
   },
-  files: { usage: 'hearth files <command> <id> ...', summary: 'files in a sandbox (streamed both ways)', group: true },
+  files: { usage: 'hearth files <command> <id> ...', summary: 'files in a sandbox (streamed both ways)', group: true, notes: 'A paused sandbox is resumed first (also by `hearth cp`).' },
   'files ls': {
     usage: 'hearth files ls <id> <path> [--depth N] [--user USER] [--json]',
     summary: 'list a directory',

@@ -18,3 +18,14 @@ export async function resolveSandboxId(typed: string): Promise<string> {
   if (found.length === 0) throw new NotFoundError(`no sandbox ${typed} (nor one whose id starts with it); \`hearth sandbox ls --all\` lists them`, 404, 'not_found');
   throw new UsageError(`"${typed}" is ambiguous: it starts ${found.length} sandbox ids (${found.slice(0, 5).map((s) => s.sandboxID).join(', ')}${found.length > 5 ? ', …' : ''}); type more of it`, 1);
 }
+
+/**
+ * A Sandbox object for `id`. `work: true` (exec, shell, files, cp) resumes a paused sandbox, as
+ * E2B's connect does, and says so on stderr; otherwise a paused one stays paused.
+ */
+export async function attach(id: string, opts: { user?: string | undefined; work?: boolean } = {}): Promise<Sandbox> {
+  const before = opts.work ? (await Sandbox.getInfo(id)).state : undefined;
+  const sbx = await Sandbox.connect(id, { ...(opts.user ? { user: opts.user } : {}), resume: opts.work === true });
+  if (before === 'paused' && sbx.info.state === 'running') process.stderr.write(`hearth: ${id} was paused; resumed it\n`);
+  return sbx;
+}

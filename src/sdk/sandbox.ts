@@ -189,8 +189,9 @@ export class Sandbox {
    * Attach to an existing sandbox by id. A paused one is resumed first (as E2B's connect does;
    * `timeoutMs`, default 300 s, is its new lifetime); with `timeoutMs` a running one is made to
    * live at least that long. An ended one is returned as it is (its calls fail with SandboxGoneError).
+   * With `resume: false` a paused sandbox is left paused (its envd calls fail with SandboxPausedError).
    */
-  static async connect(id: string, opts: ConnectionOptions & { user?: string; timeoutMs?: number } = {}): Promise<Sandbox> {
+  static async connect(id: string, opts: ConnectionOptions & { user?: string; timeoutMs?: number; resume?: boolean } = {}): Promise<Sandbox> {
     const api = new HearthApi(opts);
     const path = `/sandboxes/${encodeURIComponent(id)}`;
     let info = await api.request<SandboxInfo>('GET', path, undefined, opts.signal);
@@ -200,7 +201,7 @@ export class Sandbox {
       info = await api.request<SandboxInfo>('GET', path, undefined, opts.signal);
     }
     const secs = opts.timeoutMs !== undefined ? Math.max(1, Math.ceil(opts.timeoutMs / 1000)) : undefined;
-    if (info.state === 'paused' || (info.state === 'running' && secs !== undefined)) {
+    if ((info.state === 'paused' && opts.resume !== false) || (info.state === 'running' && secs !== undefined)) {
       info = await api.request<SandboxInfo>('POST', `${path}/connect`, { timeout: secs ?? 300 }, opts.signal);
     }
     return new Sandbox(id, api, info, opts.user);

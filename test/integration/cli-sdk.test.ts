@@ -193,6 +193,16 @@ describe('everyday use: SDK parity and CLI with real sandboxes', () => {
     assert.equal(got.code, 0, got.stderr);
     assert.ok((await readFile(back)).equals(data));
 
+    // Looking at a paused sandbox leaves it paused; working in it resumes it, and says so.
+    const paused = await cli(['sandbox', 'pause', b.id, '--json']);
+    assert.equal(paused.code, 0, paused.stderr);
+    const look = await cli(['sandbox', 'network', b.id, '--json']);
+    assert.equal(look.code, 0, look.stderr);
+    assert.equal((await b.getInfo()).state, 'paused');
+    const work = await cli(['exec', b.id, '--', 'true']);
+    assert.equal(work.code, 0, work.stderr);
+    assert.match(work.stderr, /was paused; resumed it/);
+
     const sh = await cli(['shell', b.id], { stdin: 'echo $((6*7))\nexit 3\n' });
     assert.equal(sh.stdout, '42\n', 'no PTY: no echo of the input, no CR/LF');
     assert.equal(sh.code, 3);

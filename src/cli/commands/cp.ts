@@ -1,7 +1,6 @@
 import { parseArgs } from 'node:util';
-import { Sandbox } from '../../sdk/index.js';
 import { printJson, UsageError } from '../output.js';
-import { resolveSandboxId } from '../resolve.js';
+import { attach, resolveSandboxId } from '../resolve.js';
 import { download, upload } from './files.js';
 
 const USAGE = 'usage: hearth cp <local-file|-> <id>:<path>   or   hearth cp <id>:<path> <local-file|->';
@@ -22,11 +21,11 @@ export async function cpCommand(argv: string[]): Promise<number> {
   if ((src && dst) || (!src && !dst)) throw new UsageError(`exactly one side must be <id>:<path>\n${USAGE}`);
   const opts = values.user ? { user: values.user } : {};
   if (dst) {
-    const sbx = await Sandbox.connect(await resolveSandboxId(dst.id), opts);
+    const sbx = await attach(await resolveSandboxId(dst.id), { ...opts, work: true });
     const r = await upload(sbx, from, dst.path, values.json);
     if (values.json) printJson(r);
   } else {
-    const sbx = await Sandbox.connect(await resolveSandboxId(src!.id), opts);
+    const sbx = await attach(await resolveSandboxId(src!.id), { ...opts, work: true });
     const r = await download(sbx, src!.path, to, values.json);
     if (values.json && to !== '-') printJson(r);
   }

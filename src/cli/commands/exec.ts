@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
 import { once } from 'node:events';
-import { Sandbox, TimeoutError } from '../../sdk/index.js';
+import { TimeoutError } from '../../sdk/index.js';
 import { parseKeyValues, printJson, UsageError } from '../output.js';
-import { resolveSandboxId } from '../resolve.js';
+import { attach, resolveSandboxId } from '../resolve.js';
 
 const USAGE = 'usage: hearth exec [--env K=V]... [--cwd DIR] [--user U] [--timeout SECONDS] [--shell] <id> -- <cmd> [args...]\nSee `hearth exec --help`.';
 
@@ -41,7 +41,7 @@ export async function execCommand(argv: string[]): Promise<number> {
   if (!idArg || words.length === 0 || (dash >= 0 && positionals.length > 1)) throw new UsageError(USAGE);
   if (values.timeout !== undefined && !/^\d+$/.test(values.timeout)) throw new UsageError(`--timeout expects seconds, got "${values.timeout}"`);
   const id = await resolveSandboxId(idArg);
-  const sbx = await Sandbox.connect(id, values.user ? { user: values.user } : {});
+  const sbx = await attach(id, { user: values.user, work: true });
   const forwardStdin = !process.stdin.isTTY;
   const timeoutMs = values.timeout ? Number(values.timeout) * 1000 : 0;
   const json = values.json === true;

@@ -3,7 +3,7 @@ import { createReadStream, createWriteStream, statSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Sandbox } from '../../sdk/index.js';
 import { printJson, printTable, showProgress, transferProgress, UsageError } from '../output.js';
-import { resolveSandboxId } from '../resolve.js';
+import { attach, resolveSandboxId } from '../resolve.js';
 
 /** Upload `local` (a file, or - for stdin) to `path`, with progress on a terminal. */
 export async function upload(sbx: Sandbox, local: string, path: string, json: boolean | undefined): Promise<{ path: string; name: string; bytes: number }> {
@@ -38,7 +38,7 @@ export async function filesCommand(argv: string[]): Promise<number> {
     if (positionals.length < n) throw new UsageError(`hearth files ${sub}: missing arguments; see \`hearth files ${sub} --help\``);
   };
   need(2);
-  const sbx = await Sandbox.connect(await resolveSandboxId(idArg!), values.user ? { user: values.user } : {});
+  const sbx = await attach(await resolveSandboxId(idArg!), { user: values.user, work: true });
   switch (sub) {
     case 'ls': case 'list': {
       if (values.depth !== undefined && !/^\d+$/.test(values.depth)) throw new UsageError(`--depth expects a whole number, got "${values.depth}"`);

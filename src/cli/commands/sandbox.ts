@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { HearthApi, Sandbox, type SandboxInfo } from '../../sdk/index.js';
 import { age, fmtBytes, parseKeyValues, printJson, printTable, UsageError, withSpinner } from '../output.js';
-import { resolveSandboxId } from '../resolve.js';
+import { attach, resolveSandboxId } from '../resolve.js';
 
 export async function sandboxCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -82,7 +82,7 @@ async function network(argv: string[]): Promise<number> {
   } });
   if (values.internet !== undefined && !['on', 'off'].includes(values.internet)) throw new UsageError(`--internet expects on or off, got "${values.internet}"`);
   const id = await oneId(positionals, 'hearth sandbox network <id> [--internet on|off] [--allow-out CIDR]... [--deny-out CIDR]...');
-  const sbx = await Sandbox.connect(id);
+  const sbx = await attach(id);
   const change = values.internet !== undefined || values['allow-out'] || values['deny-out'];
   const [policy, egress] = await Promise.all([
     change
@@ -107,7 +107,7 @@ async function portUrl(argv: string[]): Promise<number> {
   const [idArg, port] = positionals;
   const n = int(port, 'port');
   if (!idArg || n === undefined || n < 1 || n > 65535) throw new UsageError('usage: hearth sandbox url <id> <port 1-65535> [--path]');
-  const sbx = await Sandbox.connect(await resolveSandboxId(idArg));
+  const sbx = await attach(await resolveSandboxId(idArg));
   process.stdout.write(`${sbx.getPortUrl(n, values.path ? 'path' : 'host')}\n`);
   if (sbx.trafficAccessToken) process.stderr.write(`send the header e2b-traffic-access-token: ${sbx.trafficAccessToken}\n`);
   return 0;
@@ -188,7 +188,7 @@ async function timeout(argv: string[]): Promise<number> {
   const n = int(secs, 'seconds');
   if (!idArg || n === undefined) throw new UsageError('usage: hearth sandbox timeout <id> <seconds>');
   const id = await resolveSandboxId(idArg);
-  const sbx = await Sandbox.connect(id);
+  const sbx = await attach(id);
   await sbx.setTimeout(n * 1000);
   const endAt = new Date(Date.now() + n * 1000).toISOString();
   if (values.json) printJson({ sandboxID: id, endAt });
@@ -199,7 +199,7 @@ async function timeout(argv: string[]): Promise<number> {
 async function pause(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean' } } });
   const id = await oneId(positionals, 'hearth sandbox pause <id> [--json]');
-  await withSpinner(`pausing ${id}…`, values.json, async () => (await Sandbox.connect(id)).pause(), () => `paused ${id}`);
+  await withSpinner(`pausing ${id}…`, values.json, async () => (await attach(id)).pause(), () => `paused ${id}`);
   if (values.json) printJson({ sandboxID: id, state: 'paused' });
   return 0;
 }
@@ -217,7 +217,7 @@ async function resume(argv: string[]): Promise<number> {
 async function snapshot(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { name: { type: 'string' }, json: { type: 'boolean' } } });
   const id = await oneId(positionals, 'hearth sandbox snapshot <id> [--name NAME] [--json]');
-  const info = await withSpinner(`snapshotting ${id}…`, values.json, async () => (await Sandbox.connect(id)).snapshot(values.name), (s) => `snapshot ${s.snapshotID}${values.name ? ` (${values.name})` : ''} saved`);
+  const info = await withSpinner(`snapshotting ${id}…`, values.json, async () => (await attach(id)).snapshot(values.name), (s) => `snapshot ${s.snapshotID}${values.name ? ` (${values.name})` : ''} saved`);
   if (values.json) printJson(info); else process.stdout.write(`${info.snapshotID}\n`);
   return 0;
 }
@@ -227,7 +227,7 @@ async function fork(argv: string[]): Promise<number> {
   const id = await oneId(positionals, 'hearth sandbox fork <id> [--count N] [--json]');
   const count = int(values.count, '--count') ?? 1;
   const secs = int(values.timeout, '--timeout');
-  const forks = await withSpinner(`forking ${id} into ${count}…`, values.json, async () => (await Sandbox.connect(id)).fork(count, secs !== undefined ? { timeoutMs: secs * 1000 } : {}), (f) => `forked ${id} into ${f.length}`);
+  const forks = await withSpinner(`forking ${id} into ${count}…`, values.json, async () => (await attach(id)).fork(count, secs !== undefined ? { timeoutMs: secs * 1000 } : {}), (f) => `forked ${id} into ${f.length}`);
   if (values.json) printJson(forks.map((f) => f.info)); else for (const f of forks) process.stdout.write(`${f.id}\n`);
   return 0;
 }

@@ -1,8 +1,7 @@
 import { parseArgs } from 'node:util';
 import { once } from 'node:events';
-import { Sandbox } from '../../sdk/index.js';
 import { parseKeyValues, UsageError } from '../output.js';
-import { resolveSandboxId } from '../resolve.js';
+import { attach, resolveSandboxId } from '../resolve.js';
 import { execCommand } from './exec.js';
 
 const USAGE = 'usage: hearth shell [-t|-T] [--env K=V]... [--cwd DIR] [--user U] <id> [-- <cmd> [args...]]\nSee `hearth shell --help`.';
@@ -33,7 +32,7 @@ export async function shellCommand(argv: string[]): Promise<number> {
     return execCommand([...opts, idArg, '--', ...(cmd.length ? cmd : ['/bin/bash', '-l'])]);
   }
   const id = await resolveSandboxId(idArg);
-  const sbx = await Sandbox.connect(id, values.user ? { user: values.user } : {});
+  const sbx = await attach(id, { user: values.user, work: true });
 
   const stdin = process.stdin;
   const stdout = process.stdout;
