@@ -38,13 +38,17 @@ export function presentEgress(e: EgressPolicy): NetworkPolicy {
  * record no longer holds them (the store drops them as it ends), and this never
  * shows them for an ended state whatever the record says.
  */
-export function presentDetail(s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null, portDomain: string | null = null, domain: string | null = null): SandboxDetail {
+export function presentDetail(
+  s: SandboxRecord, template: Template | undefined, diskUsageBytes: number | null, egress: EgressPolicy | null, portDomain: string | null = null, domain: string | null = null,
+  pausedWithMemory: boolean | null = null,
+): SandboxDetail {
   const ended = s.state === 'destroyed' || s.state === 'failed';
   return {
     ...presentListItem(s, template, domain),
     envdAccessToken: ended ? '' : s.agentToken,
     envVars: ended ? {} : s.envVars,
-    lifecycle: { onTimeout: s.lifecycle.onTimeout, autoResume: s.lifecycle.autoResume, autoExtend: s.lifecycle.autoExtend },
+    lifecycle: { onTimeout: s.lifecycle.onTimeout, keepMemory: s.lifecycle.keepMemory, autoResume: s.lifecycle.autoResume, autoExtend: s.lifecycle.autoExtend },
+    pausedWithMemory: s.state === 'paused' ? pausedWithMemory : null,
     vmm: s.vmm ? { kind: s.vmm.kind, pid: s.vmm.pid } : null,
     diskUsageBytes,
     timings: s.timings ? { op: s.timings.op, steps: s.timings.steps.map(([step, ms]) => ({ step, ms })) } : null,

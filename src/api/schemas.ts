@@ -49,9 +49,11 @@ export const NewSandbox = Type.Object({
     allowPublicTraffic: Type.Optional(Type.Boolean({ description: 'false: the port proxy requires the header e2b-traffic-access-token (default true)' })),
   }, { additionalProperties: false })),
   autoPause: Type.Optional(Type.Boolean({ description: 'E2B: pause instead of destroy at the timeout' })),
-  autoResume: Type.Optional(Type.Object({ enabled: Type.Boolean() }, { description: 'E2B: traffic through the proxy resumes a paused sandbox' })),
+  autoPauseMemory: Type.Optional(Type.Boolean({ description: 'E2B: with autoPause, false makes the timeout pause filesystem-only (the disk is kept, memory is not; the resume boots). Default true' })),
+  autoResume: Type.Optional(Type.Object({ enabled: Type.Boolean() }, { description: 'E2B: traffic through the proxy resumes a paused sandbox (not one paused filesystem-only)' })),
   lifecycle: Type.Optional(Type.Object({
     onTimeout: Type.Optional(Type.Union([Type.Literal('kill'), Type.Literal('pause')])),
+    keepMemory: Type.Optional(Type.Boolean({ description: 'With onTimeout "pause": false makes that pause filesystem-only (default true); the same as autoPauseMemory' })),
     autoResume: Type.Optional(Type.Boolean()),
     autoExtend: Type.Optional(Type.Boolean({ description: 'Proxied traffic pushes the end to at least now + timeout' })),
   }, { additionalProperties: false })),
@@ -72,7 +74,7 @@ const SandboxFields = {
   metadata: StringMap,
   createdAt: Type.String({ format: 'date-time' }),
   startedAt: Type.String({ format: 'date-time', description: 'When it became running (createdAt while creating)' }),
-  endAt: Type.String({ format: 'date-time', description: 'When its timeout destroys it' }),
+  endAt: Type.String({ format: 'date-time', description: 'When its timeout ends it (counted from when it started running: create, resume, connect)' }),
   endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
   endReason: Type.Union([Type.String(), Type.Null()], { description: 'Why it ended (destroyed, failed, timeout)' }),
   domain: Type.Union([Type.String(), Type.Null()], { description: 'Sandbox domain: E2B\'s SDKs reach port P of the sandbox at <P>-<sandboxID>.<domain> (may include :port); null when hearthd has no proxy domain' }),
@@ -84,7 +86,8 @@ export const SandboxDetail = Type.Object({
   ...SandboxFields,
   envdAccessToken: Type.String({ description: 'X-Access-Token for the sandbox agent (envd)' }),
   envVars: StringMap,
-  lifecycle: Type.Object({ onTimeout: Type.String(), autoResume: Type.Boolean(), autoExtend: Type.Boolean() }),
+  lifecycle: Type.Object({ onTimeout: Type.String(), keepMemory: Type.Boolean(), autoResume: Type.Boolean(), autoExtend: Type.Boolean() }),
+  pausedWithMemory: Type.Union([Type.Boolean(), Type.Null()], { description: 'While paused: true when memory was kept (a resume continues every process), false for a filesystem-only pause (a resume boots from the disk); null otherwise' }),
   vmm: Type.Union([Type.Object({ kind: Type.String(), pid: Type.Integer() }), Type.Null()]),
   diskUsageBytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Allocated blocks of the root disk (st_blocks*512)' }),
   timings: Type.Union([Timing, Type.Null()]),
@@ -114,17 +117,18 @@ export const TemplateSchema = Type.Object({
 }, { $id: 'Template' });
 
 export const PauseBody = Type.Object({
-  memory: Type.Optional(Type.Boolean({ description: 'Keep memory (default true). Filesystem-only pauses are not supported: false is refused.' })),
+  memory: Type.Optional(Type.Boolean({ description: 'Keep memory (default true). false: a filesystem-only pause: the guest syncs its disks, the VM stops, only the disk is kept; the resume boots from it (processes are gone)' })),
 });
 
 export const ResumeBody = Type.Object({
   timeout: Type.Optional(Type.Integer({ minimum: 1, description: 'Seconds the resumed sandbox lives (default from config)' })),
   autoPause: Type.Optional(Type.Boolean()),
+  memory: Type.Optional(Type.Boolean({ description: 'false: boot from the disk even if memory was kept (its memory is dropped). A filesystem-only pause always boots' })),
 });
 
 export const ConnectBody = Type.Object({
   timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds from now the sandbox lives at least (default: the daemon\'s default timeout, 300 s unless configured)' })),
-  memory: Type.Optional(Type.Boolean({ description: 'E2B: false resumes from disk only. Not supported: false is refused.' })),
+  memory: Type.Optional(Type.Boolean({ description: 'E2B (onResume "reboot"): false resumes a paused sandbox by a boot from its disk, dropping kept memory; ignored for a running one' })),
 });
 
 /** E2B's list query (GET /v2/sandboxes; also understood by GET /sandboxes). */

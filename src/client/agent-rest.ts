@@ -3,6 +3,9 @@ import type { AgentEndpoint } from '../core/types.js';
 import type { InitRequestBody } from '../agent/protocol.js';
 import { withDeadline } from '../util/signal.js';
 import { request as httpRequest } from 'node:http';
+import { createClient } from '@connectrpc/connect';
+import { createConnectTransport } from '@connectrpc/connect-node';
+import { Process } from '../gen/process/process_pb.js';
 
 /**
  * One HTTP exchange on its own connection (agent: false). The control path must
@@ -28,7 +31,8 @@ function call(url: string, opts: { method: string; headers?: Record<string, stri
 export type AgentInit = InitRequestBody;
 
 /**
- * The host's control path to a guest agent: health and /init. Data-plane calls
+ * The host's control path to a guest agent: health, /init, and a `sync`
+ * before a filesystem-only pause. Data-plane calls
  * (processes, files) go through hearthd's envd proxy with Connect clients.
  */
 export class AgentControl {
@@ -55,6 +59,26 @@ export class AgentControl {
       if (res.status !== 204 && res.status !== 200) {
         throw new Error(`agent /init answered ${res.status}: ${res.text.slice(0, 300)}`);
       }
+    });
+  }
+
+  /**
+   * Write the guest's dirty data to its disks: `sync` as root through envd's
+   * process API (the agent has no control route for it), before a
+   * filesystem-only pause stops the VM. Resolves when sync exited 0; bounded
+   * by `timeoutMs`. Its own connection, as every control call.
+   */
+  async sync(signal: AbortSignal, timeoutMs = 60_000): Promise<void> {
+    await withDeadline(signal, timeoutMs, async (s) => {
+      const transport = createConnectTransport({ baseUrl: this.baseUrl, httpVersion: '1.1', useBinaryFormat: true, nodeOptions: { agent: false } });
+      const headers: Record<string, string> = { authorization: `Basic ${Buffer.from('root:').toString('base64')}` };
+      if (this.token) headers['x-access-token'] = this.token;
+      let end: { exitCode: number; status: string; error?: string } | undefined;
+      for await (const res of createClient(Process, transport).start({ process: { cmd: '/bin/sync', args: [], envs: {} }, stdin: false }, { signal: s, headers })) {
+        if (res.event?.event.case === 'end') end = res.event.event.value;
+      }
+      if (!end) throw new Error('agent: sync ended without an exit status');
+      if (end.exitCode !== 0) throw new Error(`agent: sync failed (${end.status}${end.error ? `: ${end.error}` : ''})`);
     });
   }
 

@@ -27,8 +27,10 @@ export type Holding =
   /**
    * A paused capture in `dir` (memory, device state, the detached disk). Complete
    * once meta.json is written; released (destroy, failure) by removing `dir`.
+   * `memory: false`: a filesystem-only capture (the disk alone; the resume boots
+   * from it); absent means a memory capture (rows written before there was a choice).
    */
-  | { kind: 'paused'; dir: string; disk: DetachedDisk | null; complete: boolean };
+  | { kind: 'paused'; dir: string; disk: DetachedDisk | null; complete: boolean; memory?: boolean };
 
 export type HoldingKind = Holding['kind'];
 

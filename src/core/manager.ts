@@ -24,7 +24,7 @@ import {
   FILES, pausedDir, sandboxDir, type LiveSandbox, type ManagerDeps,
 } from './flows/context.js';
 import { launch, type LaunchSource } from './flows/launch.js';
-import { beyondPaused, commitResume, pauseSandbox, pausedDisk, resumeSandbox } from './flows/pause.js';
+import { beyondPaused, captureKeptMemory, commitResume, pauseSandbox, pausedDisk, resumeSandbox } from './flows/pause.js';
 import { captureSnapshot, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
 
 export type { AgentControlApi, ManagerConfig, ManagerDeps, FileCloner } from './flows/context.js';
@@ -37,7 +37,7 @@ export interface CreateSandboxInput {
   envVars?: Record<string, string>;
   metadata?: Record<string, string>;
   timeoutSec?: number;
-  lifecycle?: Partial<Pick<Lifecycle, 'onTimeout' | 'autoResume' | 'autoExtend'>>;
+  lifecycle?: Partial<Pick<Lifecycle, 'onTimeout' | 'keepMemory' | 'autoResume' | 'autoExtend'>>;
   /**
    * A retried create with the same key (and the same request) gets the first
    * one's outcome instead of making another sandbox; see `createSandbox`.
@@ -116,7 +116,7 @@ interface KeyClaim { scope: string; key: string; sandboxId: string; done(): void
 const WARM_DIR = /^[0-9a-f]{16}-\d+c-\d+m(-[a-z0-9]+)?(\.staging)?$/;
 
 /** Pause steps during which the VMM still runs (src/core/flows/pause.ts): an interrupted pause there is undone. */
-const BEFORE_STOP = new Set(['start', 'snapshot', 'flush']);
+const BEFORE_STOP = new Set(['start', 'snapshot', 'flush', 'sync']);
 
 /** States in which a sandbox holds (or may hold) host resources and is not paused. */
 const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming', 'destroying'];
@@ -200,7 +200,8 @@ export class SandboxManager {
    */
   async reachable(id: string, signal: AbortSignal): Promise<{ endpoint: AgentEndpoint; token: string; lease: string }> {
     let s = this.get(id);
-    if (s.state === 'paused' && s.lifecycle.autoResume) s = await this.resume(id, signal).catch((err: unknown) => {
+    // A filesystem-only pause is not resumed by traffic (its resume reboots the guest), as in E2B.
+    if (s.state === 'paused' && s.lifecycle.autoResume && captureKeptMemory(this.ledger, id) !== false) s = await this.resume(id, signal).catch((err: unknown) => {
       // Another request may have resumed it meanwhile.
       if (err instanceof ConflictError && this.get(id).state === 'running') return this.get(id);
       throw err;
@@ -258,6 +259,11 @@ export class SandboxManager {
       rec.endAt = new Date(wanted).toISOString();
       this.store.updateSandbox(rec);
     }
+  }
+
+  /** While paused: whether its capture kept memory (false: filesystem-only, the resume boots); null when not paused. */
+  pausedWithMemory(id: string): boolean | null {
+    return this.store.getSandbox(id)?.state === 'paused' ? captureKeptMemory(this.ledger, id) : null;
   }
 
   /** Allocated bytes of the sandbox's disk (and memory file when paused), from st_blocks. */
@@ -343,6 +349,7 @@ export class SandboxManager {
       pausedAt: null,
       lifecycle: {
         onTimeout: input.lifecycle?.onTimeout ?? 'kill',
+        keepMemory: input.lifecycle?.keepMemory ?? true,
         autoResume: input.lifecycle?.autoResume ?? false,
         autoExtend: input.lifecycle?.autoExtend ?? false,
         timeoutSec: shape.timeoutSec,
@@ -475,7 +482,11 @@ export class SandboxManager {
     const steps = new StepTimer(source.kind === 'boot' ? 'create (boot)' : 'create (restore)', (step) => this.store.journalStep(journal, step));
     try {
       const live = await launch(this.deps, this.ledger, rec, source, steps, signal);
-      transition(this.store, rec, 'running', { startedAt: new Date().toISOString(), timings: { op: steps.op, steps: steps.steps } });
+      // The timeout counts from here, not from the request: a slow start does not eat into it.
+      const now = Date.now();
+      transition(this.store, rec, 'running', {
+        startedAt: new Date(now).toISOString(), endAt: new Date(now + rec.lifecycle.timeoutSec * 1000).toISOString(), timings: { op: steps.op, steps: steps.steps },
+      });
       this.live.set(rec.id, live);
       this.watchExit(rec.id, live);
       steps.log(this.log, rec.id, 'ok');
@@ -807,7 +818,13 @@ export class SandboxManager {
 
   // ---------------------------------------------------------------- pause / resume
 
-  async pause(id: string, signal: AbortSignal): Promise<SandboxRecord> {
+  /**
+   * Pause a running sandbox: memory and disk kept (the default; resume
+   * continues every process), or with `memory: false` the disk alone (a
+   * filesystem-only pause: the guest syncs, the VM stops; resume boots from the disk).
+   */
+  async pause(id: string, signal: AbortSignal, opts: { memory?: boolean } = {}): Promise<SandboxRecord> {
+    const memory = opts.memory !== false;
     this.get(id);
     return this.lock.tryRun(id, 'pause', async () => {
       const rec = this.get(id);
@@ -817,22 +834,23 @@ export class SandboxManager {
       transition(this.store, rec, 'pausing');
       for (const quiesce of this.pauseQuiescers) await quiesce(id).catch(() => undefined);
       const journal = this.store.journalBegin(id, 'pause', 'start');
-      const steps = new StepTimer('pause', (s) => this.store.journalStep(journal, s));
+      const steps = new StepTimer(memory ? 'pause' : 'pause (filesystem)', (s) => this.store.journalStep(journal, s));
       try {
-        const out = await pauseSandbox(this.deps, this.ledger, this.releaseHolding, rec, live, steps, signal);
+        const out = await pauseSandbox(this.deps, this.ledger, this.releaseHolding, rec, live, steps, signal, { memory });
         if (out.ok) {
           this.dropLive(id);
-          transition(this.store, rec, 'paused', { pausedAt: new Date().toISOString(), agent: null, timings: { op: 'pause', steps: steps.steps } });
+          transition(this.store, rec, 'paused', { pausedAt: new Date().toISOString(), agent: null, timings: { op: steps.op, steps: steps.steps } });
           steps.log(this.log, id, 'ok');
           return rec;
         }
         steps.log(this.log, id, 'failed');
         if (out.resumed) {
           transition(this.store, rec, 'running');
-          throw new HostFailureError(`pause of ${id} failed; the sandbox was resumed and is still running: ${errorMessage(out.error)}`, { cause: out.error });
+          const how = memory ? 'the sandbox was resumed and is still running' : 'the sandbox is still running';
+          throw new HostFailureError(`pause of ${id} failed; ${how}: ${errorMessage(out.error)}`, { cause: out.error });
         }
         this.dropLive(id);
-        rec.timings = { op: 'pause', steps: steps.steps };
+        rec.timings = { op: steps.op, steps: steps.steps };
         this.markFailed(rec, out.reason);
         throw new HostFailureError(`sandbox ${id}: ${out.reason}`, { cause: out.error });
       } finally {
@@ -841,7 +859,13 @@ export class SandboxManager {
     });
   }
 
-  async resume(id: string, signal: AbortSignal, timeoutSec?: number): Promise<SandboxRecord> {
+  /**
+   * Resume a paused sandbox: a restore of its memory capture, or a cold boot
+   * from its disk when the pause was filesystem-only or `memory: false` asks
+   * for one (E2B's "reboot": the memory capture is ignored). `endAt` counts
+   * from the moment it runs again.
+   */
+  async resume(id: string, signal: AbortSignal, timeoutSec?: number, opts: { memory?: boolean } = {}): Promise<SandboxRecord> {
     this.get(id);
     return this.lock.tryRun(id, 'resume', async () => {
       const rec = this.get(id);
@@ -851,12 +875,13 @@ export class SandboxManager {
       const template = this.template(rec.templateId);
       transition(this.store, rec, 'resuming');
       const journal = this.store.journalBegin(id, 'resume', 'start');
-      const steps = new StepTimer('resume', (s) => this.store.journalStep(journal, s));
+      const boot = opts.memory === false || captureKeptMemory(this.ledger, id) === false;
+      const steps = new StepTimer(boot ? 'resume (boot)' : 'resume', (s) => this.store.journalStep(journal, s));
       try {
-        const live = await this.starts.run(() => resumeSandbox(this.deps, this.ledger, this.releaseHolding, rec, template, steps, signal));
+        const live = await this.starts.run(() => resumeSandbox(this.deps, this.ledger, this.releaseHolding, rec, template, steps, signal, { boot }));
         this.store.atomically(() => {
           transition(this.store, rec, 'running', {
-            pausedAt: null, endAt: new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString(), timings: { op: 'resume', steps: steps.steps },
+            pausedAt: null, endAt: new Date(Date.now() + (timeoutSec ?? rec.lifecycle.timeoutSec) * 1000).toISOString(), timings: { op: steps.op, steps: steps.steps },
           });
           commitResume(this.ledger, rec);
         });
@@ -867,7 +892,7 @@ export class SandboxManager {
         return rec;
       } catch (err) {
         steps.log(this.log, id, 'failed');
-        transition(this.store, rec, 'paused', { agent: null, timings: { op: 'resume', steps: steps.steps } });
+        transition(this.store, rec, 'paused', { agent: null, timings: { op: steps.op, steps: steps.steps } });
         if (err instanceof HearthError && err.code !== 'host_failure') throw err;
         throw new HostFailureError(`resume of ${id} failed; the sandbox is still paused and can be resumed again: ${errorMessage(err)}`, { cause: err });
       } finally {
@@ -876,10 +901,13 @@ export class SandboxManager {
     });
   }
 
-  /** E2B's connect: resume if paused, and make sure the sandbox lives at least `timeoutSec` more. */
-  async connect(id: string, timeoutSec: number, signal: AbortSignal): Promise<{ rec: SandboxRecord; resumed: boolean }> {
+  /**
+   * E2B's connect: resume if paused (`memory: false`: by a boot from the disk,
+   * E2B's "reboot"), and make sure the sandbox lives at least `timeoutSec` more.
+   */
+  async connect(id: string, timeoutSec: number, signal: AbortSignal, opts: { memory?: boolean } = {}): Promise<{ rec: SandboxRecord; resumed: boolean }> {
     const rec = this.get(id);
-    if (rec.state === 'paused') return { rec: await this.resume(id, signal, timeoutSec), resumed: true };
+    if (rec.state === 'paused') return { rec: await this.resume(id, signal, timeoutSec, opts), resumed: true };
     if (rec.state !== 'running') throw new NotFoundError(`sandbox ${id} is ${rec.state}`);
     this.extend(rec, timeoutSec);
     return { rec, resumed: false };
@@ -1135,8 +1163,8 @@ export class SandboxManager {
       for (const s of this.store.listSandboxes({ states: ['running'] })) {
         if (Date.parse(s.endAt) > now || this.lock.isBusy(s.id)) continue;
         if (s.lifecycle.onTimeout === 'pause') {
-          this.log.info({ sandbox: s.id }, 'timeout reached; pausing (onTimeout: pause)');
-          this.pause(s.id, AbortSignal.timeout(300_000))
+          this.log.info({ sandbox: s.id, keepMemory: s.lifecycle.keepMemory }, `timeout reached; pausing (onTimeout: pause${s.lifecycle.keepMemory ? '' : ', filesystem only'})`);
+          this.pause(s.id, AbortSignal.timeout(300_000), { memory: s.lifecycle.keepMemory })
             .catch((err: unknown) => this.log.error({ sandbox: s.id, err: errorMessage(err) }, 'timeout pause failed'));
         } else {
           this.log.info({ sandbox: s.id }, 'timeout reached; destroying');
@@ -1356,8 +1384,12 @@ function validateCreateInput(input: CreateSandboxInput): void {
   const l = input.lifecycle as unknown;
   if (l !== undefined) {
     if (l === null || typeof l !== 'object') throw new InvalidArgumentError('lifecycle must be an object', 'lifecycle');
-    const { onTimeout, autoResume, autoExtend } = l as Record<string, unknown>;
+    const { onTimeout, keepMemory, autoResume, autoExtend } = l as Record<string, unknown>;
     if (onTimeout !== undefined && onTimeout !== 'kill' && onTimeout !== 'pause') throw new InvalidArgumentError('lifecycle.onTimeout must be "kill" or "pause"', 'lifecycle.onTimeout');
+    if (keepMemory !== undefined && typeof keepMemory !== 'boolean') throw new InvalidArgumentError('lifecycle.keepMemory must be a boolean', 'lifecycle.keepMemory');
+    // As E2B: a filesystem-only pause is something to ask for, not a reaction to traffic (its resume reboots).
+    if (keepMemory === false && onTimeout !== 'pause') throw new InvalidArgumentError('lifecycle.keepMemory (autoPauseMemory) false is only allowed when the timeout pauses (autoPause: true, lifecycle.onTimeout "pause")', 'lifecycle.keepMemory');
+    if (keepMemory === false && autoResume === true) throw new InvalidArgumentError('lifecycle.autoResume cannot be true with keepMemory (autoPauseMemory) false: a filesystem-only pause reboots on resume and is resumed explicitly (connect or resume)', 'lifecycle.autoResume');
     if (autoResume !== undefined && typeof autoResume !== 'boolean') throw new InvalidArgumentError('lifecycle.autoResume must be a boolean', 'lifecycle.autoResume');
     if (autoExtend !== undefined && typeof autoExtend !== 'boolean') throw new InvalidArgumentError('lifecycle.autoExtend must be a boolean', 'lifecycle.autoExtend');
   }

@@ -47,6 +47,11 @@ export interface SandboxNetPolicy {
 export interface Lifecycle {
   /** At `endAt`: destroy (default) or pause. */
   onTimeout: 'kill' | 'pause';
+  /**
+   * What a pause at `endAt` keeps: memory and disk (true, the default), or
+   * only the disk (false: a filesystem-only pause; the resume boots). E2B's `autoPauseMemory`.
+   */
+  keepMemory: boolean;
   /** A request through the envd/port proxy resumes a paused sandbox first. */
   autoResume: boolean;
   /** Activity (proxied requests) pushes `endAt` to at least now + timeoutSec. */

@@ -442,7 +442,8 @@ function sandboxFromRow(r: Row): SandboxRecord {
     timings: json(r['timings']),
     snapshotId: (r['snapshot_id'] as string | null) ?? null,
     pausedAt: (r['paused_at'] as string | null) ?? null,
-    lifecycle: json<Lifecycle>(r['lifecycle']) ?? { onTimeout: 'kill', autoResume: false, autoExtend: false, timeoutSec: 300 },
+    // Rows written before `keepMemory` existed kept memory at a timeout pause.
+    lifecycle: { onTimeout: 'kill', keepMemory: true, autoResume: false, autoExtend: false, timeoutSec: 300, ...json<Lifecycle>(r['lifecycle']) },
     netPolicy: json<SandboxNetPolicy>(r['net_policy']) ?? { egress: null, trafficToken: null },
   };
 }

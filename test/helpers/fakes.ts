@@ -11,7 +11,7 @@ import { HostFailureError, TimeoutError, throwIfAborted } from '../../src/core/e
 import { copyFile, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
-export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'slot.setEgress' | 'agent.ready' | 'agent.init';
+export type FaultPoint = 'boot' | 'restore' | 'stop' | 'snapshot' | 'resume' | 'disk.create' | 'disk.remove' | 'disk.detach' | 'disk.attach' | 'disk.flatten' | 'clone' | 'slot.acquire' | 'slot.setEgress' | 'agent.ready' | 'agent.init' | 'agent.sync';
 
 /** Records every host action in order and fails the ones named in `faults`. */
 export class World {
@@ -219,5 +219,11 @@ export function fakeAgent(w: World): (endpoint: unknown, token: string | undefin
       w.tokens.push({ presented: token, set: body.accessToken });
     },
     async health() { return !w.faults.has('agent.ready'); },
+    async sync(signal) {
+      w.events.push(`agent sync${token ? ' (token presented)' : ''}`);
+      await w.gate('agent.sync');
+      throwIfAborted(signal);
+      w.fail('agent.sync');
+    },
   });
 }

@@ -127,7 +127,7 @@ test('connect (v1 and v2 paths): no body or no timeout works; a paused sandbox r
     assert.equal(c1.statusCode, 200, c1.body);
     assert.ok(Date.parse(t.manager.get(id).endAt) > before + 200_000, 'no timeout: the default (300 s) applies');
     assert.equal((await post(t.app, `/sandboxes/${id}/connect`, { timeout: 30 })).statusCode, 200);
-    assert.equal((await post(t.app, `/sandboxes/${id}/connect`, { memory: false })).statusCode, 400);
+    assert.equal((await post(t.app, `/sandboxes/${id}/connect`, { memory: false })).statusCode, 200, 'memory: false only matters for a paused sandbox');
     assert.equal((await post(t.app, `/sandboxes/${id}/pause`, {})).statusCode, 204);
     const resumed = await post(t.app, `/v2/sandboxes/${id}/connect`, {});
     assert.equal(resumed.statusCode, 201);
@@ -251,5 +251,47 @@ test('signed /files URLs without sandbox headers go to the sandbox whose token s
     assert.deepEqual(Object.keys(await forged.json() as object).sort(), ['code', 'error_code', 'message']);
     const unsigned = await fetch(`${url}/files?path=%2Fetc%2Fhostname`);
     assert.equal(unsigned.status, 400);
+  } finally { await t.done(); }
+});
+
+test('filesystem-only pause and lifecycle over E2B\'s API: pause {memory:false}, connect boots it, onResume "reboot", autoPause + autoPauseMemory at create', async () => {
+  const t = await setup();
+  try {
+    type Detail = { sandboxID: string; state: string; pausedWithMemory: boolean | null; timings: { op: string } | null; lifecycle: { onTimeout: string; keepMemory: boolean; autoResume: boolean } };
+    const get = async (id: string) => (await t.app.inject({ url: `/sandboxes/${id}` })).json<Detail>();
+    const c = await post(t.app, '/v2/sandboxes', { templateID: 'base', autoPause: true, autoPauseMemory: false });
+    assert.equal(c.statusCode, 201, c.body);
+    const id = c.json<Detail>().sandboxID;
+    assert.deepEqual(c.json<Detail>().lifecycle, { onTimeout: 'pause', keepMemory: false, autoResume: false, autoExtend: false });
+    assert.equal(c.json<Detail>().pausedWithMemory, null);
+    assert.equal((await post(t.app, `/sandboxes/${id}/pause`, { memory: false })).statusCode, 204);
+    let d = await get(id);
+    assert.equal(d.state, 'paused');
+    assert.equal(d.pausedWithMemory, false);
+    assert.equal(d.timings?.op, 'pause (filesystem)');
+    const resumed = await post(t.app, `/v2/sandboxes/${id}/connect`, { timeout: 60 });
+    assert.equal(resumed.statusCode, 201, resumed.body);
+    assert.equal(resumed.json<Detail>().timings?.op, 'resume (boot)', 'a filesystem-only pause always boots');
+    // A memory pause, then connect with memory: false (the SDK's onResume: 'reboot') boots too; v1 connect and resume take it as well.
+    assert.equal((await post(t.app, `/sandboxes/${id}/pause`, { memory: true })).statusCode, 204);
+    assert.equal((await get(id)).pausedWithMemory, true);
+    d = (await post(t.app, `/v2/sandboxes/${id}/connect`, { memory: false })).json<Detail>();
+    assert.equal(d.timings?.op, 'resume (boot)');
+    assert.equal((await post(t.app, `/sandboxes/${id}/pause`, {})).statusCode, 204);
+    assert.equal((await post(t.app, `/sandboxes/${id}/connect`, { memory: false })).json<Detail>().timings?.op, 'resume (boot)');
+    assert.equal((await post(t.app, `/sandboxes/${id}/pause`, {})).statusCode, 204);
+    assert.equal((await post(t.app, `/sandboxes/${id}/resume`, { memory: false })).json<Detail>().timings?.op, 'resume (boot)');
+    assert.equal((await post(t.app, `/sandboxes/${id}/pause`, {})).statusCode, 204);
+    assert.equal((await post(t.app, `/sandboxes/${id}/resume`, {})).json<Detail>().timings?.op, 'resume');
+    // E2B's rules for the lifecycle fields, as 400s naming the field; Hearth's own spelling works the same.
+    const noPause = await post(t.app, '/v2/sandboxes', { templateID: 'base', autoPauseMemory: false });
+    assert.equal(noPause.statusCode, 400);
+    assert.match(noPause.json<{ message: string }>().message, /keepMemory \(autoPauseMemory\)/);
+    assert.equal((await post(t.app, '/v2/sandboxes', { templateID: 'base', autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } })).statusCode, 400);
+    const own = await post(t.app, '/sandboxes', { templateID: 'base', lifecycle: { onTimeout: 'pause', keepMemory: false } });
+    assert.equal(own.statusCode, 201);
+    assert.equal(own.json<Detail>().lifecycle.keepMemory, false);
+    const dflt = await post(t.app, '/sandboxes', { templateID: 'base', autoPause: true, autoResume: { enabled: true } });
+    assert.deepEqual(dflt.json<Detail>().lifecycle, { onTimeout: 'pause', keepMemory: true, autoResume: true, autoExtend: false });
   } finally { await t.done(); }
 });

@@ -76,7 +76,7 @@ test('errors are JSON with the HTTP status as code: 400 names the field, 404, 40
     assert.equal((await post(t.app, `/sandboxes/${created.sandboxID}/resume`, {})).statusCode, 409);
     assert.equal((await post(t.app, `/sandboxes/${created.sandboxID}/pause`, {})).statusCode, 204);
     assert.equal((await post(t.app, `/sandboxes/${created.sandboxID}/pause`, {})).statusCode, 409);
-    assert.equal((await post(t.app, `/sandboxes/${created.sandboxID}/pause`, { memory: false })).statusCode, 400);
+    assert.equal((await post(t.app, `/sandboxes/${created.sandboxID}/pause`, { memory: false })).statusCode, 409, 'a filesystem-only pause of a paused sandbox is a 409 too');
     const big = await post(t.app, '/sandboxes', { templateID: 'base', metadata: { x: 'y'.repeat(2 << 20) } });
     assert.equal(big.statusCode, 413, 'request size limit');
   } finally { await t.done(); }

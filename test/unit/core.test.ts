@@ -92,7 +92,7 @@ test('transition() checks the state table, persists the state with its patch, an
   const rec = {
     id: 'itr', templateId: 'base', state: 'creating' as const, vcpus: 1, memoryMib: 256, envVars: {}, metadata: {}, createdAt: new Date().toISOString(),
     startedAt: null, endAt: new Date().toISOString(), endedAt: null, endReason: null, agentToken: 't', agent: null, vmm: null, disk: null, network: null,
-    timings: null, snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill' as const, autoResume: false, autoExtend: false, timeoutSec: 60 },
+    timings: null, snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill' as const, keepMemory: true, autoResume: false, autoExtend: false, timeoutSec: 60 },
     netPolicy: { egress: null, trafficToken: null },
   };
   store.insertSandbox(rec);

@@ -18,7 +18,7 @@ function sandbox(id: string, over: Partial<SandboxRecord> = {}): SandboxRecord {
     id, templateId: 'base', state: 'creating', vcpus: 1, memoryMib: 512, envVars: { A: '1' }, metadata: { who: 'test' },
     createdAt: new Date().toISOString(), startedAt: null, endAt: new Date(Date.now() + 1000).toISOString(), endedAt: null,
     endReason: null, agentToken: 'tok', agent: null, vmm: null, disk: null, network: null, timings: null,
-    snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill', autoResume: false, autoExtend: false, timeoutSec: 60 },
+    snapshotId: null, pausedAt: null, lifecycle: { onTimeout: 'kill', keepMemory: true, autoResume: false, autoExtend: false, timeoutSec: 60 },
     netPolicy: { egress: null, trafficToken: null }, ...over,
   };
 }

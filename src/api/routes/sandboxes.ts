@@ -38,7 +38,7 @@ export interface CompatOptions {
 export async function sandboxDetail(manager: SandboxManager, store: Store, id: string, portDomain: string | null, domain: string | null = null): Promise<SandboxDetail> {
   const s = manager.get(id);
   const ended = s.state === 'destroyed' || s.state === 'failed';
-  return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(id), ended ? null : manager.egressOf(id), portDomain, domain);
+  return presentDetail(s, store.getTemplate(s.templateId), await manager.diskUsage(id), ended ? null : manager.egressOf(id), portDomain, domain, manager.pausedWithMemory(id));
 }
 
 /**
@@ -154,6 +154,7 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
       },
       lifecycle: {
         ...(b.autoPause !== undefined ? { onTimeout: b.autoPause ? 'pause' as const : 'kill' as const } : {}),
+        ...(b.autoPauseMemory !== undefined ? { keepMemory: b.autoPauseMemory } : {}),
         ...(b.autoResume ? { autoResume: b.autoResume.enabled } : {}),
         ...(b.lifecycle ?? {}),
       },

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import type { SandboxManager } from '../../core/manager.js';
-import { ConflictError, InvalidArgumentError, type ErrorCode } from '../../core/errors.js';
+import { ConflictError, type ErrorCode } from '../../core/errors.js';
 import type { SnapshotRecord } from '../../core/types.js';
 import type { Store } from '../../store/store.js';
 import { notDestroyed, page, pageLimit, sandboxDetail, type CompatOptions } from './sandboxes.js';
@@ -32,19 +32,24 @@ export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, st
   const detail = (id: string) => sandboxDetail(manager, store, id, portDomain, compat.sandboxDomain?.() ?? null);
 
   r.post('/sandboxes/:sandboxID/pause', {
-    schema: { summary: 'Pause: memory and disk kept on the host, no VMM process, no CPU', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(PauseBody), response: { 204: Type.Null(), ...errors } },
+    schema: {
+      summary: 'Pause: memory and disk kept on the host (memory: false: the disk alone), no VMM process, no CPU',
+      tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(PauseBody), response: { 204: Type.Null(), ...errors },
+    },
   }, async (req, reply) => {
-    if (req.body?.memory === false) throw new InvalidArgumentError('body/memory: filesystem-only pauses are not supported; omit it or send true', 'memory');
     notDestroyed(manager, req.params.sandboxID);
-    await manager.pause(req.params.sandboxID, AbortSignal.timeout(300_000));
+    await manager.pause(req.params.sandboxID, AbortSignal.timeout(300_000), { memory: req.body?.memory !== false });
     return reply.status(204).send(null);
   });
 
   r.post('/sandboxes/:sandboxID/resume', {
-    schema: { summary: 'Resume a paused sandbox exactly where it was', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(ResumeBody), response: { 201: SandboxDetail, ...errors } },
+    schema: {
+      summary: 'Resume a paused sandbox: exactly where it was, or by a boot from its disk (a filesystem-only pause, or memory: false)',
+      tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(ResumeBody), response: { 201: SandboxDetail, ...errors },
+    },
   }, async (req, reply) => {
     notDestroyed(manager, req.params.sandboxID);
-    await manager.resume(req.params.sandboxID, AbortSignal.timeout(300_000), req.body?.timeout);
+    await manager.resume(req.params.sandboxID, AbortSignal.timeout(300_000), req.body?.timeout, { memory: req.body?.memory !== false });
     return reply.status(201).send(await detail(req.params.sandboxID));
   });
 
@@ -55,9 +60,8 @@ export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, st
       tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(ConnectBody), response: { 200: SandboxDetail, 201: SandboxDetail, ...errors },
     },
   }, async (req, reply) => {
-    if (req.body?.memory === false) throw new InvalidArgumentError('body/memory: resuming from disk only is not supported; omit it or send true', 'memory');
     const timeout = req.body?.timeout ?? compat.defaultTimeoutSec ?? 300;
-    const { resumed } = await manager.connect(req.params.sandboxID, timeout, AbortSignal.timeout(300_000));
+    const { resumed } = await manager.connect(req.params.sandboxID, timeout, AbortSignal.timeout(300_000), { memory: req.body?.memory !== false });
     return reply.status(resumed ? 201 : 200).send(await detail(req.params.sandboxID));
   });
 

@@ -14,6 +14,8 @@ export interface AgentControlApi {
   waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never> }): Promise<number>;
   init(body: AgentInit, signal: AbortSignal): Promise<void>;
   health(signal: AbortSignal): Promise<boolean>;
+  /** Write the guest's dirty data to disk (before a filesystem-only pause stops the VM). */
+  sync(signal: AbortSignal): Promise<void>;
 }
 
 /** How memory files are copied for restores and snapshots: reflink (O(1)) or a sparse copy. */

@@ -1,10 +1,11 @@
-import { mkdir, open, readFile, readdir, rename } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { HoldingRow, Holdings, Releaser } from '../holdings.js';
 import { HostFailureError, errorMessage } from '../errors.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, Template } from '../types.js';
 import type { DetachedDisk } from '../../storage/types.js';
+import type { VmConfig } from '../../vmm/types.js';
 import { exists, removeTree, writeFileAtomic } from '../../util/fs.js';
 import { FILES, initBody, pausedDir, slotOptions, sandboxDir, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
 import { waitForAgent } from './launch.js';
@@ -18,7 +19,12 @@ export interface PausedMeta {
   pausedAt: string;
   /** The detached disk (with its base), as storage's detach returned it; resume attaches exactly this. */
   disk?: DetachedDisk;
+  /** false: a filesystem-only pause (no memory or device state; the resume boots). Absent: memory was kept. */
+  memory?: boolean;
 }
+
+/** What a pause keeps: memory and disk (the default), or the disk alone (`memory: false`). */
+export interface PauseOptions { memory: boolean }
 
 async function fsyncFile(path: string): Promise<void> {
   const fh = await open(path, 'r+');
@@ -27,7 +33,7 @@ async function fsyncFile(path: string): Promise<void> {
 
 export type PauseOutcome =
   | { ok: true }
-  /** The VM was resumed and stays usable; the error says why the pause failed. */
+  /** The VM runs on (its vCPUs were resumed, or never stopped) and stays usable; the error says why the pause failed. */
   | { ok: false; resumed: true; error: Error }
   /** Resources are released and the sandbox must be marked failed with `reason`. */
   | { ok: false; resumed: false; reason: string; error: Error };
@@ -41,30 +47,47 @@ export type PauseOutcome =
  * (its disk token recorded as the disk is detached), so a daemon that dies on
  * the way finds it. After the VMM stopped, any failure releases every holding
  * and fails the sandbox: nothing stays half-alive.
+ *
+ * Filesystem-only (`memory: false`; docs/snapshots.md, "Filesystem-only
+ * pause"): instead of the snapshot, the guest writes its dirty data to disk
+ * (`sync` through the agent; if that fails the VM was never touched and runs
+ * on) → stop → detach the disk → meta.json (`memory: false`), the VM's memory
+ * file deleted → release the slot. The capture is the disk alone.
  */
 export async function pauseSandbox(
   deps: ManagerDeps, ledger: Holdings, release: Releaser, rec: SandboxRecord, live: LiveSandbox, steps: StepTimer, signal: AbortSignal,
+  opts: PauseOptions = { memory: true },
 ): Promise<PauseOutcome> {
   const dir = sandboxDir(deps.config, rec.id);
   const staging = join(dir, 'pause-staging');
   const paused = pausedDir(deps.config, rec.id);
   // QEMU: guest memory is the VM's own file; Firecracker writes it into the staging dir.
   let memoryPath = join(dir, FILES.memory);
-  try {
-    await removeTree(staging);
-    await mkdir(staging, { recursive: true });
-    memoryPath = (await steps.run('snapshot', () => live.vmm.snapshot(staging, 'full', signal), signal)).memoryPath;
-    // Durable before the VMM goes away: a paused sandbox must survive a host reboot.
-    await steps.run('flush', async () => { await fsyncFile(memoryPath); await fsyncFile(join(staging, FILES.vmstate)); }, signal);
-  } catch (err) {
-    // Step 2 failed: the sandbox must stay usable, never a frozen zombie. A fresh signal: this must happen.
+  if (!opts.memory) {
     try {
-      await live.vmm.resume(AbortSignal.timeout(10_000));
-    } catch (resumeErr) {
-      return { ok: false, resumed: false, reason: `pause failed (${errorMessage(err)}) and the VM could not be resumed (${errorMessage(resumeErr)})`, error: err as Error };
+      const endpoint = live.slot.guestAddress(deps.config.agentPort);
+      await steps.run('sync', () => deps.agent(endpoint, rec.agentToken).sync(signal), signal);
+    } catch (err) {
+      // Nothing was stopped or frozen: the sandbox runs on as it was.
+      return { ok: false, resumed: true, error: err as Error };
     }
-    await removeTree(staging).catch(() => undefined);
-    return { ok: false, resumed: true, error: err as Error };
+  } else {
+    try {
+      await removeTree(staging);
+      await mkdir(staging, { recursive: true });
+      memoryPath = (await steps.run('snapshot', () => live.vmm.snapshot(staging, 'full', signal), signal)).memoryPath;
+      // Durable before the VMM goes away: a paused sandbox must survive a host reboot.
+      await steps.run('flush', async () => { await fsyncFile(memoryPath); await fsyncFile(join(staging, FILES.vmstate)); }, signal);
+    } catch (err) {
+      // Step 2 failed: the sandbox must stay usable, never a frozen zombie. A fresh signal: this must happen.
+      try {
+        await live.vmm.resume(AbortSignal.timeout(10_000));
+      } catch (resumeErr) {
+        return { ok: false, resumed: false, reason: `pause failed (${errorMessage(err)}) and the VM could not be resumed (${errorMessage(resumeErr)})`, error: err as Error };
+      }
+      await removeTree(staging).catch(() => undefined);
+      return { ok: false, resumed: true, error: err as Error };
+    }
   }
 
   // From here on the VM is gone or going: failures release everything and fail the sandbox.
@@ -76,26 +99,41 @@ export async function pauseSandbox(
       if (vmmRow) ledger.forget(rec, vmmRow.id);
     });
     await mkdir(paused, { recursive: true });
-    const pausedRow = ledger.record(rec, { kind: 'paused', dir: paused, disk: null, complete: false });
+    const pausedRow = ledger.record(rec, { kind: 'paused', dir: paused, disk: null, complete: false, memory: opts.memory });
     const detached = await steps.run('detach', async () => {
       const diskRow = ledger.find(rec.id, 'disk');
       const token = await deps.storage.detach(live.disk, paused, AbortSignal.timeout(60_000));
       // The disk is now part of the paused capture.
-      ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: token, complete: false });
+      ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: token, complete: false, memory: opts.memory });
       if (diskRow) ledger.forget(rec, diskRow.id);
       return token;
     });
-    await steps.run('move', async () => {
-      await rename(memoryPath, join(paused, FILES.memory));
-      // The device state and whatever else the VMM wrote beside it (e.g. Firecracker's firecracker.json).
-      for (const f of await readdir(staging)) await rename(join(staging, f), join(paused, f));
-      const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached };
-      await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
-      await removeTree(staging);
-      ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: detached, complete: true });
-      // A memory file cloned for a restore moved into the capture with the rest.
-      for (const m of ledger.list(rec.id).filter((r) => r.holding.kind === 'memory')) ledger.forget(rec, m.id);
-    });
+    if (!opts.memory) {
+      await steps.run('meta', async () => {
+        // Guest RAM is not kept: the VM's memory file (and a copy made for a restore) goes before the capture is marked complete.
+        await rm(join(dir, FILES.memory), { force: true });
+        for (const m of ledger.list(rec.id)) {
+          if (m.holding.kind !== 'memory') continue;
+          await rm(m.holding.path, { force: true });
+          ledger.forget(rec, m.id);
+        }
+        const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached, memory: false };
+        await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
+        ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: detached, complete: true, memory: false });
+      });
+    } else {
+      await steps.run('move', async () => {
+        await rename(memoryPath, join(paused, FILES.memory));
+        // The device state and whatever else the VMM wrote beside it (e.g. Firecracker's firecracker.json).
+        for (const f of await readdir(staging)) await rename(join(staging, f), join(paused, f));
+        const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached, memory: true };
+        await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
+        await removeTree(staging);
+        ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: detached, complete: true, memory: true });
+        // A memory file cloned for a restore moved into the capture with the rest.
+        for (const m of ledger.list(rec.id).filter((r) => r.holding.kind === 'memory')) ledger.forget(rec, m.id);
+      });
+    }
     await steps.run('release', async () => {
       const errs = await ledger.release(rec, release, { which: (r) => r.holding.kind === 'slot' });
       if (errs.length) throw new HostFailureError(errs.join('; '));
@@ -121,9 +159,16 @@ export const beyondPaused = (r: HoldingRow): boolean => r.holding.kind !== 'paus
  * paused capture is released (the VMM stopped, the disk put back into the
  * paused dir, never deleted) and the sandbox stays paused. On success the
  * caller makes it running and calls `commitResume`.
+ *
+ * A filesystem-only capture, or `boot: true` (E2B's `memory: false`, "reboot",
+ * on a memory capture: its memory is ignored), resumes by a cold boot of the
+ * template's kernel on the sandbox's disk instead of a restore: slot → attach →
+ * boot → agent ready → /init (as after a create: the agent starts with no
+ * token). Failures are handled the same way.
  */
 export async function resumeSandbox(
   deps: ManagerDeps, ledger: Holdings, release: Releaser, rec: SandboxRecord, template: Template, steps: StepTimer, signal: AbortSignal,
+  opts: { boot?: boolean } = {},
 ): Promise<LiveSandbox> {
   const paused = pausedDir(deps.config, rec.id);
   const capture = ledger.find(rec.id, 'paused');
@@ -131,6 +176,7 @@ export async function resumeSandbox(
     throw new HostFailureError(`sandbox ${rec.id} is paused but its paused files are incomplete (no ${FILES.meta} in ${capture?.holding.dir ?? paused})`);
   }
   const token = capture.holding.disk ?? await pausedDisk(capture.holding.dir, rec, template);
+  const boot = opts.boot === true || capture.holding.memory === false;
   try {
     const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
     ledger.record(rec, { kind: 'slot', network: slot.vmNetwork });
@@ -139,6 +185,7 @@ export async function resumeSandbox(
     ledger.update(rec, diskRow, { kind: 'disk', disk, from: token });
     const vmm = deps.vmm.create();
     const cfg = vmConfig(deps.config, rec, template, slot, disk);
+    if (boot) return await bootFromDisk(deps, ledger, rec, cfg, { vmm, slot, disk, stopping: false }, steps, signal);
     // A VMM that writes guest memory into its file runs on a copy: the paused memory is never
     // consumed, so a failed resume can be retried. One that maps the file privately reads it as is.
     if (!deps.vmm.restoreMapsSnapshotMemory) {
@@ -164,6 +211,33 @@ export async function resumeSandbox(
     }
     throw err;
   }
+}
+
+/**
+ * The boot half of a resume from a filesystem-only capture: the VM's memory
+ * file (QEMU makes one as it boots) is a holding, so a failed or interrupted
+ * resume deletes it; the VMM is an intent before it is spawned, as in a create.
+ */
+async function bootFromDisk(
+  deps: ManagerDeps, ledger: Holdings, rec: SandboxRecord, cfg: VmConfig, live: LiveSandbox, steps: StepTimer, signal: AbortSignal,
+): Promise<LiveSandbox> {
+  if (!deps.vmm.restoreMapsSnapshotMemory) ledger.record(rec, { kind: 'memory', path: cfg.memoryFilePath });
+  const vmmRow = ledger.record(rec, { kind: 'vmm', runDir: cfg.runDir, handle: null }, live);
+  await steps.run('boot', () => live.vmm.boot(cfg, signal), signal);
+  ledger.update(rec, vmmRow, { kind: 'vmm', runDir: cfg.runDir, handle: { kind: live.vmm.kind, pid: live.vmm.pid, runDir: cfg.runDir } });
+  const endpoint = live.slot.guestAddress(deps.config.agentPort);
+  await steps.run('agent', () => waitForAgent(deps, endpoint, undefined, live, cfg.consoleLogPath, deps.config.bootTimeoutMs, signal), signal);
+  await live.vmm.markReady?.();
+  // A booted agent holds no token yet: /init gives it the sandbox's own (and its env vars), as after a create.
+  await steps.run('init', () => deps.agent(endpoint, undefined).init(initBody(rec), signal), signal);
+  rec.agent = endpoint;
+  return live;
+}
+
+/** Whether a paused sandbox's capture kept memory (false: filesystem-only); null when it has no capture. */
+export function captureKeptMemory(ledger: Holdings, id: string): boolean | null {
+  const capture = ledger.find(id, 'paused');
+  return capture ? capture.holding.memory !== false : null;
 }
 
 /**
