@@ -40,7 +40,10 @@ describe('QEMU command line', () => {
     assert.deepEqual(values(args, '-object'), ['memory-backend-file,id=mem,size=256M,mem-path=/data/sandboxes/sb-123/mem,share=on']);
     assert.deepEqual(values(args, '-m'), ['256M']);
     assert.deepEqual(values(args, '-smp'), ['2']);
-    assert.deepEqual(values(args, '-accel'), ['tcg']);
+    // A bounded translation cache (QEMU's default, 1 GiB, grows into anonymous memory): issue #14.
+    assert.deepEqual(values(args, '-accel'), ['tcg,tb-size=128']);
+    assert.deepEqual(values(buildQemuArgs(cfg(), { ...tcg, tbSizeMib: 64 }), '-accel'), ['tcg,tb-size=64']);
+    assert.deepEqual(values(buildQemuArgs(cfg(), { ...tcg, accel: 'kvm' }), '-accel'), ['kvm']);
     assert.deepEqual(values(args, '-cpu'), ['max']);
     for (const f of ['-nodefaults', '-no-user-config', '-nographic', '-no-reboot']) assert.ok(args.includes(f), f);
     assert.deepEqual(values(args, '-device'), [
