@@ -11,6 +11,7 @@ import { KeyedLock } from './lock.js';
 import type { Logger } from './log.js';
 import { assertTransition, transition } from './state.js';
 import { StepTimer } from './steps.js';
+import { headroomRefusal, type HostHeadroom } from './headroom.js';
 import { Semaphore } from './semaphore.js';
 import type { AgentEndpoint, Lifecycle, SandboxRecord, SandboxState, SnapshotRecord, Template } from './types.js';
 import { withoutSecrets, type Store } from '../store/store.js';
@@ -70,6 +71,8 @@ export interface ForkResult { sandbox?: SandboxRecord; error?: { code: string; m
 export interface ManagerSettings {
   /** Most warm snapshots (distinct shapes) kept per template, builds in flight included (default 4). */
   warmShapesPerTemplate?: number;
+  /** Admission on the host's real memory, disk and CPU headroom (src/core/headroom.ts); none: guest memory only. */
+  headroom?: HostHeadroom;
 }
 
 export type SandboxManagerDeps = ManagerDeps & { config: ManagerDeps['config'] & ManagerSettings };
@@ -475,6 +478,10 @@ export class SandboxManager {
     if (used + memoryMib * count > cap) {
       throw new CapacityError(`host capacity reached: running sandboxes use ${used} MiB of guest memory and this needs ${memoryMib * count} MiB more; the limit is ${cap} MiB (host RAM × overcommit ratio). Pause or destroy sandboxes, or raise memoryOvercommit`);
     }
+    // What the host really has left: available memory, data-dir space, CPU load (issue #14).
+    const h = this.config.headroom;
+    const why = h ? headroomRefusal(h.sample(), h.thresholds, memoryMib, count) : null;
+    if (why) throw new CapacityError(`host capacity reached: ${why}. Pause or destroy sandboxes, or change the admission thresholds`);
   }
 
   private async doCreate(rec: SandboxRecord, source: LaunchSource, signal: AbortSignal): Promise<SandboxRecord> {

@@ -1,6 +1,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RootfsBackendKind } from '../storage/types.js';
+import { DEFAULT_ADMISSION, type AdmissionThresholds } from '../core/headroom.js';
 
 /**
  * hearthd's configuration. Sources, later wins: defaults → `<dataDir>/config.json`
@@ -91,6 +92,18 @@ export interface HearthConfig {
   maxConnectionsPerAddress: number;
   /** Guest memory of running sandboxes may reach host RAM × this ratio; creates beyond get 503. */
   memoryOvercommit: number;
+  /**
+   * Admission on the host's real headroom (src/core/headroom.ts; 0 turns a check off): a create,
+   * resume or fork gets 503 when it would leave less than `admissionMinFreeMemoryMib` of
+   * MemAvailable (counting it at `admissionMemoryPerSandboxMib`, at most its guest memory), less
+   * than `admissionMinFreeDiskMib` free on the data dir (reserving its memory plus
+   * `admissionDiskPerSandboxMib`), or while the 1-minute load per CPU exceeds `admissionMaxLoadPerCpu`.
+   */
+  admissionMinFreeMemoryMib: number;
+  admissionMemoryPerSandboxMib: number;
+  admissionMinFreeDiskMib: number;
+  admissionDiskPerSandboxMib: number;
+  admissionMaxLoadPerCpu: number;
   maxVcpus: number;
   maxMemoryMib: number;
   minMemoryMib: number;
@@ -118,6 +131,11 @@ export function defaultConfig(): HearthConfig {
     defaultVcpus: 1,
     defaultMemoryMib: 512,
     memoryOvercommit: 1.5,
+    admissionMinFreeMemoryMib: DEFAULT_ADMISSION.minFreeMemoryMib,
+    admissionMemoryPerSandboxMib: DEFAULT_ADMISSION.memoryPerSandboxMib,
+    admissionMinFreeDiskMib: DEFAULT_ADMISSION.minFreeDiskMib,
+    admissionDiskPerSandboxMib: DEFAULT_ADMISSION.diskPerSandboxMib,
+    admissionMaxLoadPerCpu: DEFAULT_ADMISSION.maxLoadPerCpu,
     requireApiKey: false,
     qemuUser: 'per-vm',
     vmm: 'auto',
@@ -160,6 +178,11 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_DEFAULT_MEMORY_MB: 'defaultMemoryMib',
   HEARTH_DEFAULT_VCPUS: 'defaultVcpus',
   HEARTH_MEMORY_OVERCOMMIT: 'memoryOvercommit',
+  HEARTH_ADMISSION_MIN_FREE_MEMORY_MIB: 'admissionMinFreeMemoryMib',
+  HEARTH_ADMISSION_MEMORY_PER_SANDBOX_MIB: 'admissionMemoryPerSandboxMib',
+  HEARTH_ADMISSION_MIN_FREE_DISK_MIB: 'admissionMinFreeDiskMib',
+  HEARTH_ADMISSION_DISK_PER_SANDBOX_MIB: 'admissionDiskPerSandboxMib',
+  HEARTH_ADMISSION_MAX_LOAD_PER_CPU: 'admissionMaxLoadPerCpu',
   HEARTH_REQUIRE_API_KEY: 'requireApiKey',
   HEARTH_VMM: 'vmm',
   HEARTH_QEMU_USER: 'qemuUser',
@@ -224,5 +247,19 @@ function validate(cfg: HearthConfig): void {
   }
   if (!Number.isInteger(cfg.warmShapesPerTemplate) || cfg.warmShapesPerTemplate < 1) throw new Error(`warmShapesPerTemplate must be an integer >= 1, got ${cfg.warmShapesPerTemplate}`);
   if ((cfg.tlsCert === null) !== (cfg.tlsKey === null)) throw new Error('tlsCert and tlsKey go together: set both or neither');
+  for (const k of ['admissionMinFreeMemoryMib', 'admissionMemoryPerSandboxMib', 'admissionMinFreeDiskMib', 'admissionDiskPerSandboxMib', 'admissionMaxLoadPerCpu'] as const) {
+    if (typeof cfg[k] !== 'number' || !Number.isFinite(cfg[k]) || cfg[k] < 0) throw new Error(`${k} must be a number >= 0 (0 turns the check off), got ${String(cfg[k])}`);
+  }
   if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);
+}
+
+/** The admission thresholds a configuration sets (src/core/headroom.ts). */
+export function admissionThresholds(cfg: HearthConfig): AdmissionThresholds {
+  return {
+    minFreeMemoryMib: cfg.admissionMinFreeMemoryMib,
+    memoryPerSandboxMib: cfg.admissionMemoryPerSandboxMib,
+    minFreeDiskMib: cfg.admissionMinFreeDiskMib,
+    diskPerSandboxMib: cfg.admissionDiskPerSandboxMib,
+    maxLoadPerCpu: cfg.admissionMaxLoadPerCpu,
+  };
 }

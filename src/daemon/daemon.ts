@@ -14,7 +14,8 @@ import { LIVE_STATES } from '../core/types.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
 import { Store } from '../store/store.js';
 import { AGENT_PORT } from '../agent/protocol.js';
-import type { HearthConfig } from './config.js';
+import { admissionThresholds, type HearthConfig } from './config.js';
+import { hostHeadroom } from '../core/headroom.js';
 import { runDoctor } from './doctor.js';
 import { createNetwork, type DaemonNetwork } from './network.js';
 import { chooseVmm } from './vmm.js';
@@ -122,6 +123,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         warmShapesPerTemplate: cfg.warmShapesPerTemplate,
         limits: { maxVcpus: cfg.maxVcpus, maxMemoryMib: cfg.maxMemoryMib, minMemoryMib: cfg.minMemoryMib, maxForks: cfg.maxForks },
         capacityMemoryMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit),
+        headroom: hostHeadroom(cfg.dataDir, admissionThresholds(cfg)),
       },
     });
     // Before recovery, so sandboxes it fails follow the same retention (0: deleted as they end).

@@ -7,7 +7,8 @@ import { chooseRootfsBackend } from '../storage/select.js';
 import { chooseNetwork } from '../network/netns/index.js';
 import { chooseVmm } from './vmm.js';
 import { resolvePrivilege } from '../vmm/qemu/index.js';
-import type { HearthConfig } from './config.js';
+import { admissionThresholds, type HearthConfig } from './config.js';
+import { hostHeadroom, type AdmissionThresholds, type HostSample } from '../core/headroom.js';
 
 const execFileP = promisify(execFile);
 
@@ -22,6 +23,8 @@ export interface DoctorReport {
   chosen: { vmm: string; vmmReason: string; accel: string; storage: string; storageReason: string; network: string; networkReason: string };
   /** Whether sandboxes can reach anything beyond the host at all, whatever their policy says. */
   egress: { possible: boolean; interface: string | null; why: string };
+  /** Admission thresholds (configuration) and the host's headroom now (src/core/headroom.ts). */
+  admission?: { thresholds: AdmissionThresholds; now: HostSample; guestMemoryLimitMib: number };
 }
 
 async function versionOf(cmd: string, args: string[]): Promise<string | null> {
@@ -50,7 +53,9 @@ export async function runDoctor(cfg: HearthConfig): Promise<DoctorReport> {
   const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
   const root = process.getuid?.() === 0;
   const uffd = existsSync('/dev/userfaultfd') || await access('/proc/sys/vm/unprivileged_userfaultfd', constants.R_OK).then(() => true, () => false);
+  const thresholds = admissionThresholds(cfg);
   return {
+    admission: { thresholds, now: hostHeadroom(cfg.dataDir, thresholds).sample(), guestMemoryLimitMib: Math.floor((memKb / 1024) * cfg.memoryOvercommit) },
     host: { kernel: kernel.trim(), cpus: (await import('node:os')).cpus().length, memoryMib: Math.round(memKb / 1024), root },
     kvm: { device: existsSync('/dev/kvm'), runsGuests: accel.accel === 'kvm', detail: accel.reason },
     qemu: { found: qemu.found, version: qemu.version, ignoreShared: qemu.ignoreShared, detail: qemu.detail, privilege: privilege.reason },

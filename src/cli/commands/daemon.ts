@@ -149,6 +149,15 @@ function printDoctor(r: DoctorReport): void {
     ['→ network', `${r.chosen.network} (${r.chosen.networkReason})`],
     ['→ egress', r.egress ? (r.egress.possible ? `sandboxes may reach beyond the host via ${r.egress.interface}` : `none: ${r.egress.why}`) : '-'],
   ];
+  if (r.admission) {
+    const t = r.admission.thresholds;
+    const n = r.admission.now;
+    const off = (v: number, text: string): string => (v > 0 ? text : 'off');
+    lines.push(['admission', `guest memory ≤ ${r.admission.guestMemoryLimitMib} MiB (host RAM × memoryOvercommit)`]);
+    lines.push(['  memory', `${off(t.minFreeMemoryMib, `keep ≥ ${t.minFreeMemoryMib} MiB available, a sandbox counted at ≤ ${t.memoryPerSandboxMib} MiB`)}; now ${Math.round(n.availableMemoryMib)} MiB available`]);
+    lines.push(['  disk', `${off(t.minFreeDiskMib, `keep ≥ ${t.minFreeDiskMib} MiB free, reserving its memory + ${t.diskPerSandboxMib} MiB`)}; now ${Math.round(n.freeDiskMib)} MiB free`]);
+    lines.push(['  cpu', `${off(t.maxLoadPerCpu, `refuse above load ${t.maxLoadPerCpu} per CPU`)}; now ${n.load1.toFixed(1)} on ${n.cpus} CPUs`]);
+  }
   for (const [k, v] of lines) process.stdout.write(`${k.padEnd(15)}${v}\n`);
 }
 
