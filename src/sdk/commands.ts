@@ -21,6 +21,39 @@ const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve) 
   signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
 });
 
+/**
+ * A process's stream broke: when the sandbox was paused (the VM stops and its connections with
+ * it), wait for it to run again and reconnect to the process, which was frozen with it. Not
+ * after the command's own timeout, the caller's abort, an error thrown by a callback, or when
+ * the sandbox is gone (then undefined: the caller reports the original error).
+ */
+export async function reattachAfter(err: unknown, reattach: Reattach | undefined, pid: number, signal?: AbortSignal): Promise<AsyncIterator<ProcessEvent | undefined> | undefined> {
+  if (!reattach || signal?.aborted) return undefined;
+  if (!(err instanceof ConnectError) || !REATTACH_CODES.has(err.code)) return undefined;
+  let wait = 500;
+  let tries = 0;
+  for (;;) {
+    const state = await reattach.state().catch(() => undefined);
+    if (signal?.aborted) return undefined;
+    if (state && PAUSED.has(state)) { await sleep(wait, signal); wait = Math.min(wait * 2, 1000); continue; }
+    if (state !== 'running' || ++tries > 3) return undefined;
+    try {
+      return await reattach.connect(pid, signal);
+    } catch (e) {
+      if (mapConnectError(e).name === 'NotFoundError') return undefined; // the process is gone
+      await sleep(500, signal);
+    }
+  }
+}
+
+/** A Reattach over these clients: Process/Connect by pid. */
+export function reattachVia(clients: EnvdClients, state: () => Promise<string | undefined>): Reattach {
+  return {
+    state,
+    connect: async (pid, signal) => (await openStream(clients.process.connect({ process: { selector: { case: 'pid', value: pid } } }, signal ? { signal } : {}))).events,
+  };
+}
+
 /** Output callbacks and collection for `commands.connect(pid)`. */
 export type ConnectOptions = Pick<RunOptions, 'onStdout' | 'onStderr' | 'onData' | 'collect' | 'signal'>;
 
@@ -96,39 +129,12 @@ export class CommandHandle {
           }
         }
       } catch (err) {
-        const again = await this.reattachAfter(err);
+        const again = await reattachAfter(err, this.reattach, this.pid, this.opts.signal);
         if (!again) throw mapConnectError(err);
         events = again;
       } finally {
         // The end event is the last thing a command sends: finish the call (and its timers) in the background.
         void current.return?.().catch(() => undefined);
-      }
-    }
-  }
-
-  /**
-   * The stream broke: when the sandbox was paused (the VM stops and its connections with it),
-   * wait for it to run again and reconnect to the process, which was frozen with it. Not after
-   * the command's own timeout, the caller's abort, or when the sandbox is gone.
-   */
-  private async reattachAfter(err: unknown): Promise<AsyncIterator<ProcessEvent | undefined> | undefined> {
-    const signal = this.opts.signal;
-    if (!this.reattach || signal?.aborted) return undefined;
-    // Only a broken stream: not the command's own timeout, not an error thrown by a callback.
-    if (!(err instanceof ConnectError) || !REATTACH_CODES.has(err.code)) return undefined;
-    let wait = 500;
-    let tries = 0;
-    for (;;) {
-      const state = await this.reattach.state().catch(() => undefined);
-      if (signal?.aborted) return undefined;
-      if (state && PAUSED.has(state)) { await sleep(wait, signal); wait = Math.min(wait * 2, 1000); continue; }
-      if (state !== 'running' || ++tries > 3) return undefined;
-      try {
-        return await this.reattach.connect(this.pid, signal);
-      } catch (e) {
-        const mapped = mapConnectError(e);
-        if (mapped.name === 'NotFoundError') return undefined; // the process is gone: report the original break
-        await sleep(500, signal);
       }
     }
   }
@@ -171,11 +177,7 @@ export class Commands {
   constructor(private readonly clients: EnvdClients, private readonly state?: () => Promise<string | undefined>) {}
 
   private reattach(): Reattach | undefined {
-    if (!this.state) return undefined;
-    return {
-      state: this.state,
-      connect: async (pid, signal) => (await openStream(this.clients.process.connect({ process: { selector: { case: 'pid', value: pid } } }, signal ? { signal } : {}))).events,
-    };
+    return this.state ? reattachVia(this.clients, this.state) : undefined;
   }
 
   /**

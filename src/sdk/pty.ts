@@ -1,7 +1,9 @@
 import { create } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
 import type { ProcessEvent } from '../gen/process/process_pb.js';
 import { Signal, StartRequestSchema } from '../gen/process/process_pb.js';
 import { mapConnectError, openStream, type EnvdClients } from './envd.js';
+import { reattachAfter, reattachVia, type Reattach } from './commands.js';
 
 export interface PtySize {
   cols: number;
@@ -49,26 +51,35 @@ export class PtyHandle {
     private readonly events: AsyncIterator<ProcessEvent | undefined>,
     private readonly abort: AbortController,
     private readonly onData?: (bytes: Uint8Array) => unknown,
+    private readonly reattach?: Reattach,
   ) {
     this.done = this.pump();
     this.done.catch(() => undefined);
   }
 
   private async pump(): Promise<PtyResult | undefined> {
-    try {
-      for (;;) {
-        const next = await this.events.next();
-        if (next.done) throw new Error('the terminal stream ended without an end event');
-        const ev = next.value?.event;
-        if (!ev) continue;
-        if (ev.case === 'data' && ev.value.output.case === 'pty') await this.onData?.(ev.value.output.value);
-        else if (ev.case === 'end') return { exitCode: ev.value.exitCode, ...(ev.value.error ? { error: ev.value.error } : {}) };
+    let events = this.events;
+    for (;;) {
+      const current = events; // finally below releases this stream, not one a reattach opens
+      try {
+        for (;;) {
+          const next = await events.next();
+          if (next.done) throw new ConnectError('the terminal stream ended without an end event', Code.Aborted);
+          const ev = next.value?.event;
+          if (!ev) continue;
+          if (ev.case === 'data' && ev.value.output.case === 'pty') await this.onData?.(ev.value.output.value);
+          else if (ev.case === 'end') return { exitCode: ev.value.exitCode, ...(ev.value.error ? { error: ev.value.error } : {}) };
+        }
+      } catch (err) {
+        if (this.abort.signal.aborted) return undefined;
+        // A pause cuts the stream; the shell was frozen with the VM: follow it after the resume.
+        const again = await reattachAfter(err, this.reattach, this.pid, this.abort.signal);
+        if (this.abort.signal.aborted) return undefined;
+        if (!again) throw mapConnectError(err);
+        events = again;
+      } finally {
+        void current.return?.().catch(() => undefined);
       }
-    } catch (err) {
-      if (this.abort.signal.aborted) return undefined;
-      throw mapConnectError(err);
-    } finally {
-      void this.events.return?.().catch(() => undefined);
     }
   }
 
@@ -128,6 +139,8 @@ export class Pty {
   constructor(
     private readonly clients: EnvdClients,
     private readonly userClients?: (user: string) => EnvdClients,
+    /** The sandbox's state from the API: lets terminals follow their shell across a pause. */
+    private readonly state?: () => Promise<string | undefined>,
   ) {}
 
   /** Starts an interactive login shell (`/bin/bash -i -l`) on a new terminal. */
@@ -147,7 +160,7 @@ export class Pty {
     const timeoutMs = opts.timeoutMs ?? 0;
     const stream = clients.process.start(req, { signal: abort.signal, ...(timeoutMs > 0 ? { timeoutMs } : {}) });
     const { pid, events } = await openStream(stream);
-    return new PtyHandle(pid, clients, events, abort, opts.onData);
+    return new PtyHandle(pid, clients, events, abort, opts.onData, this.state ? reattachVia(clients, this.state) : undefined);
   }
 
   /** Reattaches to a running terminal by pid (output produced meanwhile is not replayed). */
@@ -156,7 +169,7 @@ export class Pty {
     linkAbort(opts.signal, abort);
     const stream = this.clients.process.connect({ process: { selector: { case: 'pid', value: pid } } }, { signal: abort.signal });
     const { pid: got, events } = await openStream(stream);
-    return new PtyHandle(got, this.clients, events, abort, opts.onData);
+    return new PtyHandle(got, this.clients, events, abort, opts.onData, this.state ? reattachVia(this.clients, this.state) : undefined);
   }
 
   /** SIGKILL by pid; false if it was already gone. */

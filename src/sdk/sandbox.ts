@@ -134,7 +134,7 @@ export class Sandbox {
     const clients = envdClients(target, user);
     this.commands = new Commands(clients, state);
     this.files = new Files(clients, target, user);
-    this.pty = new Pty(clients, (u) => envdClients(target, u));
+    this.pty = new Pty(clients, (u) => envdClients(target, u), state);
   }
 
   static async create(opts: CreateOptions = {}): Promise<Sandbox> {

@@ -112,6 +112,8 @@ describe('everyday use: SDK parity and CLI with real sandboxes', () => {
     // Output is streamed, not kept: what a process writes while no stream is attached (between the
     // resume and the reattach) is not replayed. So it waits for a go-ahead after both are attached.
     const h = await a.commands.run('echo before; while [ ! -e /tmp/go ]; do sleep 0.2; done; echo after; exit 7', { background: true, timeoutMs: 0 });
+    let screen = '';
+    const term = await a.pty.create({ cols: 80, rows: 24, onData: (b) => { screen += new TextDecoder().decode(b); } });
     await new Promise((r) => setTimeout(r, 1000));
     await a.pause();
     await assert.rejects(a.commands.run('true'), (e: unknown) => {
@@ -132,6 +134,12 @@ describe('everyday use: SDK parity and CLI with real sandboxes', () => {
     assert.equal(r2.exitCode, 7);
     assert.equal(r2.stdout, 'after\n');
     assert.equal((await resumed.commands.run('echo ok')).stdout, 'ok\n');
+    // The terminal opened before the pause follows its shell after the resume.
+    await term.sendInput('echo pty-$((40+2))\n');
+    for (const deadline = Date.now() + 30_000; !screen.includes('pty-42') && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 100));
+    assert.match(screen, /pty-42/);
+    await term.sendInput('exit 5\n');
+    assert.equal((await term.wait())?.exitCode, 5);
   });
 
   test('CLI: --timeout exits 124, a missing command 127 without a stray "--", Ctrl-C 130', { timeout: 300_000 }, async () => {

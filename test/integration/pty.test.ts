@@ -90,11 +90,13 @@ describe('PTY sessions in a real sandbox', () => {
     assert.equal(r?.exitCode, -1);
   });
 
-  test('hearth shell forwards piped input and exits with the shell status', async () => {
+  test('hearth shell forwards piped input and exits with the shell status (no PTY unless -t, as ssh)', async () => {
     const env = { ...process.env, HEARTH_URL: d.url };
     const cli = join(PACKAGE_ROOT, 'bin', 'hearth');
     const r = await execFileP('sh', ['-c', `printf 'echo from-$((6*7))\\nexit 5\\n' | "${cli}" shell ${sbx.id}; echo "rc=$?"`], { env });
-    assert.match(r.stdout, /from-42\r\n/);
-    assert.match(r.stdout, /rc=5\n$/);
+    assert.equal(r.stdout, 'from-42\nrc=5\n', 'piped: a login shell without a terminal, no echo, no CR');
+    const t = await execFileP('sh', ['-c', `printf 'echo from-$((6*7))\\nexit 5\\n' | "${cli}" shell -t ${sbx.id}; echo "rc=$?"`], { env });
+    assert.match(t.stdout, /from-42\r\n/, '-t: on a PTY');
+    assert.match(t.stdout, /rc=5\n$/);
   });
 });

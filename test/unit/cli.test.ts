@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HELP, helpFor } from '../../src/cli/help.js';
 import { humanize } from '../../src/cli/output.js';
-import { missingCommandText } from '../../src/cli/commands/exec.js';
+import { mayBeMissingCommand, missingCommandText } from '../../src/cli/commands/exec.js';
 import { unitFile } from '../../src/cli/commands/service.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
 
@@ -142,6 +142,9 @@ describe('errors', () => {
     assert.equal(missingCommandText('--: 1: exec: foo: not found\n'), 'hearth: foo: command not found\n');
     assert.equal(missingCommandText('setpriv: failed to execute foo: No such file or directory\n'), 'hearth: foo: command not found\n');
     assert.equal(missingCommandText('something else\n'), null);
+    assert.equal(mayBeMissingCommand('--: 1: ex'), true);
+    assert.equal(mayBeMissingCommand('-'), true);
+    assert.equal(mayBeMissingCommand('50%\r'), false, 'other stderr is not held');
   });
 });
 

@@ -22,6 +22,12 @@ export function missingCommandText(text: string): string | null {
   return `hearth: ${m[1]}: ${m[2] === 'Permission denied' ? 'permission denied' : 'command not found'}\n`;
 }
 
+const MISSING_PREFIXES = ['--: ', 'sh: ', 'setpriv: failed to execute '];
+/** Whether `text` may be the start of the wrapper's missing-program message. */
+export function mayBeMissingCommand(text: string): boolean {
+  return MISSING_PREFIXES.some((p) => text.startsWith(p) || p.startsWith(text));
+}
+
 /**
  * Runs a process in the sandbox, streaming its stdout and stderr as they come;
  * our stdin (when it is not a terminal) is forwarded; exits with its exit code
@@ -69,7 +75,10 @@ export async function execCommand(argv: string[]): Promise<number> {
       if (json) { out[stream] += dec[stream].decode(bytes, { stream: true }); return undefined; }
       if (stream === 'stderr' && firstErr) {
         firstErr = Buffer.concat([firstErr, bytes]);
-        return firstErr.includes(10) || firstErr.length > 4096 ? flushFirstErr() : undefined;
+        // Held only while it can still be that message, and never for long (progress bars on stderr).
+        if (firstErr.includes(10) || firstErr.length > 4096 || !mayBeMissingCommand(firstErr.toString('utf8'))) return flushFirstErr();
+        setTimeout(() => { void flushFirstErr(); }, 200).unref();
+        return undefined;
       }
       return writeOut(stream === 'stdout' ? process.stdout : process.stderr, bytes);
     },
