@@ -102,8 +102,11 @@ export interface CreateOptions extends ConnectionOptions {
   memoryMb?: number;
   /** Default user for commands and files (default: the template's, "user"). */
   user?: string;
-  /** At the timeout: destroy (default) or pause; resume on traffic; extend on activity. */
-  lifecycle?: { onTimeout?: 'kill' | 'pause'; autoResume?: boolean; autoExtend?: boolean };
+  /**
+   * At the timeout: destroy (default) or pause (`keepMemory: false`: a filesystem-only pause, whose
+   * resume boots); resume on traffic (memory pauses only); extend on activity.
+   */
+  lifecycle?: { onTimeout?: 'kill' | 'pause'; keepMemory?: boolean; autoResume?: boolean; autoExtend?: boolean };
   /** Egress beyond `network.allowOut` (default: the host's policy). */
   allowInternetAccess?: boolean;
   network?: NetworkOptions;
@@ -267,15 +270,24 @@ export class Sandbox {
     await this.api.request<void>('POST', `/sandboxes/${this.id}/timeout`, { timeout: Math.ceil(timeoutMs / 1000) }, signal);
   }
 
-  /** Pause: the VM stops (no process, no CPU); memory and disk stay on the host. */
-  async pause(signal?: AbortSignal): Promise<void> {
-    await this.api.request<void>('POST', `/sandboxes/${this.id}/pause`, {}, signal);
+  /**
+   * Pause: the VM stops (no process, no CPU); memory and disk stay on the host. With
+   * `keepMemory: false` only the disk is kept (the guest syncs first; a resume boots from it).
+   */
+  async pause(opts: AbortSignal | { keepMemory?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+    const o = opts instanceof AbortSignal ? { signal: opts } : opts;
+    await this.api.request<void>('POST', `/sandboxes/${this.id}/pause`, o.keepMemory === false ? { memory: false } : {}, o.signal);
   }
 
-  /** Resume exactly where it was paused; processes keep their PIDs and memory. */
-  async resume(opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
-    await this.api.request<SandboxInfo>('POST', `/sandboxes/${this.id}/resume`,
-      opts.timeoutMs !== undefined ? { timeout: Math.ceil(opts.timeoutMs / 1000) } : {}, opts.signal);
+  /**
+   * Resume exactly where it was paused (processes keep their PIDs and memory); a filesystem-only
+   * pause, or `keepMemory: false`, boots from the disk instead.
+   */
+  async resume(opts: { timeoutMs?: number; keepMemory?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+    await this.api.request<SandboxInfo>('POST', `/sandboxes/${this.id}/resume`, {
+      ...(opts.timeoutMs !== undefined ? { timeout: Math.ceil(opts.timeoutMs / 1000) } : {}),
+      ...(opts.keepMemory === false ? { memory: false } : {}),
+    }, opts.signal);
   }
 
   /** Capture memory and disk as a named snapshot; the sandbox keeps running after a short freeze. */
