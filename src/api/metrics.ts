@@ -1,14 +1,19 @@
 /**
  * Sandbox metrics over time, as E2B's `GET /sandboxes/{id}/metrics` answers
  * them: hearthd asks each running sandbox's agent for `GET /metrics` (CPU,
- * memory, disk, from the guest's /proc and statfs) every few seconds and keeps
- * the samples of the last hour in memory. A request for a running sandbox whose
- * newest sample is older than the interval takes one more first, so a sandbox
- * created a moment ago already has one. Samples are not persisted: a restarted
- * hearthd starts a new series; a paused sandbox keeps the ones it had.
+ * memory, disk, from the guest's /proc and statfs) every few seconds, adds what
+ * the host sees of the sandbox (its VMM process's CPU and resident memory, the
+ * blocks its disk takes in the data dir), and keeps the last hour in memory.
+ * With a sample file store (src/observability/sample-store.ts) every sample is
+ * also written to disk, so the whole series is kept for the sandbox's life (and
+ * with its record after), across restarts of hearthd. A request for a running
+ * sandbox whose newest sample is older than the interval takes one more first,
+ * so a sandbox created a moment ago already has one. A paused sandbox keeps the
+ * ones it had.
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { SandboxManager } from '../core/manager.js';
+import type { SandboxRecord } from '../core/types.js';
 import { HEADER_ACCESS_TOKEN, PATH_METRICS, type AgentMetrics } from '../agent/protocol.js';
 
 /** One sample in E2B's shape (SandboxMetric). */
@@ -22,6 +27,24 @@ export interface MetricSample {
   memCache: number;
   diskUsed: number;
   diskTotal: number;
+  /** Hearth: the VMM process's CPU use seen from the host, in % of the sandbox's vCPUs (null: not known yet). */
+  hostCpuUsedPct?: number | null;
+  /** Hearth: the VMM process's resident memory on the host (bytes). */
+  hostMemRss?: number | null;
+  /** Hearth: blocks the sandbox's disk takes in the data dir (bytes, st_blocks × 512). */
+  hostDiskUsed?: number | null;
+}
+
+/** What the host adds to a sample (src/observability wires it: /proc of the VMM, the disk's blocks). */
+export type HostFields = Pick<MetricSample, 'hostCpuUsedPct' | 'hostMemRss' | 'hostDiskUsed'>;
+
+export interface SamplerOptions {
+  /** The host's view of a running sandbox, taken with each sample. */
+  host?: (s: SandboxRecord) => Promise<HostFields | null>;
+  /** Every sample, persisted; and the series older than the memory window, read back. */
+  files?: { append(id: string, s: MetricSample): void; read(id: string): MetricSample[] };
+  /** Called with each sample taken (hearthd's own metrics). */
+  onSample?: (id: string, s: MetricSample) => void;
 }
 
 export const DEFAULT_METRICS_INTERVAL_MS = 5_000;
@@ -51,6 +74,7 @@ export class MetricsSampler {
     private readonly manager: Pick<SandboxManager, 'list' | 'agentEndpoint'>,
     private readonly log: FastifyBaseLogger,
     private readonly intervalMs: number = DEFAULT_METRICS_INTERVAL_MS,
+    private readonly opts: SamplerOptions = {},
   ) {}
 
   start(): void {
@@ -68,21 +92,21 @@ export class MetricsSampler {
     const live = new Set<string>();
     for (const s of this.manager.list(['running', 'paused', 'pausing', 'resuming'])) {
       live.add(s.id);
-      if (s.state === 'running') await this.sample(s.id);
+      if (s.state === 'running') await this.sample(s.id, s);
     }
     for (const id of this.series.keys()) if (!live.has(id)) this.series.delete(id);
   }
 
   /** Takes one sample of a running sandbox now (null if its agent does not answer). */
-  sample(id: string): Promise<MetricSample | null> {
+  sample(id: string, rec?: SandboxRecord): Promise<MetricSample | null> {
     const pending = this.inFlight.get(id);
     if (pending) return pending;
-    const p = this.fetchSample(id).finally(() => this.inFlight.delete(id));
+    const p = this.fetchSample(id, rec).finally(() => this.inFlight.delete(id));
     this.inFlight.set(id, p);
     return p;
   }
 
-  private async fetchSample(id: string): Promise<MetricSample | null> {
+  private async fetchSample(id: string, rec?: SandboxRecord): Promise<MetricSample | null> {
     let ep: ReturnType<SandboxManager['agentEndpoint']>;
     try { ep = this.manager.agentEndpoint(id); } catch { return null; }
     try {
@@ -90,7 +114,14 @@ export class MetricsSampler {
         headers: { [HEADER_ACCESS_TOKEN]: ep.token }, signal: AbortSignal.timeout(5_000),
       });
       if (!res.ok) { await res.body?.cancel(); return null; }
-      const s = sampleOf(await res.json() as AgentMetrics);
+      const s: MetricSample = sampleOf(await res.json() as AgentMetrics);
+      if (this.opts.host) {
+        const r = rec ?? this.manager.list(['running']).find((x) => x.id === id);
+        const h = r ? await this.opts.host(r).catch(() => null) : null;
+        if (h) Object.assign(s, h);
+      }
+      this.opts.files?.append(id, s);
+      this.opts.onSample?.(id, s);
       const list = this.series.get(id) ?? [];
       if (list.at(-1)?.timestampUnix === s.timestampUnix) list[list.length - 1] = s; else list.push(s);
       const cutoff = s.timestampUnix - KEEP_MS / 1000;
@@ -112,6 +143,10 @@ export class MetricsSampler {
     const newest = this.series.get(id)?.at(-1);
     const stale = !newest || Date.now() - newest.timestampUnix * 1000 >= Math.max(1000, this.intervalMs || DEFAULT_METRICS_INTERVAL_MS);
     if (running && stale) await this.sample(id);
-    return (this.series.get(id) ?? []).filter((s) => (start === undefined || s.timestampUnix >= start) && (end === undefined || s.timestampUnix <= end));
+    const inMemory = this.series.get(id) ?? [];
+    // Older than the memory window (or after a restart): the series on disk.
+    const fromDisk = this.opts.files && (inMemory.length === 0 || (start ?? 0) < inMemory[0]!.timestampUnix);
+    const all = fromDisk ? this.opts.files!.read(id) : inMemory;
+    return all.filter((s) => (start === undefined || s.timestampUnix >= start) && (end === undefined || s.timestampUnix <= end));
   }
 }

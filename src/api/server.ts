@@ -21,6 +21,9 @@ import { ErrorSchema } from './schemas.js';
 import { isLoopback, isPublicPath, sandboxOfSignedFilesUrl, sandboxTokenPresented, verifyApiKey } from './auth.js';
 import { AGENT_PORT } from '../agent/protocol.js';
 import { MetricsSampler } from './metrics.js';
+import { Observability } from '../observability/hub.js';
+import { actors, type Actor } from '../observability/actor.js';
+import { countAdmissionRefusals, observeRoutes } from './routes/observe.js';
 import {
   applyConnectionLimits, checkTarget, clientErrorAnswer, csrfRefusal, DEFAULT_EDGE_LIMITS, hostAllowList, hostnameOf, rawJsonError, type EdgeLimits,
 } from './edge.js';
@@ -60,6 +63,8 @@ export interface ApiDeps {
   defaultTimeoutSec?: number;
   /** How often running sandboxes' metrics are sampled for GET /sandboxes/{id}/metrics (ms; 0: only on request). */
   metricsIntervalMs?: number;
+  /** Events, logs, Prometheus metrics and the access log (docs/observability.md); absent: an in-memory one of the API's own. */
+  observability?: Observability;
 }
 
 /** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
@@ -108,6 +113,11 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
   applyConnectionLimits(app.server, limits, (addr) => deps.log.warn({ addr, limit: limits.maxConnectionsPerAddress }, 'connection refused: per-address cap'));
+  // Observability (docs/observability.md): the daemon's, or one in memory for an API alone (tests).
+  const obs = deps.observability ?? new Observability({ store: deps.store, manager: deps.manager, log: deps.log, dataDir: null, tailIntervalMs: 0, build: { version: deps.version } });
+  if (!deps.observability) app.addHook('onClose', async () => obs.close());
+  /** Who an API request is (for lifecycle events): entered around its handler. */
+  const requestActors = new WeakMap<IncomingMessage, Actor>();
 
   await app.register(swagger, {
     openapi: {
@@ -134,7 +144,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (hostTarget?.form === 'host' && hostTarget.port === AGENT_PORT) { rawJsonError(socket, 404, 'Not Found', 'the agent (envd) takes no upgrades', 'not_found'); return; }
     const refused = hostForm ? null : hostRefusal(req.headers);
     if (refused) { rawJsonError(socket, 403, 'Forbidden', refused, 'forbidden'); return; }
-    if (!ports.handleUpgrade(req, socket, head)) rawJsonError(socket, 404, 'Not Found', `no upgrade route ${req.url.split('?')[0]}`, 'not_found');
+    const proxied = ports.handleUpgrade(req, socket, head);
+    obs.metrics.upgrades.inc({ outcome: proxied ? 'proxied' : 'refused' });
+    if (!proxied) rawJsonError(socket, 404, 'Not Found', `no upgrade route ${req.url.split('?')[0]}`, 'not_found');
   });
   // A sandbox whose VM went away (paused, destroyed, failed): its streams end now, not when TCP gives up.
   const envdStreams = new StreamRegistry();
@@ -164,11 +176,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   // The one decision per request, on the canonical target: which class it is and what it must present.
   app.addHook('onRequest', (req, reply, done) => {
+    const track = obs.beginRequest(req.raw, reply.raw); // access log line and HTTP metrics, when the answer ends
+    track.route = req.routeOptions.url ?? 'unmatched';
     const bad = badTargets.get(req.raw);
-    if (bad) { void reply.status(bad.status).send(errorBody(bad.status, bad.message, 'invalid_argument')); return; }
+    if (bad) { track.cls = 'refused'; void reply.status(bad.status).send(errorBody(bad.status, bad.message, 'invalid_argument')); return; }
     let port = ports.target(req.raw);
     const refused = port?.form === 'host' ? null : hostRefusal(req.headers);
-    if (refused) { void reply.status(403).send(errorBody(403, refused, 'forbidden')); return; }
+    if (refused) { track.cls = 'refused'; void reply.status(403).send(errorBody(403, refused, 'forbidden')); return; }
     // Host form for the agent's port, `49983-<id>.<domain>` (E2B's SDKs without E2B_SANDBOX_URL): envd traffic.
     let envd: ProxyTarget | null = null;
     if (port?.form === 'host' && port.port === AGENT_PORT) {
@@ -181,6 +195,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       port = null;
     }
     if (port) {
+      track.cls = 'port';
+      track.route = 'port';
       void reply.hijack();
       ports.handleRequest(req.raw, reply.raw);
       return;
@@ -204,6 +220,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       }
     }
     if (envd) {
+      track.cls = 'envd';
+      track.route = 'envd';
       if (deps.requireApiKey && !envdAuthorised(req.raw, envd)) {
         void reply.status(401).send(errorBody(401, 'missing or invalid credentials: send X-API-Key, or the sandbox\'s X-Access-Token (or a signed /files URL)', 'unauthenticated'));
         return;
@@ -217,10 +235,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       return;
     }
     const path = req.url.split('?')[0] ?? '/';
-    if (isPublicPath(path) || isDashboardPath(path)) { done(); return; }
+    if (isPublicPath(path) || isDashboardPath(path)) { track.cls = isPublicPath(path) ? 'public' : 'dashboard'; done(); return; }
+    const key = req.headers['x-api-key'];
+    // The key's id (never the key) names who caused what: access log, events.
+    track.keyId = typeof key === 'string' && key ? verifyApiKey(deps.store, key) : null;
+    requestActors.set(req.raw, { keyId: track.keyId, method: req.method, route: track.route });
     if (deps.requireApiKey) {
-      const key = req.headers['x-api-key'];
-      if (!verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) {
+      if (!track.keyId) {
         void reply.status(401).send(errorBody(401, 'missing or invalid API key: send X-API-Key (create one with `hearth keys create`)', 'unauthenticated'));
         return;
       }
@@ -229,6 +250,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (forged) { void reply.status(403).send(errorBody(403, forged, 'forbidden')); return; }
     done();
   });
+
+  // The handler of an API request runs as its actor (lifecycle events read it: src/observability/actor.ts).
+  app.addHook('preHandler', (req, _reply, done) => {
+    const actor = requestActors.get(req.raw);
+    if (actor) actors.run(actor, done); else done();
+  });
+  countAdmissionRefusals(app, obs);
 
   app.setErrorHandler(handleError);
   app.setNotFoundHandler(async (req, reply) => {
@@ -245,7 +273,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   app.get('/doctor', { schema: { summary: 'Host capabilities and the drivers in use', tags: ['host'] } }, async () => deps.doctor());
 
-  const metrics = new MetricsSampler(deps.manager, deps.log, deps.metricsIntervalMs);
+  const metrics = new MetricsSampler(deps.manager, deps.log, deps.metricsIntervalMs, {
+    host: (r) => obs.hostFields(r), onSample: () => obs.onSample(true), ...(obs.sampleSink() ? { files: obs.sampleSink()! } : {}),
+  });
   metrics.start();
   app.addHook('onClose', async () => metrics.close());
   const compat = { metrics, ...(deps.sandboxDomain ? { sandboxDomain: deps.sandboxDomain } : {}), ...(deps.defaultTimeoutSec !== undefined ? { defaultTimeoutSec: deps.defaultTimeoutSec } : {}) };
@@ -253,6 +283,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   apiKeyRoutes(app, deps.store); // /api-keys: the dashboard's key page
   sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
+  observeRoutes(app, deps.manager, obs); // /metrics, /events, /sandboxes/{id}/logs (docs/observability.md)
   webRoutes(app); // dashboard at / and /ui/* (docs/dashboard.md)
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

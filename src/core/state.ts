@@ -1,3 +1,4 @@
+import { channel } from 'node:diagnostics_channel';
 import { ConflictError } from './errors.js';
 import type { SandboxRecord, SandboxState } from './types.js';
 import type { Store } from '../store/store.js';
@@ -40,4 +41,16 @@ export function transition(store: Store, rec: SandboxRecord, to: SandboxState, p
   const next: SandboxRecord = { ...rec, ...patch, state: to };
   store.transitionSandbox(next, from);
   Object.assign(rec, next);
+  if (transitions.hasSubscribers) transitions.publish({ store, rec: { ...rec }, from, to } satisfies TransitionMessage);
 }
+
+/**
+ * Every state change, published after it is stored (node:diagnostics_channel,
+ * so the core knows no subscriber): hearthd's event stream, per-sandbox
+ * lifecycle logs and metrics (src/observability) listen here. `store` tells a
+ * subscriber whose daemon the sandbox belongs to. Subscribers run synchronously
+ * inside transition() and must not throw; the record holds secrets.
+ */
+export interface TransitionMessage { store: Store; rec: SandboxRecord; from: SandboxState; to: SandboxState }
+export const TRANSITION_CHANNEL = 'hearth:sandbox-transition';
+const transitions = channel(TRANSITION_CHANNEL);

@@ -1,3 +1,4 @@
+import { channel } from 'node:diagnostics_channel';
 import { throwIfAborted } from './errors.js';
 import type { Logger } from './log.js';
 
@@ -30,7 +31,18 @@ export class StepTimer {
   }
 
   log(log: Logger, subject: string, outcome: 'ok' | 'failed'): void {
+    if (finished.hasSubscribers) finished.publish({ log, op: this.op, subject, outcome, totalMs: this.totalMs(), steps: [...this.steps] } satisfies StepsMessage);
     log.info({ op: this.op, subject, outcome, totalMs: this.totalMs(), steps: Object.fromEntries(this.steps) },
       `${this.op} ${subject} ${outcome} in ${this.totalMs()} ms: ${this.summary()}`);
   }
 }
+
+/**
+ * Each logged operation (its op, subject, outcome and step timings), published
+ * on node:diagnostics_channel as it is logged: hearthd's Prometheus histograms
+ * and the per-sandbox lifecycle log listen here (src/observability). `log` is
+ * the logger the operation logged to, which tells a subscriber whose daemon it was.
+ */
+export interface StepsMessage { log: Logger; op: string; subject: string; outcome: 'ok' | 'failed'; totalMs: number; steps: [string, number][] }
+export const STEPS_CHANNEL = 'hearth:lifecycle-steps';
+const finished = channel(STEPS_CHANNEL);
