@@ -10,10 +10,13 @@ import { startDaemon } from './daemon.js';
 import { createLogger } from '../core/log.js';
 import { ensureDefaultImage, lineProgress } from '../images/index.js';
 import { AGENT_BUNDLE_PATH } from '../paths.js';
+import { startLogRotation } from '../observability/log-rotate.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     host: { type: 'string' }, port: { type: 'string' }, 'data-dir': { type: 'string' }, storage: { type: 'string' },
+    // The file hearthd's stdout/stderr go to (`hearth up`): rotated by size (docs/observability.md).
+    'log-file': { type: 'string' },
   } });
   const cfg = loadConfig({
     ...(values.host ? { host: values.host } : {}),
@@ -22,6 +25,8 @@ async function main(): Promise<void> {
     ...(values.storage ? { storage: values.storage as 'reflink' | 'copy' } : {}),
   });
   const log = createLogger();
+  const logFile = values['log-file'] ?? process.env['HEARTH_LOG_FILE'];
+  if (logFile) startLogRotation(logFile, { onRotate: () => log.info({ file: logFile }, 'hearthd log rotated') });
   if (!existsSync(AGENT_BUNDLE_PATH)) throw new Error(`guest agent bundle ${AGENT_BUNDLE_PATH} is missing: run \`npm run build\``);
   // A cache hit normally (`hearth up` builds the image first, with a progress display).
   const image = await ensureDefaultImage({ dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, agentBundlePath: AGENT_BUNDLE_PATH, progress: lineProgress(process.stderr) });

@@ -232,3 +232,23 @@ test('logs of sandboxes whose record is gone are swept', async () => {
     assert.ok(t.obs.logs.ids().includes(sid));
   } finally { await t.done(); }
 });
+
+test('hearthd\'s log file: copy-truncate rotation past its size keeps N old files; writers with O_APPEND go on at the start', async () => {
+  const { rotateLogFile } = await import('../../src/observability/log-rotate.js');
+  const { openSync, writeSync, closeSync, readFileSync } = await import('node:fs');
+  const dir = tmp();
+  try {
+    const file = join(dir, 'hearthd.log');
+    const fd = openSync(file, 'a');
+    for (let round = 0; round < 5; round++) {
+      writeSync(fd, `round ${round} ${'z'.repeat(2000)}\n`);
+      assert.equal(rotateLogFile(file, 1000, 2), true);
+    }
+    writeSync(fd, 'after\n');
+    closeSync(fd);
+    assert.equal(readFileSync(file, 'utf8'), 'after\n', 'the writer\'s next line starts the emptied file');
+    assert.deepEqual(readdirSync(dir).sort(), ['hearthd.log', 'hearthd.log.1', 'hearthd.log.2']);
+    assert.match(readFileSync(`${file}.1`, 'utf8'), /^round 4 /);
+    assert.equal(rotateLogFile(file, 1000, 2), false, 'small files stay');
+  } finally { rmSync(dir, { recursive: true, force: true }); }
+});
