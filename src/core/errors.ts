@@ -47,6 +47,19 @@ export class HostFailureError extends HearthError {
   constructor(message: string, options?: { cause?: unknown }) { super('host_failure', message, options); }
 }
 
+/**
+ * A bug or a broken invariant inside Hearth (an unknown slot, a pool used
+ * before start, an id that cannot name a device): never the caller's fault, so
+ * never a 400.
+ */
+export class InternalError extends HearthError {
+  constructor(message: string, options?: { cause?: unknown }) { super('internal', message, options); }
+}
+/** hearthd's configuration (or a driver's options) cannot work on this host; `setting` names it. Found at start-up. */
+export class ConfigError extends InternalError {
+  constructor(message: string, readonly setting?: string) { super(message); }
+}
+
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);

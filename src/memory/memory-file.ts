@@ -16,7 +16,7 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { copyFile, open, stat } from 'node:fs/promises';
-import { HostFailureError, InvalidArgumentError, errorMessage } from '../core/errors.js';
+import { HostFailureError, errorMessage } from '../core/errors.js';
 import { loadUffdAddon } from './uffd/native.js';
 
 export interface Extent { offset: number; length: number }
@@ -40,7 +40,7 @@ export interface DataBitmap {
 
 /** Page bitmap of a memory file's data; a page partly covered by data counts as data. */
 export function dataBitmap(path: string, pageSize: number, fileBytes: number): DataBitmap {
-  if (fileBytes % pageSize !== 0) throw new InvalidArgumentError(`memory file ${path} (${fileBytes} bytes) is not a whole number of ${pageSize}-byte pages`);
+  if (fileBytes % pageSize !== 0) throw new HostFailureError(`memory file ${path} (${fileBytes} bytes) is not a whole number of ${pageSize}-byte pages`);
   const pages = fileBytes / pageSize;
   const bitmap = new Uint8Array(Math.ceil(pages / 8));
   let dataPages = 0;
@@ -73,7 +73,7 @@ export async function punchZeroPages(path: string, pageSize = 4096): Promise<{ p
  */
 export async function rebaseMemory(basePath: string, diffPath: string): Promise<{ copiedBytes: number }> {
   const [b, d] = await Promise.all([stat(basePath), stat(diffPath)]);
-  if (b.size !== d.size) throw new InvalidArgumentError(`cannot rebase: ${diffPath} has ${d.size} bytes but its base ${basePath} has ${b.size}`);
+  if (b.size !== d.size) throw new HostFailureError(`cannot rebase: ${diffPath} has ${d.size} bytes but its base ${basePath} has ${b.size}`);
   const src = await open(diffPath, 'r');
   const dst = await open(basePath, 'r+');
   let copied = 0;

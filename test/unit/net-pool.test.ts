@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NetnsSlots, MemorySlotStore, reapPlan, SlotNames, chooseNetwork, type NetnsSlotsOptions, type SlotRow } from '../../src/network/netns/index.js';
 import type { CommandRunner, RunResult } from '../../src/util/exec.js';
-import { AbortedError, CapacityError, HostFailureError, InvalidArgumentError } from '../../src/core/errors.js';
+import { AbortedError, CapacityError, HostFailureError, InternalError, InvalidArgumentError } from '../../src/core/errors.js';
 
 interface Call { cmd: string; args: string[]; input?: string }
 
@@ -435,7 +435,7 @@ describe('NetnsSlots: persistence, restart and reap', () => {
   test('restore refuses a network that is not one of this pool\'s slots', async () => {
     const host = new FakeHost();
     const { p } = pool(host, { tag: 't7' });
-    assert.throws(() => p.restore({ kind: 'user', forwards: [], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' }), InvalidArgumentError);
+    assert.throws(() => p.restore({ kind: 'user', forwards: [], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' }), InternalError);
     assert.throws(() => p.restore({ kind: 'tap', netnsName: 'hearth-s1', tapName: 'tap0', mac: '02:48:54:00:00:15' }), /not one of this pool's slots/);
   });
 

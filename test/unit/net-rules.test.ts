@@ -9,7 +9,7 @@ import {
 } from '../../src/network/netns/addressing.js';
 import { DEFAULT_ALWAYS_DENY, egressAllows, normalizeEgress, normalizeExposure } from '../../src/network/netns/policy.js';
 import { hostRuleset, slotRuleset } from '../../src/network/netns/rules.js';
-import { InvalidArgumentError } from '../../src/core/errors.js';
+import { ConfigError, InternalError, InvalidArgumentError } from '../../src/core/errors.js';
 
 describe('addressing plan', () => {
   test('slot n gets the n-th /30 of the range: host end .1, namespace end .2', () => {
@@ -19,8 +19,8 @@ describe('addressing plan', () => {
     assert.deepEqual(plan.addresses(1), { subnet: '10.201.0.4/30', hostAddr: '10.201.0.5', nsAddr: '10.201.0.6' });
     assert.deepEqual(plan.addresses(64), { subnet: '10.201.1.0/30', hostAddr: '10.201.1.1', nsAddr: '10.201.1.2' });
     assert.deepEqual(plan.addresses(16383), { subnet: '10.201.255.252/30', hostAddr: '10.201.255.253', nsAddr: '10.201.255.254' });
-    assert.throws(() => plan.addresses(16384), InvalidArgumentError);
-    assert.throws(() => plan.addresses(-1), InvalidArgumentError);
+    assert.throws(() => plan.addresses(16384), InternalError);
+    assert.throws(() => plan.addresses(-1), InternalError);
   });
 
   test('the range is configurable, host bits are ignored, and bad ranges are refused', () => {
@@ -31,7 +31,7 @@ describe('addressing plan', () => {
     assert.throws(() => new AddressPlan('10.0.0.0/31'), /too small/);
     assert.throws(() => new AddressPlan('10.0.0.0/7'), /too large/);
     assert.throws(() => new AddressPlan('169.254.0.0/16'), /overlaps the guest link/);
-    assert.throws(() => new AddressPlan('10.0.0/16'), InvalidArgumentError);
+    assert.throws(() => new AddressPlan('10.0.0/16'), ConfigError);
   });
 
   test('the guest side is one constant for every slot; kernel args carry it', () => {
@@ -70,9 +70,9 @@ describe('slot names', () => {
     assert.equal(prod.slotOfHostIf('hths0'), 0);
     assert.equal(prod.slotOfHostIf('htht7s0'), undefined);
     assert.equal(prod.slotOfHostIf('eth0'), undefined);
-    assert.throws(() => new SlotNames('T7'), InvalidArgumentError);
-    assert.throws(() => new SlotNames('7t'), InvalidArgumentError);
-    assert.throws(() => new SlotNames('toolong'), InvalidArgumentError);
+    assert.throws(() => new SlotNames('T7'), ConfigError);
+    assert.throws(() => new SlotNames('7t'), ConfigError);
+    assert.throws(() => new SlotNames('toolong'), ConfigError);
   });
 });
 
@@ -184,8 +184,8 @@ describe('slot ruleset', () => {
 
   test('bad inputs never reach the ruleset', () => {
     assert.throws(() => slotRuleset({ ...base, nsAddr: '10.0.0.1; flush ruleset' }), InvalidArgumentError);
-    assert.throws(() => slotRuleset({ ...base, table: 'x y' }), InvalidArgumentError);
-    assert.throws(() => slotRuleset({ ...base, generation: -1 }), InvalidArgumentError);
+    assert.throws(() => slotRuleset({ ...base, table: 'x y' }), InternalError);
+    assert.throws(() => slotRuleset({ ...base, generation: -1 }), InternalError);
   });
 });
 
@@ -204,7 +204,7 @@ describe('host ruleset', () => {
     assert.match(text, /iifname "htht7s\*" oifname "htht7i0" ip saddr 10\.201\.0\.0\/16 accept/);
     assert.match(text, /iifname "htht7i0" oifname "htht7s\*" ct state established,related accept/);
     assert.match(text, /oifname "htht7i0" ip saddr 10\.201\.0\.0\/16 masquerade/);
-    assert.throws(() => hostRuleset({ table: 'hearth', hostIfGlob: 'hths*', range: '10.201.0.0/16', egressInterface: 'eth"0' }), InvalidArgumentError);
-    assert.throws(() => hostRuleset({ table: 'hearth', hostIfGlob: 'hths*', range: '10.201.0.0/16', egressInterface: 'eth*' }), InvalidArgumentError);
+    assert.throws(() => hostRuleset({ table: 'hearth', hostIfGlob: 'hths*', range: '10.201.0.0/16', egressInterface: 'eth"0' }), InternalError);
+    assert.throws(() => hostRuleset({ table: 'hearth', hostIfGlob: 'hths*', range: '10.201.0.0/16', egressInterface: 'eth*' }), ConfigError);
   });
 });

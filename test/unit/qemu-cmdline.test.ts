@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { InvalidArgumentError } from '../../src/core/errors.js';
+import { InternalError } from '../../src/core/errors.js';
 import {
   buildQemuArgs, sandboxOption, kernelCmdline, memoryPathFromArgv, parseGuestCidr, parseQemuArgv, parseQemuOpts, qemuEscape, runFiles, spawnCommand,
   type QemuCmdlineOptions,
@@ -93,9 +93,9 @@ describe('QEMU command line', () => {
     const netOnly = buildQemuArgs(cfg({ network: { kind: 'user', forwards: [{ hostPort: 1, guestPort: 2 }], guestCidr: '192.168.77.0/24', gateway: '192.168.77.1' } }), tcg);
     assert.deepEqual(values(netOnly, '-netdev'), ['user,id=n0,restrict=on,net=192.168.77.0/24,host=192.168.77.1,hostfwd=tcp:127.0.0.1:1-:2']);
     for (const bad of [{ hostPort: 0, guestPort: 80 }, { hostPort: 70000, guestPort: 80 }, { hostPort: 1.5, guestPort: 80 }]) {
-      assert.throws(() => buildQemuArgs(cfg({ network: { kind: 'user', forwards: [bad], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' } }), tcg), InvalidArgumentError);
+      assert.throws(() => buildQemuArgs(cfg({ network: { kind: 'user', forwards: [bad], guestCidr: '10.0.2.15/24', gateway: '10.0.2.2' } }), tcg), InternalError);
     }
-    assert.throws(() => parseGuestCidr('10.0.2/24'), InvalidArgumentError);
+    assert.throws(() => parseGuestCidr('10.0.2/24'), InternalError);
     assert.deepEqual(parseGuestCidr('172.16.5.9/16'), { network: '172.16.0.0', prefix: 16, address: '172.16.5.9' });
   });
 
@@ -106,9 +106,9 @@ describe('QEMU command line', () => {
     assert.ok(values(args, '-device').includes('virtio-net-device,netdev=n0,mac=02:fc:00:00:00:07'));
     assert.deepEqual(spawnCommand(c, 'qemu-system-x86_64', args), { file: 'nsenter', args: ['--net=/run/netns/hearth-slot-7', '--', 'qemu-system-x86_64', ...args] });
     assert.deepEqual(spawnCommand(cfg(), 'qemu-system-x86_64', ['-x']), { file: 'qemu-system-x86_64', args: ['-x'] });
-    assert.throws(() => buildQemuArgs(cfg({ network: { kind: 'tap', netnsName: 'ns', tapName: 'tap0', mac: 'nope' } }), tcg), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg({ network: { kind: 'tap', netnsName: 'ns', tapName: 'tap0;rm -rf', mac: '02:00:00:00:00:01' } }), tcg), InvalidArgumentError);
-    assert.throws(() => spawnCommand(cfg({ network: { kind: 'tap', netnsName: '../x', tapName: 'tap0', mac: '02:00:00:00:00:01' } }), 'q', []), InvalidArgumentError);
+    assert.throws(() => buildQemuArgs(cfg({ network: { kind: 'tap', netnsName: 'ns', tapName: 'tap0', mac: 'nope' } }), tcg), InternalError);
+    assert.throws(() => buildQemuArgs(cfg({ network: { kind: 'tap', netnsName: 'ns', tapName: 'tap0;rm -rf', mac: '02:00:00:00:00:01' } }), tcg), InternalError);
+    assert.throws(() => spawnCommand(cfg({ network: { kind: 'tap', netnsName: '../x', tapName: 'tap0', mac: '02:00:00:00:00:01' } }), 'q', []), InternalError);
   });
 
   it('restore starts paused with a deferred incoming migration', () => {
@@ -138,11 +138,11 @@ describe('QEMU command line', () => {
   });
 
   it('rejects configurations QEMU would misread or that break the Unix socket limit', () => {
-    assert.throws(() => buildQemuArgs(cfg({ sandboxId: 'a,b' }), tcg), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg({ sandboxId: '' }), tcg), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg({ kernelPath: 'relative/vmlinuz' }), tcg), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg({ memoryMib: 10 }), tcg), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg({ vcpus: 0 }), tcg), InvalidArgumentError);
+    assert.throws(() => buildQemuArgs(cfg({ sandboxId: 'a,b' }), tcg), InternalError);
+    assert.throws(() => buildQemuArgs(cfg({ sandboxId: '' }), tcg), InternalError);
+    assert.throws(() => buildQemuArgs(cfg({ kernelPath: 'relative/vmlinuz' }), tcg), InternalError);
+    assert.throws(() => buildQemuArgs(cfg({ memoryMib: 10 }), tcg), InternalError);
+    assert.throws(() => buildQemuArgs(cfg({ vcpus: 0 }), tcg), InternalError);
     assert.throws(() => buildQemuArgs(cfg({ runDir: `/${'x'.repeat(120)}` }), tcg), /too long for a Unix socket/);
   });
 
@@ -174,9 +174,9 @@ describe('QEMU command line', () => {
   });
 
   it('refuses root or malformed identities and a relative chroot', () => {
-    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 0, gid: 5 } }), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 5, gid: 0 } }), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 1.5, gid: 5 } }), InvalidArgumentError);
-    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 5, gid: 5 }, chrootDir: 'vmroot' }), InvalidArgumentError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 0, gid: 5 } }), InternalError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 5, gid: 0 } }), InternalError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 1.5, gid: 5 } }), InternalError);
+    assert.throws(() => buildQemuArgs(cfg(), { ...tcg, runAs: { uid: 5, gid: 5 }, chrootDir: 'vmroot' }), InternalError);
   });
 });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { InvalidArgumentError } from '../../src/core/errors.js';
+import { ConfigError } from '../../src/core/errors.js';
 import { DEFAULT_ID_RANGE, lookupUser, resolvePrivilege, VmIdAllocator } from '../../src/vmm/qemu/privilege.js';
 
 describe('QEMU privilege options', () => {
@@ -38,8 +38,8 @@ describe('QEMU privilege options', () => {
   });
 
   it('rejects an id range that reaches into ordinary or signed-overflow ids', async () => {
-    await assert.rejects(resolvePrivilege({ idRange: { base: 1000, count: 10 } }, 0), InvalidArgumentError);
-    await assert.rejects(resolvePrivilege({ idRange: { base: 0x7fffff00, count: 0x1000 } }, 0), InvalidArgumentError);
+    await assert.rejects(resolvePrivilege({ idRange: { base: 1000, count: 10 } }, 0), ConfigError);
+    await assert.rejects(resolvePrivilege({ idRange: { base: 0x7fffff00, count: 0x1000 } }, 0), ConfigError);
   });
 
   it('hands out distinct ids, stable per sandbox id, and re-uses released ones', async () => {

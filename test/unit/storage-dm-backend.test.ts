@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, writeFileSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AbortedError, ConflictError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
+import { AbortedError, ConfigError, ConflictError, HostFailureError, InternalError, NotFoundError } from '../../src/core/errors.js';
 import { COW_FILE, DmDeviceStuckError, DmRootfsBackend, fullCowBytes, type DmRootfsBackendOptions } from '../../src/storage/dm/dm-backend.js';
 import { deviceMapperAvailable } from '../../src/storage/dm/index.js';
 import { DM_MESSAGES, FakeBlockHost } from '../../src/storage/dm/testing.js';
@@ -101,10 +101,10 @@ test('dm create: chunk size and CoW size are configurable; bad values are refuse
     assert.equal(statSync(l.cow('sb1')).size, 8 * MiB);
     await l.backend.remove(disk, sig());
     for (const chunkSectors of [4, 12, 4096]) {
-      assert.throws(() => new DmRootfsBackend({ sandboxesDir: l.sandboxes, loops: l.loops, chunkSectors }), InvalidArgumentError);
+      assert.throws(() => new DmRootfsBackend({ sandboxesDir: l.sandboxes, loops: l.loops, chunkSectors }), ConfigError);
     }
-    assert.throws(() => new DmRootfsBackend({ sandboxesDir: l.sandboxes, loops: l.loops, cowSizeBytes: 1000 }), InvalidArgumentError);
-    await assert.rejects(l.backend.create('bad/id', l.base, sig()), InvalidArgumentError);
+    assert.throws(() => new DmRootfsBackend({ sandboxesDir: l.sandboxes, loops: l.loops, cowSizeBytes: 1000 }), ConfigError);
+    await assert.rejects(l.backend.create('bad/id', l.base, sig()), InternalError);
   } finally { l.done(); }
 });
 

@@ -10,7 +10,7 @@
  * `page_size_kib` (1.7–1.11, deprecated) holds the same byte value despite
  * its name; neither (older) means 4 KiB.
  */
-import { InvalidArgumentError } from '../../core/errors.js';
+import { HostFailureError } from '../../core/errors.js';
 
 export interface UffdRegion {
   /** Start of the region in Firecracker's address space. */
@@ -101,7 +101,7 @@ const U64_MAX = (1n << 64n) - 1n;
 
 function u64(v: BigJson | undefined, field: string, idx: number): bigint {
   if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) {
-    throw new InvalidArgumentError(`uffd handshake: region ${idx}: ${field} must be an unsigned 64-bit integer, got ${JSON.stringify(typeof v === 'bigint' ? v.toString() : v)}`);
+    throw new HostFailureError(`uffd handshake: region ${idx}: ${field} must be an unsigned 64-bit integer, got ${JSON.stringify(typeof v === 'bigint' ? v.toString() : v)}`);
   }
   return v;
 }
@@ -110,40 +110,40 @@ function u64(v: BigJson | undefined, field: string, idx: number): bigint {
 export function parseHandshake(json: string, memoryFileBytes?: bigint | number): UffdHandshake {
   let doc: BigJson;
   try { doc = parseJsonBig(json); } catch (err) {
-    throw new InvalidArgumentError(`uffd handshake is not valid JSON: ${(err as Error).message}`);
+    throw new HostFailureError(`uffd handshake is not valid JSON: ${(err as Error).message}`);
   }
-  if (!Array.isArray(doc) || doc.length === 0) throw new InvalidArgumentError('uffd handshake must be a non-empty JSON array of regions');
+  if (!Array.isArray(doc) || doc.length === 0) throw new HostFailureError('uffd handshake must be a non-empty JSON array of regions');
   let pageSize: bigint | undefined;
   const regions: UffdRegion[] = [];
   doc.forEach((r, idx) => {
-    if (!r || typeof r !== 'object' || Array.isArray(r)) throw new InvalidArgumentError(`uffd handshake: region ${idx} is not an object`);
+    if (!r || typeof r !== 'object' || Array.isArray(r)) throw new HostFailureError(`uffd handshake: region ${idx} is not an object`);
     const base = u64(r.base_host_virt_addr, 'base_host_virt_addr', idx);
     const size = u64(r.size, 'size', idx);
     const offset = u64(r.offset, 'offset', idx);
     const ps = r.page_size !== undefined ? u64(r.page_size, 'page_size', idx)
       : r.page_size_kib !== undefined ? u64(r.page_size_kib, 'page_size_kib', idx) // bytes, despite the name
         : 4096n;
-    if (ps < 4096n || (ps & (ps - 1n)) !== 0n) throw new InvalidArgumentError(`uffd handshake: region ${idx}: page size ${ps} is not a power of two >= 4096`);
-    if (pageSize !== undefined && ps !== pageSize) throw new InvalidArgumentError(`uffd handshake: regions disagree on the page size (${pageSize} vs ${ps})`);
+    if (ps < 4096n || (ps & (ps - 1n)) !== 0n) throw new HostFailureError(`uffd handshake: region ${idx}: page size ${ps} is not a power of two >= 4096`);
+    if (pageSize !== undefined && ps !== pageSize) throw new HostFailureError(`uffd handshake: regions disagree on the page size (${pageSize} vs ${ps})`);
     pageSize = ps;
-    if (size === 0n) throw new InvalidArgumentError(`uffd handshake: region ${idx} is empty`);
-    if (base % ps || size % ps || offset % ps) throw new InvalidArgumentError(`uffd handshake: region ${idx} is not aligned to the ${ps}-byte page size`);
-    if (base + size > U64_MAX + 1n) throw new InvalidArgumentError(`uffd handshake: region ${idx} wraps the address space`);
+    if (size === 0n) throw new HostFailureError(`uffd handshake: region ${idx} is empty`);
+    if (base % ps || size % ps || offset % ps) throw new HostFailureError(`uffd handshake: region ${idx} is not aligned to the ${ps}-byte page size`);
+    if (base + size > U64_MAX + 1n) throw new HostFailureError(`uffd handshake: region ${idx} wraps the address space`);
     regions.push({ base, size, offset });
   });
   // Regions are laid out back to back in the memory file.
   const byOffset = [...regions].sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0));
   let expected = 0n;
   for (const r of byOffset) {
-    if (r.offset !== expected) throw new InvalidArgumentError(`uffd handshake: region at file offset ${r.offset} does not follow the previous one (expected ${expected})`);
+    if (r.offset !== expected) throw new HostFailureError(`uffd handshake: region at file offset ${r.offset} does not follow the previous one (expected ${expected})`);
     expected += r.size;
   }
   const byBase = [...regions].sort((a, b) => (a.base < b.base ? -1 : a.base > b.base ? 1 : 0));
   for (let k = 1; k < byBase.length; k++) {
-    if (byBase[k - 1]!.base + byBase[k - 1]!.size > byBase[k]!.base) throw new InvalidArgumentError('uffd handshake: regions overlap');
+    if (byBase[k - 1]!.base + byBase[k - 1]!.size > byBase[k]!.base) throw new HostFailureError('uffd handshake: regions overlap');
   }
   if (memoryFileBytes !== undefined && BigInt(memoryFileBytes) !== expected) {
-    throw new InvalidArgumentError(`uffd handshake: the regions total ${expected} bytes but the memory file has ${memoryFileBytes}: wrong snapshot for this VM?`);
+    throw new HostFailureError(`uffd handshake: the regions total ${expected} bytes but the memory file has ${memoryFileBytes}: wrong snapshot for this VM?`);
   }
   return { regions, pageSize: Number(pageSize!), totalBytes: expected };
 }

@@ -6,7 +6,7 @@
  * slot. Each slot differs only on the host side: a /30 from a configurable
  * private range for its veth pair (host end .1, namespace end .2).
  */
-import { InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, InternalError, InvalidArgumentError } from '../../core/errors.js';
 
 /** The tap device in every slot namespace (QEMU/Firecracker attach to it by name). */
 export const TAP_NAME = 'tap0';
@@ -130,11 +130,15 @@ export class AddressPlan {
   readonly capacity: number;
 
   constructor(range: string = DEFAULT_HOST_RANGE) {
-    this.range = parseCidr(range, 'hostRange');
-    if (this.range.prefix > 30) throw new InvalidArgumentError(`hostRange ${range} is too small: each slot needs a /30`, 'hostRange');
-    if (this.range.prefix < 8) throw new InvalidArgumentError(`hostRange ${range} is too large (prefix 8..30)`, 'hostRange');
+    try {
+      this.range = parseCidr(range, 'hostRange');
+    } catch (err) {
+      throw new ConfigError(`hostRange: ${(err as Error).message}`, 'network.hostRange');
+    }
+    if (this.range.prefix > 30) throw new ConfigError(`hostRange ${range} is too small: each slot needs a /30`, 'hostRange');
+    if (this.range.prefix < 8) throw new ConfigError(`hostRange ${range} is too large (prefix 8..30)`, 'hostRange');
     const guest = parseCidr(`${GUEST_IP}/${GUEST_PREFIX}`);
-    if (cidrsOverlap(this.range, guest)) throw new InvalidArgumentError(`hostRange ${range} overlaps the guest link ${formatCidr(guest)}`, 'hostRange');
+    if (cidrsOverlap(this.range, guest)) throw new ConfigError(`hostRange ${range} overlaps the guest link ${formatCidr(guest)}`, 'hostRange');
     this.capacity = 2 ** (30 - this.range.prefix);
   }
 
@@ -142,7 +146,7 @@ export class AddressPlan {
 
   addresses(n: number): SlotAddresses {
     if (!Number.isInteger(n) || n < 0 || n >= this.capacity) {
-      throw new InvalidArgumentError(`slot ${n} is outside the host range ${this.rangeText} (0..${this.capacity - 1})`, 'slot');
+      throw new InternalError(`slot ${n} is outside the host range ${this.rangeText} (0..${this.capacity - 1})`);
     }
     const base = this.range.base + n * 4;
     return { subnet: `${intToIp(base)}/30`, hostAddr: intToIp(base + 1), nsAddr: intToIp(base + 2) };
@@ -174,7 +178,7 @@ export class SlotNames {
   private readonly ifRe: RegExp;
 
   constructor(tag = '') {
-    if (tag !== '' && !TAG.test(tag)) throw new InvalidArgumentError(`network tag ${JSON.stringify(tag)} must be 1-4 of [a-z0-9], starting with a letter`, 'tag');
+    if (tag !== '' && !TAG.test(tag)) throw new ConfigError(`network tag ${JSON.stringify(tag)} must be 1-4 of [a-z0-9], starting with a letter`, 'tag');
     this.tag = tag;
     this.nsRe = new RegExp(`^hearth-${tag}s(0|[1-9]\\d{0,4})$`);
     this.ifRe = new RegExp(`^hth${tag}s(0|[1-9]\\d{0,4})$`);

@@ -15,7 +15,7 @@
  * start; VMs keep running). `destroyAll()` removes everything (tests, uninstall).
  */
 import { existsSync } from 'node:fs';
-import { CapacityError, HostFailureError, InvalidArgumentError, errorMessage, throwIfAborted } from '../../core/errors.js';
+import { CapacityError, ConfigError, HostFailureError, InternalError, InvalidArgumentError, errorMessage, throwIfAborted } from '../../core/errors.js';
 import type { Logger } from '../../core/log.js';
 import type { CommandRunner } from '../../util/exec.js';
 import { netRunner } from './run.js';
@@ -178,17 +178,17 @@ export class NetnsSlots implements NetworkSlots {
     this.poolSize = opts.poolSize ?? 4;
     this.maxIdle = opts.maxIdle ?? this.poolSize * 2;
     this.maxSlots = opts.maxSlots ?? Math.min(this.plan.capacity, 1024);
-    if (!Number.isInteger(this.poolSize) || this.poolSize < 0) throw new InvalidArgumentError(`poolSize must be an integer >= 0`, 'network.poolSize');
-    if (!Number.isInteger(this.maxIdle) || this.maxIdle < this.poolSize) throw new InvalidArgumentError(`maxIdle must be an integer >= poolSize`, 'network.maxIdle');
+    if (!Number.isInteger(this.poolSize) || this.poolSize < 0) throw new ConfigError(`poolSize must be an integer >= 0`, 'network.poolSize');
+    if (!Number.isInteger(this.maxIdle) || this.maxIdle < this.poolSize) throw new ConfigError(`maxIdle must be an integer >= poolSize`, 'network.maxIdle');
     if (!Number.isInteger(this.maxSlots) || this.maxSlots < 1 || this.maxSlots > this.plan.capacity) {
-      throw new InvalidArgumentError(`maxSlots must be 1..${this.plan.capacity} (the host range ${this.plan.rangeText} holds that many /30s)`, 'network.maxSlots');
+      throw new ConfigError(`maxSlots must be 1..${this.plan.capacity} (the host range ${this.plan.rangeText} holds that many /30s)`, 'network.maxSlots');
     }
     this.egressInterface = opts.egressInterface ?? null;
     if (this.egressInterface !== null && !/^[A-Za-z0-9_.:-]{1,15}$/.test(this.egressInterface)) {
-      throw new InvalidArgumentError(`egressInterface ${JSON.stringify(this.egressInterface)} is not an interface name`, 'network.egressInterface');
+      throw new ConfigError(`egressInterface ${JSON.stringify(this.egressInterface)} is not an interface name`, 'network.egressInterface');
     }
     if (this.egressInterface !== null && (this.names.slotOfHostIf(this.egressInterface) !== undefined)) {
-      throw new InvalidArgumentError(`egressInterface ${this.egressInterface} is one of the pool's own veths`, 'network.egressInterface');
+      throw new ConfigError(`egressInterface ${this.egressInterface} is one of the pool's own veths`, 'network.egressInterface');
     }
     this.defaultEgress = normalizeEgress(opts.defaultEgress, DEFAULT_EGRESS);
     this.defaultExposure = normalizeExposure(opts.defaultExposure, this.agentPort);
@@ -229,7 +229,7 @@ export class NetnsSlots implements NetworkSlots {
   /** The policy in force in a slot. */
   policyOf(slot: Slot | number): SlotPolicy {
     const row = this.rows.get(typeof slot === 'number' ? slot : slot.id);
-    if (!row) throw new InvalidArgumentError(`network slot ${typeof slot === 'number' ? slot : slot.id} is not known`, 'slot');
+    if (!row) throw new InternalError(`network slot ${typeof slot === 'number' ? slot : slot.id} is not known`);
     return row.policy ?? this.defaultPolicy();
   }
 
@@ -246,7 +246,7 @@ export class NetnsSlots implements NetworkSlots {
   /** The Slot of slot number `n` (known to this pool). */
   slot(n: number): NetnsSlot {
     const row = this.rows.get(n);
-    if (!row) throw new InvalidArgumentError(`network slot ${n} is not known`, 'slot');
+    if (!row) throw new InternalError(`network slot ${n} is not known`);
     return new NetnsSlot(n, row.netns, row.hostIf, row.hostAddr, row.nsAddr, this.dns);
   }
 
@@ -276,7 +276,7 @@ export class NetnsSlots implements NetworkSlots {
    * stale ones) and starts filling the pool. Used slots wait for restore().
    */
   async start(signal?: AbortSignal): Promise<StartReport> {
-    if (this.started) throw new InvalidArgumentError('the network slot pool is already started', 'network');
+    if (this.started) throw new InternalError('the network slot pool is already started');
     this.loadRows();
     const [netns, links, routes] = await Promise.all([this.host.listNetns(), this.host.listLinks(), this.host.listRoutes()]);
     // The range must be Hearth's alone: a route into it that is not one of our veths (a LAN,
@@ -286,7 +286,7 @@ export class NetnsSlots implements NetworkSlots {
       let dst: ReturnType<typeof parseCidr>;
       try { dst = parseCidr(r.dst); } catch { continue; }
       if (cidrsOverlap(dst, this.plan.range)) {
-        throw new InvalidArgumentError(`the slot range ${this.plan.rangeText} overlaps the host route ${r.dst} dev ${r.dev}; choose another range (network.hostRange)`, 'network.hostRange');
+        throw new ConfigError(`the slot range ${this.plan.rangeText} overlaps the host route ${r.dst} dev ${r.dev}; choose another range (network.hostRange)`, 'network.hostRange');
       }
     }
     const reaped = await this.reapWith(netns, links);
@@ -447,9 +447,9 @@ export class NetnsSlots implements NetworkSlots {
 
   /** The Slot of a VM that already runs (daemon restart), from what was recorded. */
   restore(net: VmNetwork): NetnsSlot {
-    if (net.kind !== 'tap') throw new InvalidArgumentError(`netns slots cannot restore a ${net.kind} network`, 'network');
+    if (net.kind !== 'tap') throw new InternalError(`netns slots cannot restore a ${net.kind} network`);
     const n = this.names.slotOfNetns(net.netnsName);
-    if (n === undefined) throw new InvalidArgumentError(`network namespace ${net.netnsName} is not one of this pool's slots`, 'network.netnsName');
+    if (n === undefined) throw new InternalError(`network namespace ${net.netnsName} is not one of this pool's slots`);
     this.loadRows();
     let row = this.rows.get(n);
     if (!row) {
@@ -497,13 +497,13 @@ export class NetnsSlots implements NetworkSlots {
   }
 
   private assertHeld(n: number): void {
-    if (!this.used.has(n) && !this.pending.has(n)) throw new InvalidArgumentError(`network slot ${n} is not in use`, 'slot');
+    if (!this.used.has(n) && !this.pending.has(n)) throw new InternalError(`network slot ${n} is not in use`);
   }
 
   private async applyPolicy(n: number, policy: SlotPolicy): Promise<void> {
     await this.serial(n, async () => {
       const row = this.rows.get(n);
-      if (!row) throw new InvalidArgumentError(`network slot ${n} is not known`, 'slot');
+      if (!row) throw new InternalError(`network slot ${n} is not known`);
       await this.host.applyRules(row.netns, this.slotRules(row, row.generation, policy));
       row.policy = isDefault(policy, this.defaultPolicy()) ? null : policy;
       this.store.save(row);
@@ -534,8 +534,8 @@ export class NetnsSlots implements NetworkSlots {
   // ---------------------------------------------------------------- slots on the host
 
   private assertStarted(): void {
-    if (this.closed) throw new InvalidArgumentError('the network slot pool is closed', 'network');
-    if (!this.started) throw new InvalidArgumentError('the network slot pool is not started (call start() first)', 'network');
+    if (this.closed) throw new InternalError('the network slot pool is closed');
+    if (!this.started) throw new InternalError('the network slot pool is not started (call start() first)');
   }
 
   /** Pops a ready slot whose namespace still exists (one that vanished is dropped). */

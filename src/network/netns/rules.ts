@@ -12,18 +12,18 @@
  *    between slots, nothing from a slot to the host but replies, forwarding
  *    and masquerade out of the operator's egress interface only.
  */
-import { InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, InternalError } from '../../core/errors.js';
 import { GATEWAY_IP, GUEST_IP, NS_VETH_NAME, TAP_NAME, intToIp, ipToInt, mergeRanges, nftRangeElement, parseCidr } from './addressing.js';
 import type { EgressPolicy, Exposure } from './policy.js';
 
 /** Interface names go into the ruleset quoted; refuse anything that could escape the quotes. */
 function ifname(name: string): string {
-  if (!/^[A-Za-z0-9_.:*-]{1,15}$/.test(name)) throw new InvalidArgumentError(`bad interface name ${JSON.stringify(name)}`, 'interface');
+  if (!/^[A-Za-z0-9_.:*-]{1,15}$/.test(name)) throw new InternalError(`bad interface name ${JSON.stringify(name)}`);
   return `"${name}"`;
 }
 
 function tableName(name: string): string {
-  if (!/^[a-z][a-z0-9-]{0,31}$/.test(name)) throw new InvalidArgumentError(`bad nftables table name ${JSON.stringify(name)}`, 'table');
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(name)) throw new InternalError(`bad nftables table name ${JSON.stringify(name)}`);
   return name;
 }
 
@@ -51,7 +51,7 @@ const REJECT = 'reject with icmpx type admin-prohibited';
 /** The ruleset inside a slot namespace, replacing any earlier version of the table. */
 export function slotRuleset(p: SlotRulesInput): string {
   const t = tableName(p.table);
-  if (!Number.isInteger(p.generation) || p.generation < 0 || p.generation > 0xffffffff) throw new InvalidArgumentError(`bad generation ${p.generation}`, 'generation');
+  if (!Number.isInteger(p.generation) || p.generation < 0 || p.generation > 0xffffffff) throw new InternalError(`bad generation ${p.generation}`);
   const gen = `0x${p.generation.toString(16).padStart(8, '0')}`;
   const tap = ifname(TAP_NAME);
   const veth = ifname(NS_VETH_NAME);
@@ -142,7 +142,7 @@ export function hostRuleset(p: HostRulesInput): string {
   const slots = ifname(p.hostIfGlob);
   const cidr = nftRangeElement(mergeRanges([parseCidr(p.range)])[0]!);
   const eg = p.egressInterface ? ifname(p.egressInterface) : null;
-  if (eg && p.egressInterface!.includes('*')) throw new InvalidArgumentError('the egress interface must be one interface, not a wildcard', 'egressInterface');
+  if (eg && p.egressInterface!.includes('*')) throw new ConfigError('the egress interface must be one interface, not a wildcard', 'network.egressInterface');
   const lines: string[] = [
     `table inet ${t}`,
     `delete table inet ${t}`,

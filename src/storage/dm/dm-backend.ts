@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, realpath, rename, unlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { AbortedError, ConflictError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted } from '../../core/errors.js';
+import { AbortedError, ConfigError, ConflictError, HostFailureError, InternalError, NotFoundError, errorMessage, throwIfAborted } from '../../core/errors.js';
 import type { Logger } from '../../core/log.js';
 import { runCommand, type CommandRunner } from '../../util/exec.js';
 import { allocatedBytes, exists } from '../../util/fs.js';
@@ -36,7 +36,7 @@ export function fullCowBytes(originSectors: number, chunkSectors: number): numbe
 /** The dm device name of a sandbox: `hearth-<id>`. */
 export function dmName(sandboxId: string, prefix = DM_NAME_PREFIX): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.+-]*$/.test(sandboxId) || prefix.length + sandboxId.length > 127) {
-    throw new InvalidArgumentError(`sandbox id "${sandboxId}" cannot name a device-mapper device`, 'sandboxId');
+    throw new InternalError(`sandbox id "${sandboxId}" cannot name a device-mapper device`);
   }
   return `${prefix}${sandboxId}`;
 }
@@ -117,10 +117,10 @@ export class DmRootfsBackend implements RootfsBackend {
     this.chunkSectors = opts.chunkSectors ?? DEFAULT_CHUNK_SECTORS;
     const c = this.chunkSectors;
     if (!Number.isInteger(c) || c < 8 || c > 2048 || (c & (c - 1)) !== 0) {
-      throw new InvalidArgumentError(`dm chunk size must be a power of two from 8 to 2048 sectors, got ${c}`, 'chunkSectors');
+      throw new ConfigError(`dm chunk size must be a power of two from 8 to 2048 sectors, got ${c}`, 'chunkSectors');
     }
     if (opts.cowSizeBytes !== undefined && !(Number.isSafeInteger(opts.cowSizeBytes) && opts.cowSizeBytes >= 16 * c * SECTOR)) {
-      throw new InvalidArgumentError(`dm CoW size must be at least 16 chunks, got ${opts.cowSizeBytes}`, 'cowSizeBytes');
+      throw new ConfigError(`dm CoW size must be at least 16 chunks, got ${opts.cowSizeBytes}`, 'cowSizeBytes');
     }
     this.cowSizeBytes = opts.cowSizeBytes;
     this.cleanupTimeoutMs = opts.cleanupTimeoutMs ?? 60_000;

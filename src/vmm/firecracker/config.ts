@@ -9,7 +9,7 @@
  * files under the same names (docs/firecracker.md, "Restoring" and "Jailer").
  */
 import { createHash } from 'node:crypto';
-import { InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, ConflictError, InternalError } from '../../core/errors.js';
 import type { VmConfig } from '../types.js';
 import type {
   BootSource, Drive, EntropyDevice, Logger, MachineConfiguration, Metrics, MmdsConfig, MmdsContents, NetworkInterface,
@@ -104,25 +104,25 @@ const MAC = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
 const TAP = /^[A-Za-z0-9_.-]{1,15}$/;
 
 export function validateVmConfig(cfg: VmConfig, opts: Pick<FirecrackerBootOptions, 'allowNoNetwork' | 'hugePages'>): void {
-  if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > 32) throw new InvalidArgumentError(`Firecracker supports 1..32 vCPUs, got ${cfg.vcpus}`, 'vcpus');
+  if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > 32) throw new InternalError(`Firecracker supports 1..32 vCPUs, got ${cfg.vcpus}`);
   if (cfg.vcpus > 1 && cfg.vcpus % 2 !== 0) {
     // Only with SMT; the driver never enables it, so any count is fine. Kept as documentation.
   }
-  if (!Number.isInteger(cfg.memoryMib) || cfg.memoryMib < 64) throw new InvalidArgumentError(`memoryMib must be an integer >= 64, got ${cfg.memoryMib}`, 'memoryMib');
-  if (opts.hugePages === '2M' && cfg.memoryMib % 2 !== 0) throw new InvalidArgumentError('with 2M huge pages, memoryMib must be even', 'memoryMib');
+  if (!Number.isInteger(cfg.memoryMib) || cfg.memoryMib < 64) throw new InternalError(`memoryMib must be an integer >= 64, got ${cfg.memoryMib}`);
+  if (opts.hugePages === '2M' && cfg.memoryMib % 2 !== 0) throw new InternalError('with 2M huge pages, memoryMib must be even');
   for (const [field, value] of [['kernelPath', cfg.kernelPath], ['rootfsPath', cfg.rootfsPath], ['runDir', cfg.runDir], ['consoleLogPath', cfg.consoleLogPath]] as const) {
-    if (!value || !value.startsWith('/')) throw new InvalidArgumentError(`${field} must be an absolute path, got ${JSON.stringify(value)}`, field);
+    if (!value || !value.startsWith('/')) throw new InternalError(`${field} must be an absolute path, got ${JSON.stringify(value)}`);
   }
-  if (cfg.initrdPath !== undefined && !cfg.initrdPath.startsWith('/')) throw new InvalidArgumentError('initrdPath must be an absolute path', 'initrdPath');
+  if (cfg.initrdPath !== undefined && !cfg.initrdPath.startsWith('/')) throw new InternalError('initrdPath must be an absolute path');
   const n = cfg.network;
   if (n.kind === 'user') {
     if (!opts.allowNoNetwork) {
-      throw new InvalidArgumentError('Firecracker has no user-mode networking: give the VM a tap in a network namespace (netns slots), or enable allowNoNetwork to reach the agent over vsock only', 'network');
+      throw new ConfigError('Firecracker has no user-mode networking: give the VM a tap in a network namespace (netns slots), or enable allowNoNetwork to reach the agent over vsock only', 'network');
     }
   } else {
-    if (!TAP.test(n.tapName)) throw new InvalidArgumentError(`bad tap name ${JSON.stringify(n.tapName)}`, 'network.tapName');
-    if (!MAC.test(n.mac)) throw new InvalidArgumentError(`bad MAC ${JSON.stringify(n.mac)}`, 'network.mac');
-    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(n.netnsName)) throw new InvalidArgumentError(`bad netns name ${JSON.stringify(n.netnsName)}`, 'network.netnsName');
+    if (!TAP.test(n.tapName)) throw new InternalError(`bad tap name ${JSON.stringify(n.tapName)}`);
+    if (!MAC.test(n.mac)) throw new InternalError(`bad MAC ${JSON.stringify(n.mac)}`);
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(n.netnsName)) throw new InternalError(`bad netns name ${JSON.stringify(n.netnsName)}`);
   }
 }
 
@@ -189,14 +189,14 @@ export function planLoad(o: LoadOptions): SnapshotLoadParams {
   }
   if (o.tapName && o.recorded.tapName && o.tapName !== o.recorded.tapName) {
     if (!o.features.networkOverrides) {
-      throw new InvalidArgumentError(`the snapshot's tap is ${o.recorded.tapName} but this VM's is ${o.tapName}, and this Firecracker cannot override it (needs 1.12)`, 'network.tapName');
+      throw new ConflictError(`the snapshot's tap is ${o.recorded.tapName} but this VM's is ${o.tapName}, and this Firecracker cannot override it (needs 1.12)`);
     }
     const override: NetworkOverride = { iface_id: NET_IFACE_ID, host_dev_name: o.tapName };
     body.network_overrides = [override];
   }
   if (o.recorded.vsockPath !== undefined && o.recorded.vsockPath !== ROOT.vsock) {
     if (!o.features.vsockOverride) {
-      throw new InvalidArgumentError(`the snapshot's vsock socket is ${o.recorded.vsockPath}; moving it needs Firecracker 1.16`, 'vsock');
+      throw new ConflictError(`the snapshot's vsock socket is ${o.recorded.vsockPath}; moving it needs Firecracker 1.16`);
     }
     const vo: VsockOverride = { uds_path: ROOT.vsock };
     body.vsock_override = vo;

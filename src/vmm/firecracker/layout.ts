@@ -23,7 +23,7 @@
  * --new-pid-ns, where the pid comes from `<root>/<exec>.pid`).
  */
 import path from 'node:path';
-import { InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, InternalError } from '../../core/errors.js';
 import type { VmNetwork } from '../types.js';
 import { ROOT } from './config.js';
 
@@ -76,7 +76,7 @@ const SUN_PATH_MAX = 107;
 export function firecrackerId(sandboxId: string): string {
   const id = `hearth-${sandboxId}`;
   if (!/^[A-Za-z0-9-]{1,64}$/.test(id)) {
-    throw new InvalidArgumentError(`sandbox id ${JSON.stringify(sandboxId)} does not make a Firecracker id (letters, digits, '-', at most 57 characters)`, 'sandboxId');
+    throw new InternalError(`sandbox id ${JSON.stringify(sandboxId)} does not make a Firecracker id (letters, digits, '-', at most 57 characters)`);
   }
   return id;
 }
@@ -97,7 +97,7 @@ export function vmLayout(
   let layout: VmLayout;
   if (opts.isolation === 'jailer') {
     const j = opts.jailer;
-    if (!j) throw new InvalidArgumentError('isolation "jailer" needs jailer settings');
+    if (!j) throw new ConfigError('isolation "jailer" needs jailer settings');
     const exec = path.basename(opts.firecrackerBinary);
     const chrootDir = path.join(j.chrootBaseDir, exec, id);
     const root = path.join(chrootDir, 'root');
@@ -126,7 +126,7 @@ export function vmLayout(
   for (const name of [ROOT.apiSocket, ROOT.uffdSocket, `${ROOT.vsock}_4294967295`]) {
     const p = path.join(layout.root, name);
     if (Buffer.byteLength(p) > SUN_PATH_MAX) {
-      throw new InvalidArgumentError(`Unix socket path ${p} is longer than ${SUN_PATH_MAX} bytes; use a shorter runDir or chroot base`, 'runDir');
+      throw new ConfigError(`Unix socket path ${p} is longer than ${SUN_PATH_MAX} bytes; use a shorter runDir or chroot base`, 'runDir');
     }
   }
   return layout;

@@ -8,7 +8,7 @@
  */
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { InvalidArgumentError, errorMessage } from '../../core/errors.js';
+import { HostFailureError, errorMessage } from '../../core/errors.js';
 
 export const SNAPSHOT_META_FILE = 'firecracker.json';
 
@@ -32,14 +32,14 @@ export async function readSnapshotMeta(dir: string): Promise<FirecrackerSnapshot
   let text: string;
   try { text = await readFile(path.join(dir, SNAPSHOT_META_FILE), 'utf8'); } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new InvalidArgumentError(`snapshot ${dir}: cannot read ${SNAPSHOT_META_FILE}: ${errorMessage(err)}`);
+    throw new HostFailureError(`snapshot ${dir}: cannot read ${SNAPSHOT_META_FILE}: ${errorMessage(err)}`);
   }
   try {
     const m = JSON.parse(text) as FirecrackerSnapshotMeta;
     if (m.format !== 1) throw new Error(`unknown format ${String(m.format)}`);
     return m;
   } catch (err) {
-    throw new InvalidArgumentError(`snapshot ${dir}: bad ${SNAPSHOT_META_FILE}: ${errorMessage(err)}`);
+    throw new HostFailureError(`snapshot ${dir}: bad ${SNAPSHOT_META_FILE}: ${errorMessage(err)}`);
   }
 }
 

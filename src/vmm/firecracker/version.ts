@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
-import { HostFailureError, InvalidArgumentError } from '../../core/errors.js';
+import { HostFailureError } from '../../core/errors.js';
 
 export interface FirecrackerVersionInfo {
   major: number;
@@ -78,7 +78,7 @@ export function featuresOf(v: FirecrackerVersionInfo): FirecrackerFeatures {
 
 export function checkSupported(v: FirecrackerVersionInfo): void {
   if (!atLeast(v, MIN_FIRECRACKER.major, MIN_FIRECRACKER.minor, MIN_FIRECRACKER.patch)) {
-    throw new InvalidArgumentError(`Firecracker ${v.text} is too old: Hearth needs ${MIN_FIRECRACKER.major}.${MIN_FIRECRACKER.minor} or newer (1.16.1 recommended)`);
+    throw new HostFailureError(`Firecracker ${v.text} is too old: Hearth needs ${MIN_FIRECRACKER.major}.${MIN_FIRECRACKER.minor} or newer (1.16.1 recommended)`);
   }
 }
 

@@ -3,7 +3,7 @@
  * (never a shell string). docs/vmm-qemu.md explains every flag.
  */
 import path from 'node:path';
-import { InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, InternalError } from '../../core/errors.js';
 import type { VmConfig } from '../types.js';
 import type { Accel } from '../probe.js';
 
@@ -73,7 +73,7 @@ const SANDBOX_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 /** The `-name` value: how reconciliation recognises a Hearth VM and its sandbox. */
 export function qemuVmName(sandboxId: string): string {
   if (!SANDBOX_ID.test(sandboxId)) {
-    throw new InvalidArgumentError(`sandbox id ${JSON.stringify(sandboxId)} is not usable in a QEMU -name (letters, digits, . _ -)`, 'sandboxId');
+    throw new InternalError(`sandbox id ${JSON.stringify(sandboxId)} is not usable in a QEMU -name (letters, digits, . _ -)`);
   }
   return `hearth-${sandboxId}`;
 }
@@ -113,18 +113,18 @@ export function kernelCmdline(cfg: VmConfig, opts: QemuCmdlineOptions): string {
 function checkSocketPath(p: string): void {
   // sun_path is 108 bytes including the terminating NUL.
   if (Buffer.byteLength(p) > 107) {
-    throw new InvalidArgumentError(`QMP socket path is too long for a Unix socket (${Buffer.byteLength(p)} > 107 bytes): ${p}`, 'runDir');
+    throw new ConfigError(`QMP socket path is too long for a Unix socket (${Buffer.byteLength(p)} > 107 bytes): ${p}`, 'runDir');
   }
 }
 
 /** Network address helpers for user-mode networking. */
 export function parseGuestCidr(cidr: string): { network: string; prefix: number; address?: string } {
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr.trim());
-  if (!m) throw new InvalidArgumentError(`guestCidr ${JSON.stringify(cidr)} is not an IPv4 CIDR`, 'network.guestCidr');
+  if (!m) throw new InternalError(`guestCidr ${JSON.stringify(cidr)} is not an IPv4 CIDR`);
   const octets = m.slice(1, 5).map(Number);
   const prefix = Number(m[5]);
   if (octets.some((o) => o > 255) || prefix < 8 || prefix > 30) {
-    throw new InvalidArgumentError(`guestCidr ${JSON.stringify(cidr)} is out of range (prefix 8..30)`, 'network.guestCidr');
+    throw new InternalError(`guestCidr ${JSON.stringify(cidr)} is out of range (prefix 8..30)`);
   }
   const ip = octets.reduce((a, o) => (a * 256) + o, 0);
   const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
@@ -144,14 +144,14 @@ function netdevArgs(cfg: VmConfig, machine: QemuMachine): string[] {
     if (address) opts.push(`dhcpstart=${address}`);
     for (const f of n.forwards) {
       if (!Number.isInteger(f.hostPort) || !Number.isInteger(f.guestPort) || f.hostPort < 1 || f.hostPort > 65535 || f.guestPort < 1 || f.guestPort > 65535) {
-        throw new InvalidArgumentError(`bad port forward ${JSON.stringify(f)}`, 'network.forwards');
+        throw new InternalError(`bad port forward ${JSON.stringify(f)}`);
       }
       opts.push(`hostfwd=tcp:127.0.0.1:${f.hostPort}-${address ?? ''}:${f.guestPort}`);
     }
     return ['-netdev', opts.join(','), '-device', `${nic},netdev=n0`];
   }
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(n.tapName)) throw new InvalidArgumentError(`bad tap name ${JSON.stringify(n.tapName)}`, 'network.tapName');
-  if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(n.mac)) throw new InvalidArgumentError(`bad MAC ${JSON.stringify(n.mac)}`, 'network.mac');
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(n.tapName)) throw new InternalError(`bad tap name ${JSON.stringify(n.tapName)}`);
+  if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(n.mac)) throw new InternalError(`bad MAC ${JSON.stringify(n.mac)}`);
   return [
     '-netdev', `tap,id=n0,ifname=${n.tapName},script=no,downscript=no`,
     '-device', `${nic},netdev=n0,mac=${n.mac}`,
@@ -161,12 +161,12 @@ function netdevArgs(cfg: VmConfig, machine: QemuMachine): string[] {
 /** The QEMU argv (without the binary). */
 export function buildQemuArgs(cfg: VmConfig, opts: QemuCmdlineOptions): string[] {
   const machine = opts.machine ?? 'microvm';
-  if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > 64) throw new InvalidArgumentError(`vcpus must be 1..64, got ${cfg.vcpus}`, 'vcpus');
-  if (!Number.isInteger(cfg.memoryMib) || cfg.memoryMib < 64) throw new InvalidArgumentError(`memoryMib must be an integer >= 64, got ${cfg.memoryMib}`, 'memoryMib');
+  if (!Number.isInteger(cfg.vcpus) || cfg.vcpus < 1 || cfg.vcpus > 64) throw new InternalError(`vcpus must be 1..64, got ${cfg.vcpus}`);
+  if (!Number.isInteger(cfg.memoryMib) || cfg.memoryMib < 64) throw new InternalError(`memoryMib must be an integer >= 64, got ${cfg.memoryMib}`);
   for (const [field, value] of [['kernelPath', cfg.kernelPath], ['rootfsPath', cfg.rootfsPath], ['memoryFilePath', cfg.memoryFilePath], ['runDir', cfg.runDir], ['consoleLogPath', cfg.consoleLogPath]] as const) {
-    if (!value || !path.isAbsolute(value)) throw new InvalidArgumentError(`${field} must be an absolute path, got ${JSON.stringify(value)}`, field);
+    if (!value || !path.isAbsolute(value)) throw new InternalError(`${field} must be an absolute path, got ${JSON.stringify(value)}`);
   }
-  if (cfg.initrdPath !== undefined && !path.isAbsolute(cfg.initrdPath)) throw new InvalidArgumentError(`initrdPath must be an absolute path`, 'initrdPath');
+  if (cfg.initrdPath !== undefined && !path.isAbsolute(cfg.initrdPath)) throw new InternalError(`initrdPath must be an absolute path`);
   const files = runFiles(cfg.runDir);
   checkSocketPath(files.qmpSocket);
   const name = qemuVmName(cfg.sandboxId);
@@ -188,11 +188,11 @@ export function buildQemuArgs(cfg: VmConfig, opts: QemuCmdlineOptions): string[]
   if (opts.runAs) {
     const { uid, gid } = opts.runAs;
     if (!Number.isInteger(uid) || !Number.isInteger(gid) || uid <= 0 || gid <= 0 || uid >= 0xffffffff || gid >= 0xffffffff) {
-      throw new InvalidArgumentError(`runAs must be a non-root uid:gid, got ${uid}:${gid}`, 'runAs');
+      throw new InternalError(`runAs must be a non-root uid:gid, got ${uid}:${gid}`);
     }
     args.push('-runas', `${uid}:${gid}`);
     if (opts.chrootDir) {
-      if (!path.isAbsolute(opts.chrootDir)) throw new InvalidArgumentError('chrootDir must be an absolute path', 'chrootDir');
+      if (!path.isAbsolute(opts.chrootDir)) throw new InternalError('chrootDir must be an absolute path');
       args.push('-chroot', opts.chrootDir);
     }
   }
@@ -233,7 +233,7 @@ export function buildQemuArgs(cfg: VmConfig, opts: QemuCmdlineOptions): string[]
 export function spawnCommand(cfg: VmConfig, qemuBinary: string, qemuArgs: string[], netnsDir = '/run/netns'): { file: string; args: string[] } {
   if (cfg.network.kind === 'tap') {
     const ns = cfg.network.netnsName;
-    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(ns)) throw new InvalidArgumentError(`bad netns name ${JSON.stringify(ns)}`, 'network.netnsName');
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(ns)) throw new InternalError(`bad netns name ${JSON.stringify(ns)}`);
     return { file: 'nsenter', args: [`--net=${path.join(netnsDir, ns)}`, '--', qemuBinary, ...qemuArgs] };
   }
   return { file: qemuBinary, args: qemuArgs };

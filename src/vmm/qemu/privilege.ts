@@ -13,7 +13,7 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { HostFailureError, InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, HostFailureError } from '../../core/errors.js';
 import { readdirSync, readFileSync } from 'node:fs';
 
 const execFileP = promisify(execFile);
@@ -55,7 +55,7 @@ export async function resolvePrivilege(opts: QemuPrivilegeOptions, euid = proces
   const chroot = opts.chroot ?? true;
   const idRange = opts.idRange ?? DEFAULT_ID_RANGE;
   if (!Number.isInteger(idRange.base) || !Number.isInteger(idRange.count) || idRange.base < 65_536 || idRange.count < 1 || idRange.base + idRange.count > 0x7fffffff) {
-    throw new InvalidArgumentError(`privilege.idRange must lie within 65536..2^31-1, got ${JSON.stringify(idRange)}`, 'privilege.idRange');
+    throw new ConfigError(`privilege.idRange must lie within 65536..2^31-1, got ${JSON.stringify(idRange)}`, 'privilege.idRange');
   }
   const none = (reason: string): QemuPrivilege => ({ mode: 'none', idRange, seccomp, chroot: false, reason });
   const user = (opts.user ?? 'per-vm').trim();
