@@ -4,7 +4,9 @@
  * /v2/sandboxes) and the last one that creates with POST /sandboxes
  * (`e2b-v1` = e2b 2.50.0). One daemon for the file, listening on HTTP and
  * HTTPS (a certificate this test makes) with the sandbox domain
- * `hearth.localhost:<port>`; four VMs in all. Client setups covered: the
+ * `hearth.localhost:<port>`; four VMs in all (one of them also paused
+ * filesystem-only and booted back, another paused filesystem-only by its
+ * timeout). Client setups covered: the
  * variables E2B_API_URL + E2B_SANDBOX_URL (plain HTTP), and E2B_DOMAIN alone
  * (HTTPS, Host-routed envd and API, in a child process that trusts the
  * certificate). `*.localhost` names are resolved to 127.0.0.1 here, as
@@ -202,8 +204,10 @@ describe('e2b SDK (current, v2 create path)', () => {
 
   let other: SandboxV1;
 
-  test('e2b 2.50 (v1 create path): create, commands, files, connect, list; list filters and pages with the current SDK', async () => {
-    other = await SandboxV1.create({ metadata: { suite: 'e2b-sdk', sdk: 'v1' }, timeoutMs: 300_000 });
+  test('e2b 2.50 (v1 create path): create, commands, files, connect, list; list filters and pages with the current SDK; a filesystem-only timeout pause', async () => {
+    // autoPause + autoPauseMemory: false in the v1 create body: the timeout pauses filesystem-only (checked at the end).
+    other = await SandboxV1.create({ metadata: { suite: 'e2b-sdk', sdk: 'v1' }, timeoutMs: 300_000, lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } });
+    assert.deepEqual((await other.getInfo()).lifecycle, { onTimeout: 'pause', autoResume: false });
     assert.equal((await other.commands.run('echo v1')).stdout, 'v1\n');
     // Not under /tmp: it is a tmpfs, which has no user.* xattrs before Linux 6.6 (docs/e2b-compat.md).
     await other.files.write('/home/user/v1.txt', 'old sdk', { metadata: { via: 'v1' } });
@@ -224,6 +228,11 @@ describe('e2b SDK (current, v2 create path)', () => {
     assert.deepEqual([first[0]!.sandboxId, second[0]!.sandboxId], [other.sandboxId, sbx.sandboxId], 'newest first');
     assert.deepEqual((await Sandbox.list({ query: { metadata: { sdk: 'v1' } } }).nextItems()).map((s) => s.sandboxId), [other.sandboxId]);
     assert.deepEqual(await Sandbox.list({ query: { state: ['paused'], metadata: { suite: 'e2b-sdk' } } }).nextItems(), []);
+    // The timeout pauses it instead of killing it, filesystem-only as asked at create.
+    await other.setTimeout(1_000);
+    await waitFor(async () => (await SandboxV1.getInfo(other.sandboxId)).state === 'paused', 'paused at its timeout', 60_000);
+    const timedOut = await (await raw(`/sandboxes/${other.sandboxId}`)).json() as { pausedWithMemory: boolean | null; endReason: string | null; lifecycle: { keepMemory: boolean } };
+    assert.deepEqual([timedOut.pausedWithMemory, timedOut.endReason, timedOut.lifecycle.keepMemory], [false, null, false]);
     assert.equal(await SandboxV1.kill(other.sandboxId), true);
     assert.equal(await SandboxV1.kill(other.sandboxId), false, 'a killed sandbox is a 404: kill says false');
   });
@@ -243,6 +252,37 @@ describe('e2b SDK (current, v2 create path)', () => {
     assert.ok(left > 60_000 && left < 100_000, `timeout from the connect (${left} ms left)`);
     const viaV1 = await SandboxV1.connect(sbx.sandboxId, { timeoutMs: 120_000 });
     assert.equal((await viaV1.commands.run('echo ok')).stdout, 'ok\n');
+  });
+
+  test('filesystem-only pause (pause({ keepMemory: false })): only the disk is kept; connect boots from it (a new boot_id, processes gone, files kept, same token and env)', async (t) => {
+    await sbx.files.write('/home/user/fs-pause.txt', 'written before the pause');
+    const bootId = (await sbx.commands.run('cat /proc/sys/kernel/random/boot_id')).stdout.trim();
+    await sbx.commands.run('sleep 1000', { background: true });
+    const t0 = Date.now();
+    assert.equal(await sbx.pause({ keepMemory: false }), true);
+    const pauseMs = Date.now() - t0;
+    assert.equal((await sbx.getInfo()).state, 'paused');
+    const paused = await (await raw(`/sandboxes/${sbx.sandboxId}`)).json() as { pausedWithMemory: boolean | null; timings: { op: string } };
+    assert.equal(paused.pausedWithMemory, false);
+    assert.equal(paused.timings.op, 'pause (filesystem)');
+    assert.equal(await sbx.pause({ keepMemory: false }), false, 'already paused: the SDK says false');
+    const t1 = Date.now();
+    const booted = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 120_000 });
+    const resumeMs = Date.now() - t1;
+    t.diagnostic(`filesystem-only pause ${pauseMs} ms, resume by boot ${resumeMs} ms`);
+    const info = await booted.getInfo();
+    assert.equal(info.state, 'running');
+    const left = info.endAt.getTime() - Date.now();
+    assert.ok(left > 100_000 && left <= 120_000, `the timeout counts from the resume (${left} ms left)`);
+    // The old handle keeps working: the sandbox has the same token.
+    assert.equal(await sbx.files.read('/home/user/fs-pause.txt'), 'written before the pause');
+    const after = await sbx.commands.run('cat /proc/sys/kernel/random/boot_id; pgrep -x sleep || echo no-sleep; echo $FOO');
+    const [newBootId, sleeping, foo] = after.stdout.trim().split('\n');
+    assert.notEqual(newBootId, bootId, 'the guest booted');
+    assert.equal(sleeping, 'no-sleep', 'a process started before the pause is gone');
+    assert.equal(foo, 'bar', 'env vars come back with /init');
+    // /tmp is a tmpfs: empty after a boot. The snapshot test below reads this file.
+    await sbx.commands.run('echo kept > /tmp/state');
   });
 
   test('snapshots: create, list by name, create from, delete; fork; kill; a killed sandbox is a 404', async () => {
