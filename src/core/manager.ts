@@ -1,10 +1,10 @@
-import { readFile, readdir, stat, unlink } from 'node:fs/promises';
+import { readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Holdings, legacyHoldings, type Holding, type Releaser } from './holdings.js';
 import {
-  CapacityError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted, type ErrorCode,
+  CapacityError, ConfigError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted, type ErrorCode,
 } from './errors.js';
 import { newAgentToken, newSandboxId, newTrafficToken, randomId } from './ids.js';
 import { KeyedLock } from './lock.js';
@@ -21,9 +21,9 @@ import type { BaseImage, DetachedDisk, RootDisk } from '../storage/types.js';
 import type { EgressPolicy } from '../network/types.js';
 import { exists, removeTree } from '../util/fs.js';
 import { abortError, abortable } from '../util/abort.js';
-import {
-  FILES, pausedDir, sandboxDir, type LiveSandbox, type ManagerDeps,
-} from './flows/context.js';
+import { layoutOf, type LiveSandbox, type ManagerDeps } from './flows/context.js';
+import { isStagingName, isWarmDirName, pausedAt, type DataLayout } from './layout.js';
+import { compatDifferences } from './compat.js';
 import { launch, type LaunchSource } from './flows/launch.js';
 import { beyondPaused, captureKeptMemory, commitResume, pauseSandbox, pausedDisk, resumeSandbox } from './flows/pause.js';
 import { captureSnapshot, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
@@ -115,9 +115,6 @@ interface WarmBuild {
 /** An idempotency key claimed by a create in flight. */
 interface KeyClaim { scope: string; key: string; sandboxId: string; done(): void }
 
-/** Warm snapshot directories: `<warm key prefix>-<vcpus>c-<memory>m-<random>` (older ones without the suffix). */
-const WARM_DIR = /^[0-9a-f]{16}-\d+c-\d+m(-[a-z0-9]+)?(\.staging)?$/;
-
 /** Pause steps during which the VMM still runs (src/core/flows/pause.ts): an interrupted pause there is undone. */
 const BEFORE_STOP = new Set(['start', 'snapshot', 'flush', 'sync']);
 
@@ -176,6 +173,8 @@ export class SandboxManager {
   }
 
   private get store(): Store { return this.deps.store; }
+  /** Every path under the data dir (src/core/layout.ts). */
+  private get layout(): DataLayout { return layoutOf(this.config); }
   private get config(): SandboxManagerDeps['config'] { return this.deps.config; }
 
   // ---------------------------------------------------------------- queries
@@ -274,7 +273,7 @@ export class SandboxManager {
     const live = this.live.get(id);
     if (live) return (await this.deps.storage.usage(live.disk)).allocatedBytes;
     const rec = this.store.getSandbox(id);
-    if (rec?.state === 'paused') return dirUsage(pausedDir(this.config, id));
+    if (rec?.state === 'paused') return dirUsage(this.layout.sandbox(id).paused.dir);
     return null;
   }
 
@@ -463,11 +462,7 @@ export class SandboxManager {
     if (snapshot.compat === null) return;
     const here = await this.vmmCompat(signal);
     if (snapshot.compat === here) return;
-    const pairs = (s: string): Map<string, string> => new Map(s.split(' ').filter(Boolean).map((p) => [p.split('=')[0]!, p.slice(p.indexOf('=') + 1)]));
-    const was = pairs(snapshot.compat);
-    const now = pairs(here);
-    const diffs = [...new Set([...was.keys(), ...now.keys()])].filter((k) => was.get(k) !== now.get(k))
-      .map((k) => `${k} ${was.get(k) ?? '(none)'} → ${now.get(k) ?? '(none)'}`);
+    const diffs = compatDifferences(snapshot.compat, here);
     throw new ConflictError(`snapshot ${snapshot.id}${snapshot.name ? ` (${snapshot.name})` : ''} cannot be restored on this host: it was taken with ${diffs.join(', ')}; take a new snapshot here`);
   }
 
@@ -717,7 +712,7 @@ export class SandboxManager {
       const snap = await this.lock.run(rec.id, 'snapshot', async () => {
         const live = this.mustLive(rec.id);
         // A directory per build: a rebuilt shape never reuses a removed one's path (loop devices are shared by path).
-        const dir = join(this.config.dataDir, 'templates', template.id, `${warmKey.slice(0, 16)}-${vcpus}c-${memoryMib}m-${randomId(8)}`);
+        const dir = this.layout.warmSnapshot(template.id, warmKey, vcpus, memoryMib, randomId(8)).dir;
         return captureSnapshot(this.deps, rec, template, live, { kind: 'template', name: null, dir }, new StepTimer('template snapshot'), signal);
       });
       if (cancelled.aborted) {
@@ -813,11 +808,11 @@ export class SandboxManager {
     }
     if (this.warming.size > 0) return;
     const known = new Set(this.store.listSnapshots({ kind: 'template' }).map((s) => s.dir));
-    const root = join(this.config.dataDir, 'templates');
+    const root = this.layout.templatesDir;
     for (const t of await readdir(root).catch(() => [] as string[])) {
-      for (const name of await readdir(join(root, t)).catch(() => [] as string[])) {
-        const dir = join(root, t, name);
-        if (!WARM_DIR.test(name) || known.has(dir)) continue;
+      for (const name of await readdir(this.layout.templateDir(t)).catch(() => [] as string[])) {
+        const dir = join(this.layout.templateDir(t), name);
+        if (!isWarmDirName(name) || known.has(dir)) continue;
         await removeTree(dir).catch((err: unknown) => this.log.warn({ dir, err: errorMessage(err) }, 'could not remove a stray warm snapshot directory'));
       }
     }
@@ -892,7 +887,7 @@ export class SandboxManager {
           });
           commitResume(this.ledger, rec);
         });
-        await removeTree(pausedDir(this.config, id)).catch((err: unknown) => this.log.warn({ sandbox: id, err: errorMessage(err) }, 'could not remove the paused files of a resumed sandbox'));
+        await removeTree(this.layout.sandbox(id).paused.dir).catch((err: unknown) => this.log.warn({ sandbox: id, err: errorMessage(err) }, 'could not remove the paused files of a resumed sandbox'));
         this.live.set(id, live);
         this.watchExit(id, live);
         steps.log(this.log, id, 'ok');
@@ -1071,7 +1066,8 @@ export class SandboxManager {
    */
   private adoptLegacy(rec: SandboxRecord, pausedToken: DetachedDisk | null = null): void {
     if (this.ledger.list(rec.id).length > 0 || (!rec.vmm && !rec.disk && !rec.network && !pausedToken && !ACTIVE_STATES.includes(rec.state))) return;
-    for (const h of legacyHoldings(rec, sandboxDir(this.config, rec.id), pausedDir(this.config, rec.id), pausedToken)) this.ledger.record(rec, h);
+    const paths = this.layout.sandbox(rec.id);
+    for (const h of legacyHoldings(rec, paths.dir, paths.paused.dir, pausedToken)) this.ledger.record(rec, h);
   }
 
   /** Live sandboxes whose disks read an image in `dir` (only backends that keep reading their base). */
@@ -1126,7 +1122,7 @@ export class SandboxManager {
    * sandbox's rows are deleted as it ends.
    */
   setEndedRetention(hours: number): void {
-    if (!Number.isFinite(hours) || hours < 0) throw new InvalidArgumentError(`ended sandbox retention must be a number of hours >= 0, got ${hours}`);
+    if (!Number.isFinite(hours) || hours < 0) throw new ConfigError(`ended sandbox retention must be a number of hours >= 0, got ${hours}`, 'endedRetentionHours');
     this.endedRetentionMs = hours * 3_600_000;
   }
 
@@ -1198,8 +1194,9 @@ export class SandboxManager {
     for (const rec of this.store.listSandboxes({ states: [...ACTIVE_STATES, 'paused'] })) {
       const j = interrupted.get(rec.id);
       const template = this.store.getTemplate(rec.templateId);
-      const legacyPaused = rec.state === 'paused' && template && await exists(join(pausedDir(this.config, rec.id), FILES.meta))
-        ? await pausedDisk(pausedDir(this.config, rec.id), rec, template) : null;
+      const pausedPaths = this.layout.sandbox(rec.id).paused;
+      const legacyPaused = rec.state === 'paused' && template && await exists(pausedPaths.meta)
+        ? await pausedDisk(pausedPaths.dir, rec, template) : null;
       this.adoptLegacy(rec, legacyPaused);
       const rows = this.ledger.list(rec.id);
       const vmmRow = rows.findLast((r) => r.holding.kind === 'vmm');
@@ -1212,7 +1209,7 @@ export class SandboxManager {
         const vmm = await this.deps.vmm.adopt(vmmHandle).catch(() => null);
         if (vmm && frozen) {
           await vmm.resume(AbortSignal.timeout(10_000)).catch((err: unknown) => this.log.warn({ sandbox: rec.id, err: errorMessage(err) }, 'recovery: resuming the vCPUs failed'));
-          await removeTree(join(sandboxDir(this.config, rec.id), 'pause-staging')).catch(() => undefined);
+          await removeTree(this.layout.sandbox(rec.id).pauseStaging).catch(() => undefined);
           // A paused capture the pause had begun (it cannot have: the VMM was not stopped yet) is dropped.
           await this.ledger.release(rec, this.releaseHolding, { which: (r) => r.holding.kind === 'paused' });
         }
@@ -1232,7 +1229,7 @@ export class SandboxManager {
       // A complete paused capture: whatever was taken beyond it (a resume's VMM, slot, attached disk, memory
       // copy; a pause's slot) is released and the disk put back into it, so the sandbox can be resumed again.
       const capture = rows.findLast((r) => r.holding.kind === 'paused')?.holding;
-      const complete = capture?.kind === 'paused' && capture.disk !== null && await exists(join(capture.dir, FILES.meta));
+      const complete = capture?.kind === 'paused' && capture.disk !== null && await exists(pausedAt(capture.dir).meta);
       if ((rec.state === 'paused' || rec.state === 'pausing' || rec.state === 'resuming') && complete) {
         const errors = await this.ledger.release(rec, this.releaseHolding, { which: beyondPaused });
         if (errors.length === 0) {
@@ -1268,8 +1265,8 @@ export class SandboxManager {
    */
   async reconcile(): Promise<ReconcileReport> {
     const report: ReconcileReport = { at: new Date().toISOString(), killedVms: [], removedSandboxDirs: [], removedSnapshotDirs: [], errors: [] };
-    const sandboxesRoot = join(this.config.dataDir, 'sandboxes');
-    const mine = (runDir: string | undefined): boolean => runDir !== undefined && runDir.startsWith(`${sandboxesRoot}/`);
+    const sandboxesRoot = this.layout.sandboxesDir;
+    const mine = (runDir: string | undefined): boolean => this.layout.ownsRunDir(runDir);
     for (const vm of (await this.deps.vmm.list?.()) ?? []) {
       if (!mine(vm.runDir) || this.live.has(vm.sandboxId) || this.lock.isBusy(vm.sandboxId)) continue;
       const rec = this.store.getSandbox(vm.sandboxId);
@@ -1285,13 +1282,13 @@ export class SandboxManager {
       if (this.live.has(id) || this.lock.isBusy(id)) continue;
       const rec = this.store.getSandbox(id);
       if (rec && rec.state !== 'destroyed' && rec.state !== 'failed') continue;
-      await removeTree(join(sandboxesRoot, id)).then(() => report.removedSandboxDirs.push(id), (err: unknown) => report.errors.push(`dir ${id}: ${errorMessage(err)}`));
+      await removeTree(this.layout.sandbox(id).dir).then(() => report.removedSandboxDirs.push(id), (err: unknown) => report.errors.push(`dir ${id}: ${errorMessage(err)}`));
     }
     const known = new Set(this.store.listSnapshots().map((s) => s.dir));
-    const snapRoot = join(this.config.dataDir, 'snapshots');
+    const snapRoot = this.layout.snapshotsDir;
     for (const name of await readdir(snapRoot).catch(() => [] as string[])) {
       const dir = join(snapRoot, name);
-      const staging = name.endsWith('.staging');
+      const staging = isStagingName(name);
       // A staging dir belongs to a capture in flight only while its sandbox's lock is held.
       if (known.has(dir) || (staging && [...this.live.keys()].some((id) => this.lock.isBusy(id)))) continue;
       await removeTree(dir).then(() => report.removedSnapshotDirs.push(name), (err: unknown) => report.errors.push(`snapshot dir ${name}: ${errorMessage(err)}`));
@@ -1316,10 +1313,9 @@ export class SandboxManager {
     try {
       vmm = await this.deps.vmm.adopt(handle);
     } catch (err) {
-      const ours = (await this.deps.vmm.list?.())?.find((v) => v.pid === handle.pid && v.runDir === handle.runDir);
-      if (!ours) throw err;
-      this.log.warn({ pid: handle.pid, err: errorMessage(err) }, 'a VM that cannot be controlled is killed');
-      await killAndWait(handle.pid, 10_000);
+      // The driver checks the pid is still its VM of this run dir before it kills anything.
+      if (!(await this.deps.vmm.forceKill(handle, AbortSignal.timeout(10_000)))) throw err;
+      this.log.warn({ pid: handle.pid, err: errorMessage(err) }, 'a VM that could not be controlled was killed');
       return;
     }
     await vmm?.stop(AbortSignal.timeout(30_000));
@@ -1352,18 +1348,6 @@ async function dirUsage(dir: string): Promise<number> {
     for (const f of await readdir(dir)) total += (await stat(join(dir, f))).blocks * 512;
   } catch { /* gone */ }
   return total;
-}
-
-/** SIGKILL a process and wait until it is gone (or a zombie): bounded. */
-async function killAndWait(pid: number, timeoutMs: number): Promise<void> {
-  try { process.kill(pid, 'SIGKILL'); } catch { return; }
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const state = await readFile(`/proc/${pid}/stat`, 'utf8').then((s) => s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3), () => 'gone');
-    if (state === 'gone' || state === 'Z') return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new HostFailureError(`VM process ${pid} did not exit after SIGKILL within ${timeoutMs} ms`);
 }
 
 /**

@@ -39,6 +39,18 @@ export interface SnapshotFiles {
   memoryPath: string;
 }
 
+/** What `Vmm.snapshot` wrote. */
+export interface SnapshotWritten extends SnapshotFiles {
+  /**
+   * Every file the snapshot consists of, as absolute paths: the state, the
+   * memory (QEMU: the VM's own RAM file, outside `dir`; Firecracker: in `dir`)
+   * and the VMM's metadata beside the state (QEMU `vmstate.json`, Firecracker
+   * `firecracker.json`). The caller moves or copies exactly these; on restore
+   * the driver finds its metadata under the same name beside the state.
+   */
+  files: string[];
+}
+
 export interface ExitInfo {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -50,7 +62,7 @@ export interface Vmm {
   restore(snap: SnapshotFiles, cfg: VmConfig, signal: AbortSignal): Promise<void>;
   pause(signal: AbortSignal): Promise<void>;
   resume(signal: AbortSignal): Promise<void>;
-  snapshot(dir: string, kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotFiles>;
+  snapshot(dir: string, kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotWritten>;
   /** SIGTERM (or a clean quit), then SIGKILL after a bound; resolves only after the process exited. */
   stop(signal: AbortSignal): Promise<void>;
   readonly pid: number;
@@ -75,6 +87,14 @@ export interface VmmDriver {
   adopt(handle: VmmHandle): Promise<Vmm | null>;
   /** Every VM of this kind on the host that carries Hearth's name (for reaping orphans). */
   list?(): Promise<{ sandboxId: string; pid: number; runDir?: string }[]>;
+  /**
+   * Kill a VM that `adopt` could not take control of (its control socket no
+   * longer answers), by SIGKILL, and resolve once the process is gone. The
+   * driver checks first that `handle.pid` is still this driver's VM of
+   * `handle.runDir` (not a reused pid); false: no such VM runs (nothing was
+   * killed). Throws HostFailureError if it is still there after the bound.
+   */
+  forceKill(handle: VmmHandle, signal: AbortSignal): Promise<boolean>;
   /**
    * true: restore maps the snapshot's memory file privately and never writes it
    * (Firecracker), so the manager passes the snapshot's file as is. Absent/false:

@@ -3,7 +3,7 @@
  * the manager's ordering and failure handling can be tested with injected
  * faults. Integration tests use the real drivers.
  */
-import type { ExitInfo, SnapshotFiles, VmConfig, Vmm, VmmDriver, VmmHandle, VmNetwork } from '../../src/vmm/types.js';
+import type { ExitInfo, SnapshotFiles, SnapshotWritten, VmConfig, Vmm, VmmDriver, VmmHandle, VmNetwork } from '../../src/vmm/types.js';
 import type { BaseImage, DetachedDisk, RootDisk, RootfsBackend } from '../../src/storage/types.js';
 import type { EgressPolicy, NetworkSlots, Slot, SlotOptions } from '../../src/network/types.js';
 import type { AgentControlApi } from '../../src/core/manager.js';
@@ -74,17 +74,23 @@ export class FakeVmm implements Vmm {
   async markReady(): Promise<void> { if (this.mapsSnapshotMemory) this.w.events.push(`ready ${this.pid}`); }
   async pause(): Promise<void> { this.w.events.push('pause'); this.paused = true; }
   async resume(): Promise<void> { this.w.events.push('resume'); this.w.fail('resume'); this.paused = false; }
-  async snapshot(dir: string): Promise<SnapshotFiles> {
+  /**
+   * Writes its state under a name of its own (`fake.state`, not the core's `vmstate`) with a metadata
+   * file beside it, and a scratch file it does not report: the core must move exactly what is reported.
+   */
+  async snapshot(dir: string): Promise<SnapshotWritten> {
     this.paused = true;
     this.w.events.push('snapshot');
     this.w.fail('snapshot');
-    await writeFile(`${dir}/vmstate`, 'STATE');
+    await writeFile(`${dir}/fake.state`, 'STATE');
+    await writeFile(`${dir}/fake-scratch.tmp`, 'not part of the snapshot');
     if (this.mapsSnapshotMemory) {
-      await writeFile(`${dir}/memory`, this.ram);
+      await writeFile(`${dir}/fake.mem`, this.ram);
       await writeFile(`${dir}/firecracker.json`, '{}');
-      return { dir, statePath: `${dir}/vmstate`, memoryPath: `${dir}/memory` };
+      return { dir, statePath: `${dir}/fake.state`, memoryPath: `${dir}/fake.mem`, files: [`${dir}/fake.state`, `${dir}/fake.mem`, `${dir}/firecracker.json`] };
     }
-    return { dir, statePath: `${dir}/vmstate`, memoryPath: this.cfg!.memoryFilePath };
+    await writeFile(`${dir}/fake-layout.json`, '{}');
+    return { dir, statePath: `${dir}/fake.state`, memoryPath: this.cfg!.memoryFilePath, files: [`${dir}/fake.state`, this.cfg!.memoryFilePath, `${dir}/fake-layout.json`] };
   }
   async stop(signal: AbortSignal): Promise<void> {
     throwIfAborted(signal);
@@ -109,6 +115,15 @@ export class FakeDriver implements VmmDriver {
   async adopt(h: VmmHandle): Promise<Vmm | null> {
     const v = this.vms.find((x) => x.pid === h.pid && this.w.liveVms.has(h.pid));
     return v ?? null;
+  }
+  /** Kills a live fake VM by pid (recorded as `kill <pid>`); false for a pid that is not a live VM. */
+  async forceKill(h: VmmHandle, signal: AbortSignal): Promise<boolean> {
+    this.w.events.push(`kill ${h.pid}`);
+    if (!this.w.liveVms.has(h.pid)) return false;
+    throwIfAborted(signal);
+    this.w.liveVms.delete(h.pid);
+    this.vms.find((x) => x.pid === h.pid)?.crash();
+    return true;
   }
 }
 

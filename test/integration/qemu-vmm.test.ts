@@ -6,12 +6,12 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, copyFile, mkdir, readFile, readlink, stat, truncate, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readFile, readdir, readlink, stat, truncate, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import http from 'node:http';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { AbortedError, ConflictError, HostFailureError, InvalidArgumentError } from '../../src/core/errors.js';
+import { AbortedError, ConflictError, HostFailureError } from '../../src/core/errors.js';
 import { probeAccelerator } from '../../src/vmm/probe.js';
 import { QemuDriver } from '../../src/vmm/qemu/driver.js';
 import { runFiles } from '../../src/vmm/qemu/cmdline.js';
@@ -170,6 +170,9 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
     assert.ok(size > 0 && size < 4 * 1024 * 1024, `vmstate is ${size} bytes: x-ignore-shared should keep RAM out`);
     assert.equal(snap.memoryPath, cfg.memoryFilePath);
     assert.equal(snap.statePath, `${snapDir}/vmstate`);
+    // Every file the driver wrote, reported: the state, the VM's own memory file and the layout beside the state.
+    assert.deepEqual(snap.files, [`${snapDir}/vmstate`, cfg.memoryFilePath, `${snapDir}/vmstate.json`]);
+    assert.deepEqual((await readdir(snapDir)).sort(), ['vmstate', 'vmstate.json']);
     assert.equal((await vm.status()).running, false, 'VM stays paused after snapshot');
     t = performance.now();
     await vm.stop(sig());
@@ -328,14 +331,14 @@ describe('QEMU driver (real VMs)', { timeout: 600_000 }, () => {
   it('a tap in a namespace that does not exist fails clearly without starting QEMU', async () => {
     const cfg = await lab.config('tapgone', { network: { kind: 'tap', netnsName: 'hq-no-such-ns', tapName: 'tap0', mac: '02:fc:00:00:00:02' } });
     const vm = lab.track(driver.create());
-    await assert.rejects(vm.boot(cfg, sig()), (err: unknown) => err instanceof InvalidArgumentError && /network namespace .*hq-no-such-ns/.test(err.message));
+    await assert.rejects(vm.boot(cfg, sig()), (err: unknown) => err instanceof HostFailureError && /network namespace .*hq-no-such-ns/.test(err.message));
     assert.equal(vm.pid, 0);
   });
 
   it('a missing kernel fails clearly before starting anything', async () => {
     const cfg = await lab.config('badk1', { kernelPath: `${lab.dir}/no-such-kernel` });
     const vm = lab.track(driver.create());
-    await assert.rejects(vm.boot(cfg, sig()), (err: unknown) => err instanceof InvalidArgumentError && /kernel .*no-such-kernel.*ENOENT/.test(err.message));
+    await assert.rejects(vm.boot(cfg, sig()), (err: unknown) => err instanceof HostFailureError && /kernel .*no-such-kernel.*ENOENT/.test(err.message));
     assert.equal(vm.pid, 0);
     await held(vm.exited);
   });

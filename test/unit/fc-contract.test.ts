@@ -132,7 +132,12 @@ describe('Firecracker driver against the stand-in API', () => {
 
     const snapDir = join(dir, 'snaps', 'life');
     const snap = await vm.snapshot(snapDir, 'full', sig());
-    assert.deepEqual(snap, { dir: snapDir, statePath: join(snapDir, 'vmstate'), memoryPath: join(snapDir, 'memory') });
+    // The driver reports every file it wrote: the core moves exactly these.
+    assert.deepEqual(snap, {
+      dir: snapDir, statePath: join(snapDir, 'vmstate'), memoryPath: join(snapDir, 'memory'),
+      files: [join(snapDir, 'vmstate'), join(snapDir, 'memory'), join(snapDir, 'firecracker.json')],
+    });
+    assert.deepEqual((await readdir(snapDir)).sort(), ['firecracker.json', 'memory', 'vmstate']);
     assert.equal((await stat(snap.memoryPath)).size, 64 * MiB);
     const meta = JSON.parse(await readFile(join(snapDir, 'firecracker.json'), 'utf8')) as Record<string, unknown>;
     assert.equal(meta.snapshotType, 'Full');
@@ -541,6 +546,25 @@ describe('Firecracker driver against the stand-in API', () => {
       await u.stop(sig());
     }
     await noViolations(fake);
+  });
+
+  test('forceKill: a VM whose API no longer answers is killed by pid and its host files released; a pid that is not ours is left alone', async () => {
+    const fake = await makeFakeFirecracker(dir, 'fc-kill');
+    const cfg = await config('ikill');
+    const first = track(driver(fake).create());
+    await first.boot(cfg, sig());
+    pids.add(first.pid);
+    const handle = FirecrackerDriver.handleOf(first);
+    const later = driver(fake);
+    assert.equal(await later.forceKill({ ...handle, pid: handle.pid + 100000 }, sig()), false, 'another pid: not ours, nothing killed');
+    assert.equal(await later.forceKill({ ...handle, kind: 'qemu' }, sig()), false, 'another kind');
+    // A Firecracker that cannot answer its API (stopped): adopt refuses it, only a kill gets rid of it.
+    process.kill(first.pid, 'SIGSTOP');
+    await assert.rejects(later.adopt(handle), HostFailureError);
+    assert.equal(await later.forceKill(handle, sig()), true);
+    assert.equal(await alive(first.pid), false, 'the process is gone');
+    assert.equal(existsSync(join(cfg.runDir, 'firecracker.json')), false, 'its record is released');
+    assert.equal(await later.forceKill(handle, sig()), false, 'nothing left to kill');
   });
 
   test('jailer: chroot layout, hard links, uid/gid/netns/cgroup flags, snapshot out of the jail, cleanup', { skip: isRoot ? false : 'needs root (chown, mknod)' }, async () => {

@@ -2,8 +2,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
@@ -194,40 +192,48 @@ test('recovery adopts a running sandbox whose VM is alive and fails one whose VM
   } finally { t.done(); }
 });
 
-test('recovery kills a VM that is ours but cannot be controlled before its slot and disk are released', async () => {
+test('recovery kills a VM that is ours but cannot be controlled (through the driver\'s forceKill) before its slot and disk are released', async () => {
   const t = setup();
-  // A real process stands in for a QEMU whose QMP socket is gone.
-  const stuck = spawn('sleep', ['60'], { stdio: 'ignore' });
   try {
     const s = await t.m.create({ templateId: 'base' }, signal());
     t.m.close();
     const rec = t.store.getSandbox(s.id)!;
-    // The ledger's VMM holding now names the stuck process.
-    const row = t.store.listHoldings(s.id).find((h) => h.kind === 'vmm')!;
-    t.store.updateHolding(row.id, JSON.stringify({ kind: 'vmm', runDir: rec.vmm!.runDir, handle: { ...rec.vmm!, pid: stuck.pid! } }));
-    t.w.liveVms.delete(rec.vmm!.pid);
-    const order: string[] = [];
-    t.driver.adopt = async (h) => { if (h.pid === stuck.pid) throw new HostFailureError('QMP socket does not answer'); return null; };
-    t.driver.list = async () => [{ sandboxId: s.id, pid: stuck.pid!, runDir: rec.vmm!.runDir }];
-    const exited = new Promise<void>((r) => stuck.once('exit', () => r()));
-    const slots = t.deps.network;
-    const release = slots.release.bind(slots);
-    slots.release = async (slot) => {
-      const state = await readFile(`/proc/${stuck.pid}/stat`, 'utf8').then((x) => x.slice(x.lastIndexOf(')') + 2, x.lastIndexOf(')') + 3), () => 'gone');
-      order.push(`slot released, VM ${state === 'gone' || state === 'Z' ? 'gone' : 'alive'}`);
-      return release(slot);
-    };
+    const pid = rec.vmm!.pid;
+    // Its control socket no longer answers: adopt throws, so only a kill can get rid of it.
+    t.driver.adopt = async (h) => { if (h.pid === pid) throw new HostFailureError('QMP socket does not answer'); return null; };
+    t.w.events.length = 0;
     const fresh = new SandboxManager(t.deps);
     const res = await fresh.recover(signal());
-    await exited;
     assert.deepEqual(res.failed, [s.id]);
-    assert.equal(stuck.signalCode, 'SIGKILL');
-    assert.deepEqual(order, ['slot released, VM gone'], 'the VM is gone before its slot is handed back');
+    assert.ok(!t.w.liveVms.has(pid), 'the VM was killed');
+    const kill = t.w.events.indexOf(`kill ${pid}`);
+    const slot = t.w.events.findIndex((e) => e.startsWith('slot- '));
+    const disk = t.w.events.indexOf(`disk- ${s.id}`);
+    assert.ok(kill >= 0 && kill < slot && kill < disk, `the VM is killed before its slot and disk are released: ${t.w.events.join(', ')}`);
+    assert.deepEqual(t.store.listHoldings(s.id), [], 'everything was released');
     fresh.close();
-  } finally {
-    stuck.kill('SIGKILL');
-    t.done();
-  }
+    t.nothingLeft();
+  } finally { t.done(); }
+});
+
+test('a VM that cannot be controlled and that the driver does not own (forceKill: false) keeps its holding and the error', async () => {
+  const t = setup();
+  try {
+    const s = await t.m.create({ templateId: 'base' }, signal());
+    t.m.close();
+    const pid = t.store.getSandbox(s.id)!.vmm!.pid;
+    t.driver.adopt = async () => { throw new HostFailureError('QMP socket does not answer'); };
+    // The pid is not this driver's VM any more (e.g. reused): nothing is killed.
+    t.driver.forceKill = async (h) => { t.w.events.push(`kill? ${h.pid}`); return false; };
+    const fresh = new SandboxManager(t.deps);
+    const res = await fresh.recover(signal());
+    assert.deepEqual(res.failed, [s.id]);
+    assert.ok(t.w.events.includes(`kill? ${pid}`));
+    assert.ok(t.w.liveVms.has(pid), 'nothing was killed');
+    assert.match(t.store.getSandbox(s.id)!.endReason ?? '', /vmm: QMP socket does not answer/);
+    assert.deepEqual(t.store.listHoldings(s.id).map((h) => h.kind), ['vmm'], 'the VMM holding stays for the next destroy');
+    fresh.close();
+  } finally { t.done(); }
 });
 
 test('timeouts destroy running sandboxes once endAt passes', async () => {

@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Store } from '../../store/store.js';
@@ -7,6 +6,7 @@ import type { NetworkSlots, Slot, SlotOptions } from '../../network/types.js';
 import type { Vmm, VmConfig, VmmDriver } from '../../vmm/types.js';
 import type { AgentInit } from '../../client/agent-rest.js';
 import type { Logger } from '../log.js';
+import { DataLayout } from '../layout.js';
 import type { AgentEndpoint, SandboxRecord, Template } from '../types.js';
 
 /** The agent control calls the manager needs; an interface so tests can inject faults. */
@@ -59,23 +59,12 @@ export interface LiveSandbox {
   stopping: boolean;
 }
 
-/** File names inside a sandbox directory and inside snapshot directories. */
-export const FILES = {
-  memory: 'memory',
-  vmstate: 'vmstate',
-  rootfs: 'rootfs.ext4',
-  console: 'console.log',
-  meta: 'meta.json',
-  pausedDir: 'paused',
-} as const;
-
-export function sandboxDir(cfg: ManagerConfig, id: string): string { return join(cfg.dataDir, 'sandboxes', id); }
-export function pausedDir(cfg: ManagerConfig, id: string): string { return join(sandboxDir(cfg, id), FILES.pausedDir); }
-export function snapshotsDir(cfg: ManagerConfig): string { return join(cfg.dataDir, 'snapshots'); }
+/** The data dir's layout (src/core/layout.ts) of a manager's configuration. */
+export function layoutOf(cfg: ManagerConfig): DataLayout { return new DataLayout(cfg.dataDir); }
 
 /** The VM configuration of a sandbox in its slot, on its disk. */
 export function vmConfig(cfg: ManagerConfig, rec: SandboxRecord, template: Template, slot: Slot, disk: RootDisk): VmConfig {
-  const dir = sandboxDir(cfg, rec.id);
+  const paths = layoutOf(cfg).sandbox(rec.id);
   return {
     sandboxId: rec.id,
     vcpus: rec.vcpus,
@@ -84,9 +73,9 @@ export function vmConfig(cfg: ManagerConfig, rec: SandboxRecord, template: Templ
     ...(template.initrdPath ? { initrdPath: template.initrdPath } : {}),
     kernelArgs: `${template.kernelArgs} ${slot.guestKernelArgs}`.trim(),
     rootfsPath: disk.devicePath,
-    memoryFilePath: join(dir, FILES.memory),
-    runDir: dir,
-    consoleLogPath: join(dir, FILES.console),
+    memoryFilePath: paths.memory,
+    runDir: paths.dir,
+    consoleLogPath: paths.console,
     network: slot.vmNetwork,
   };
 }

@@ -1,12 +1,13 @@
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Holdings } from '../holdings.js';
 import { HostFailureError, HearthError } from '../errors.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, SnapshotRecord, Template } from '../types.js';
 import type { SnapshotFiles } from '../../vmm/types.js';
+import { snapshotAt } from '../layout.js';
+import { snapshotFilesAt } from './capture.js';
 import {
-  FILES, consoleTail, initBody, sandboxDir, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps,
+  consoleTail, initBody, layoutOf, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps,
 } from './context.js';
 
 /** Where a new sandbox's VM comes from: a cold boot of the template, or a restore of a snapshot. */
@@ -25,7 +26,7 @@ export async function launch(
   deps: ManagerDeps, ledger: Holdings, rec: SandboxRecord, source: LaunchSource, steps: StepTimer, signal: AbortSignal,
 ): Promise<LiveSandbox> {
   const { config } = deps;
-  const dir = sandboxDir(config, rec.id);
+  const { dir } = layoutOf(config).sandbox(rec.id);
   ledger.record(rec, { kind: 'dir', path: dir });
   await mkdir(dir, { recursive: true });
 
@@ -34,7 +35,7 @@ export async function launch(
 
   const base = source.kind === 'boot'
     ? { id: source.template.id, path: source.template.rootfsPath, sizeBytes: source.template.rootfsSizeBytes }
-    : { id: source.snapshot.id, path: join(source.snapshot.dir, FILES.rootfs), sizeBytes: source.template.rootfsSizeBytes };
+    : { id: source.snapshot.id, path: snapshotAt(source.snapshot.dir).rootfs, sizeBytes: source.template.rootfsSizeBytes };
   const diskRow = ledger.record(rec, { kind: 'disk', disk: null, base });
   const disk = await steps.run('disk', () => deps.storage.create(rec.id, base, signal), signal);
   ledger.update(rec, diskRow, { kind: 'disk', disk });
@@ -42,9 +43,7 @@ export async function launch(
   const vmm = deps.vmm.create();
   const cfg = vmConfig(config, rec, source.template, slot, disk);
   const live: LiveSandbox = { vmm, slot, disk, stopping: false };
-  const snap: SnapshotFiles | null = source.kind === 'restore'
-    ? { dir: source.snapshot.dir, statePath: join(source.snapshot.dir, FILES.vmstate), memoryPath: join(source.snapshot.dir, FILES.memory) }
-    : null;
+  const snap: SnapshotFiles | null = source.kind === 'restore' ? snapshotFilesAt(source.snapshot.dir) : null;
   if (snap && !deps.vmm.restoreMapsSnapshotMemory) {
     ledger.record(rec, { kind: 'memory', path: cfg.memoryFilePath });
     await steps.run('memory', () => deps.cloneFile(snap.memoryPath, cfg.memoryFilePath, signal), signal);

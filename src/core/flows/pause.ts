@@ -1,13 +1,16 @@
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { basename } from 'node:path';
 import type { HoldingRow, Holdings, Releaser } from '../holdings.js';
-import { HostFailureError, errorMessage } from '../errors.js';
+import { ConflictError, HostFailureError, errorMessage } from '../errors.js';
+import { compatDifferences } from '../compat.js';
 import type { StepTimer } from '../steps.js';
 import type { SandboxRecord, Template } from '../types.js';
 import type { DetachedDisk } from '../../storage/types.js';
 import type { VmConfig } from '../../vmm/types.js';
 import { exists, removeTree, writeFileAtomic } from '../../util/fs.js';
-import { FILES, initBody, pausedDir, slotOptions, sandboxDir, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
+import { pausedAt, placeSnapshotFiles } from '../layout.js';
+import { snapshotFilesAt } from './capture.js';
+import { initBody, layoutOf, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
 import { waitForAgent } from './launch.js';
 
 /** What a paused directory holds; written last and atomically, so its presence means "complete". */
@@ -21,6 +24,14 @@ export interface PausedMeta {
   disk?: DetachedDisk;
   /** false: a filesystem-only pause (no memory or device state; the resume boots). Absent: memory was kept. */
   memory?: boolean;
+  /**
+   * The VMM's snapshot-compatibility key at the pause (memory captures): a
+   * resume under another key is refused with a 409 and the sandbox stays
+   * paused. Absent in captures written before it was recorded.
+   */
+  compat?: string;
+  /** The files the VMM reported for the capture, as placed in the paused dir (names). */
+  vmmFiles?: string[];
 }
 
 /** What a pause keeps: memory and disk (the default), or the disk alone (`memory: false`). */
@@ -58,11 +69,12 @@ export async function pauseSandbox(
   deps: ManagerDeps, ledger: Holdings, release: Releaser, rec: SandboxRecord, live: LiveSandbox, steps: StepTimer, signal: AbortSignal,
   opts: PauseOptions = { memory: true },
 ): Promise<PauseOutcome> {
-  const dir = sandboxDir(deps.config, rec.id);
-  const staging = join(dir, 'pause-staging');
-  const paused = pausedDir(deps.config, rec.id);
-  // QEMU: guest memory is the VM's own file; Firecracker writes it into the staging dir.
-  let memoryPath = join(dir, FILES.memory);
+  const sandboxPaths = layoutOf(deps.config).sandbox(rec.id);
+  const { pauseStaging: staging, paused: pausedPaths } = sandboxPaths;
+  const paused = pausedPaths.dir;
+  /** The VMM's snapshot files and where each goes in the paused dir; its compatibility key. */
+  let placed: { from: string; to: string }[] = [];
+  let compat: string | undefined;
   if (!opts.memory) {
     try {
       const endpoint = live.slot.guestAddress(deps.config.agentPort);
@@ -75,9 +87,13 @@ export async function pauseSandbox(
     try {
       await removeTree(staging);
       await mkdir(staging, { recursive: true });
-      memoryPath = (await steps.run('snapshot', () => live.vmm.snapshot(staging, 'full', signal), signal)).memoryPath;
+      // What the capture must be loaded under, asked before the vCPUs freeze.
+      compat = await deps.vmm.snapshotCompat(signal);
+      const written = await steps.run('snapshot', () => live.vmm.snapshot(staging, 'full', signal), signal);
+      // Exactly what the VMM reported goes into the capture (QEMU's memory is the VM's own file, outside staging).
+      placed = placeSnapshotFiles(paused, written);
       // Durable before the VMM goes away: a paused sandbox must survive a host reboot.
-      await steps.run('flush', async () => { await fsyncFile(memoryPath); await fsyncFile(join(staging, FILES.vmstate)); }, signal);
+      await steps.run('flush', async () => { for (const f of placed) await fsyncFile(f.from); }, signal);
     } catch (err) {
       // Step 2 failed: the sandbox must stay usable, never a frozen zombie. A fresh signal: this must happen.
       try {
@@ -111,23 +127,25 @@ export async function pauseSandbox(
     if (!opts.memory) {
       await steps.run('meta', async () => {
         // Guest RAM is not kept: the VM's memory file (and a copy made for a restore) goes before the capture is marked complete.
-        await rm(join(dir, FILES.memory), { force: true });
+        await rm(sandboxPaths.memory, { force: true });
         for (const m of ledger.list(rec.id)) {
           if (m.holding.kind !== 'memory') continue;
           await rm(m.holding.path, { force: true });
           ledger.forget(rec, m.id);
         }
         const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached, memory: false };
-        await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
+        await writeFileAtomic(pausedPaths.meta, JSON.stringify(meta, null, 2));
         ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: detached, complete: true, memory: false });
       });
     } else {
       await steps.run('move', async () => {
-        await rename(memoryPath, join(paused, FILES.memory));
-        // The device state and whatever else the VMM wrote beside it (e.g. Firecracker's firecracker.json).
-        for (const f of await readdir(staging)) await rename(join(staging, f), join(paused, f));
-        const meta: PausedMeta = { sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached, memory: true };
-        await writeFileAtomic(join(paused, FILES.meta), JSON.stringify(meta, null, 2));
+        // Memory, device state and the VMM's metadata (e.g. Firecracker's firecracker.json): what it reported, nothing else.
+        for (const f of placed) await rename(f.from, f.to);
+        const meta: PausedMeta = {
+          sandboxId: rec.id, templateId: rec.templateId, vcpus: rec.vcpus, memoryMib: rec.memoryMib, pausedAt: new Date().toISOString(), disk: detached, memory: true,
+          compat, vmmFiles: placed.map((f) => basename(f.to)),
+        };
+        await writeFileAtomic(pausedPaths.meta, JSON.stringify(meta, null, 2));
         await removeTree(staging);
         ledger.update(rec, pausedRow, { kind: 'paused', dir: paused, disk: detached, complete: true, memory: true });
         // A memory file cloned for a restore moved into the capture with the rest.
@@ -170,13 +188,16 @@ export async function resumeSandbox(
   deps: ManagerDeps, ledger: Holdings, release: Releaser, rec: SandboxRecord, template: Template, steps: StepTimer, signal: AbortSignal,
   opts: { boot?: boolean } = {},
 ): Promise<LiveSandbox> {
-  const paused = pausedDir(deps.config, rec.id);
+  const sandboxPaths = layoutOf(deps.config).sandbox(rec.id);
   const capture = ledger.find(rec.id, 'paused');
-  if (!capture || !(await exists(join(capture.holding.dir, FILES.meta)))) {
-    throw new HostFailureError(`sandbox ${rec.id} is paused but its paused files are incomplete (no ${FILES.meta} in ${capture?.holding.dir ?? paused})`);
+  const capturePaths = pausedAt(capture?.holding.dir ?? sandboxPaths.paused.dir);
+  if (!capture || !(await exists(capturePaths.meta))) {
+    throw new HostFailureError(`sandbox ${rec.id} is paused but its paused files are incomplete (no ${capturePaths.meta})`);
   }
   const token = capture.holding.disk ?? await pausedDisk(capture.holding.dir, rec, template);
   const boot = opts.boot === true || capture.holding.memory === false;
+  // A memory capture loads only under the VMM set-up it was made with: refused before anything is acquired.
+  if (!boot) await checkPausedCompat(deps, rec, capturePaths.meta, signal);
   try {
     const slot = await steps.run('slot', () => deps.network.acquire(signal, slotOptions(rec)), signal);
     ledger.record(rec, { kind: 'slot', network: slot.vmNetwork });
@@ -190,12 +211,12 @@ export async function resumeSandbox(
     // consumed, so a failed resume can be retried. One that maps the file privately reads it as is.
     if (!deps.vmm.restoreMapsSnapshotMemory) {
       ledger.record(rec, { kind: 'memory', path: cfg.memoryFilePath });
-      await steps.run('memory', () => deps.cloneFile(join(capture.holding.dir, FILES.memory), cfg.memoryFilePath, signal), signal);
+      await steps.run('memory', () => deps.cloneFile(capturePaths.memory, cfg.memoryFilePath, signal), signal);
     }
     const live: LiveSandbox = { vmm, slot, disk, stopping: false };
-    const runDir = sandboxDir(deps.config, rec.id);
+    const runDir = sandboxPaths.dir;
     const vmmRow = ledger.record(rec, { kind: 'vmm', runDir, handle: null }, live);
-    const snap = { dir: capture.holding.dir, statePath: join(capture.holding.dir, FILES.vmstate), memoryPath: join(capture.holding.dir, FILES.memory) };
+    const snap = snapshotFilesAt(capturePaths.dir);
     await steps.run('restore', () => vmm.restore(snap, cfg, signal), signal);
     ledger.update(rec, vmmRow, { kind: 'vmm', runDir, handle: { kind: vmm.kind, pid: vmm.pid, runDir } });
     const endpoint = slot.guestAddress(deps.config.agentPort);
@@ -251,9 +272,23 @@ export function commitResume(ledger: Holdings, rec: SandboxRecord): void {
   for (const r of ledger.list(rec.id)) if (r.holding.kind === 'paused') ledger.forget(rec, r.id);
 }
 
+/**
+ * A paused memory capture made under another VMM set-up (accelerator, CPU
+ * model, QEMU or Firecracker release) cannot be restored here: a 409 naming
+ * each difference. The sandbox stays paused with its files untouched, so the
+ * resume works once the host runs the VMM it was paused under again.
+ */
+async function checkPausedCompat(deps: ManagerDeps, rec: SandboxRecord, metaPath: string, signal: AbortSignal): Promise<void> {
+  const meta = JSON.parse(await readFile(metaPath, 'utf8')) as PausedMeta;
+  if (meta.compat === undefined) return;
+  const diffs = compatDifferences(meta.compat, await deps.vmm.snapshotCompat(signal));
+  if (diffs.length === 0) return;
+  throw new ConflictError(`sandbox ${rec.id} was paused under another VMM set-up and cannot be resumed on this host as it is now: ${diffs.join(', ')}; it stays paused, and resumes once the host runs the VMM it was paused under again`);
+}
+
 /** The token of a paused sandbox's disk, from its meta.json (older pauses wrote none: their base was the template's). */
 export async function pausedDisk(paused: string, rec: SandboxRecord, template: Template): Promise<DetachedDisk> {
-  const meta = JSON.parse(await readFile(join(paused, FILES.meta), 'utf8')) as PausedMeta;
+  const meta = JSON.parse(await readFile(pausedAt(paused).meta, 'utf8')) as PausedMeta;
   if (meta.disk) return meta.disk;
   return {
     sandboxId: rec.id, backend: 'copy', dir: paused, files: [],

@@ -5,7 +5,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { InvalidArgumentError } from '../../core/errors.js';
+import { ConfigError, InternalError } from '../../core/errors.js';
+import { killAndWait } from '../exit.js';
 import { readProcCmdline, readProcStat } from '../qemu/process.js';
 import type { VmmDriver, VmmHandle } from '../types.js';
 import { MOUNTNS_ROOT_DEFAULT, idFromArgv, type Isolation, type JailerSettings } from './layout.js';
@@ -79,11 +80,11 @@ export class FirecrackerDriver implements VmmDriver {
   constructor(opts: FirecrackerDriverOptions = {}) {
     const firecrackerBinary = opts.firecrackerBinary ?? 'firecracker';
     let isolation: Isolation = opts.jailer ? 'jailer' : opts.isolation ?? (process.getuid?.() === 0 ? 'mountns' : 'none');
-    if (opts.jailer && opts.isolation) throw new InvalidArgumentError('isolation is chosen by the jailer when one is configured', 'isolation');
+    if (opts.jailer && opts.isolation) throw new ConfigError('isolation is chosen by the jailer when one is configured', 'isolation');
     let jailer: JailerSettings | undefined;
     if (opts.jailer) {
       const j = opts.jailer;
-      if (!Number.isInteger(j.uid) || !Number.isInteger(j.gid) || j.uid < 0 || j.gid < 0) throw new InvalidArgumentError('jailer uid/gid must be non-negative integers', 'jailer');
+      if (!Number.isInteger(j.uid) || !Number.isInteger(j.gid) || j.uid < 0 || j.gid < 0) throw new ConfigError('jailer uid/gid must be non-negative integers', 'jailer');
       jailer = {
         binary: j.binary ?? 'jailer',
         uid: j.uid,
@@ -139,7 +140,7 @@ export class FirecrackerDriver implements VmmDriver {
       onStep: opts.onStep,
       log: opts.log,
     };
-    if (this.settings.guestCid < 3) throw new InvalidArgumentError('guestCid must be >= 3', 'guestCid');
+    if (this.settings.guestCid < 3) throw new ConfigError('guestCid must be >= 3', 'guestCid');
   }
 
   /** Firecracker loads snapshots only within one release line (major.minor). */
@@ -163,7 +164,38 @@ export class FirecrackerDriver implements VmmDriver {
    * API does not answer (the caller decides whether to kill it).
    */
   async adopt(handle: VmmHandle): Promise<FirecrackerVmm | null> {
-    if (handle.kind !== 'firecracker') throw new InvalidArgumentError(`FirecrackerDriver cannot adopt a ${handle.kind} VM`, 'kind');
+    if (handle.kind !== 'firecracker') throw new InternalError(`FirecrackerDriver cannot adopt a ${handle.kind} VM`);
+    const found = await this.identify(handle);
+    if (!found) return null;
+    const { rec, startTime } = found;
+    const vmm = new FirecrackerVmm(this.settings);
+    await vmm.attach(rec, startTime, handle.runDir);
+    if (rec.memoryBackend === 'uffd' && !rec.uffdDetached) {
+      await vmm.killAdopted(`sandbox ${rec.sandboxId}: its userfaultfd page server ended with the previous daemon; the VM would hang on its next page fault`);
+      return null;
+    }
+    return vmm;
+  }
+
+  /**
+   * SIGKILL a Firecracker of `handle` whose API no longer answers and wait
+   * until it is gone, then release what it held on the host (mounts, jail,
+   * cgroup, sockets): only if the pid is still the one its record in
+   * `handle.runDir` names (start time and `--id`), never a reused pid.
+   */
+  async forceKill(handle: VmmHandle, signal: AbortSignal): Promise<boolean> {
+    if (handle.kind !== 'firecracker') return false;
+    const found = await this.identify(handle);
+    if (!found) return false;
+    const vmm = new FirecrackerVmm(this.settings);
+    vmm.bind(found.rec, found.startTime, handle.runDir);
+    await killAndWait(found.rec.pid, found.startTime, signal);
+    await vmm.killAdopted(`sandbox ${found.rec.sandboxId}: its Firecracker could not be controlled and was killed`);
+    return true;
+  }
+
+  /** The driver's record of the VM in `handle.runDir`, if its pid is still that Firecracker (start time, `--id`). */
+  private async identify(handle: VmmHandle): Promise<{ rec: FirecrackerVmRecord; startTime: string } | null> {
     let rec: FirecrackerVmRecord;
     try {
       rec = JSON.parse(await readFile(path.join(handle.runDir, 'firecracker.json'), 'utf8')) as FirecrackerVmRecord;
@@ -176,17 +208,11 @@ export class FirecrackerDriver implements VmmDriver {
     if (!st || st.state === 'Z' || st.state === 'X' || !argv) return null;
     if (rec.startTime && st.startTime !== rec.startTime) return null;
     if (idFromArgv(argv) !== rec.id) return null;
-    const vmm = new FirecrackerVmm(this.settings);
-    await vmm.attach(rec, st.startTime, handle.runDir);
-    if (rec.memoryBackend === 'uffd' && !rec.uffdDetached) {
-      await vmm.killAdopted(`sandbox ${rec.sandboxId}: its userfaultfd page server ended with the previous daemon; the VM would hang on its next page fault`);
-      return null;
-    }
-    return vmm;
+    return { rec, startTime: st.startTime };
   }
 
   static handleOf(vmm: FirecrackerVmm): VmmHandle {
-    if (!vmm.runDir || vmm.pid <= 0) throw new InvalidArgumentError('the VM has not been started', 'vmm');
+    if (!vmm.runDir || vmm.pid <= 0) throw new InternalError('the VM has not been started');
     return { kind: 'firecracker', pid: vmm.pid, runDir: vmm.runDir };
   }
 }

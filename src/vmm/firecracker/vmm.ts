@@ -20,13 +20,13 @@ import { closeSync, constants as fsConstants, openSync } from 'node:fs';
 import { access, chown, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  AbortedError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
+  AbortedError, ConflictError, HearthError, HostFailureError, TimeoutError, errorMessage, throwIfAborted,
 } from '../../core/errors.js';
 import { cloneFile } from '../../memory/memory-file.js';
 import { UffdPageServer, type PageServerOptions, type PageServerStats } from '../../memory/uffd/page-server.js';
 import { WORKING_SET_FILE } from '../../memory/uffd/working-set.js';
 import { readProcCmdline, readProcStat, tailFile, watchPidExit } from '../qemu/process.js';
-import type { ExitInfo, SnapshotFiles, VmConfig, Vmm } from '../types.js';
+import type { ExitInfo, SnapshotFiles, SnapshotWritten, VmConfig, Vmm } from '../types.js';
 import type { Logger, MmdsContents } from './api-types.js';
 import { FirecrackerClient, FirecrackerUnreachableError } from './client.js';
 import {
@@ -351,7 +351,8 @@ export class FirecrackerVmm implements Vmm {
   // ---------------------------------------------------------------- snapshot
 
   /**
-   * Writes <dir>/vmstate and <dir>/memory (plus firecracker.json). The VM is
+   * Writes <dir>/vmstate and <dir>/memory (plus firecracker.json), and reports
+   * the three in `files`. The VM is
    * paused first if it runs and stays paused, also on failure: the caller
    * resumes it (its vsock connections are then reset) or stops it.
    *
@@ -361,7 +362,7 @@ export class FirecrackerVmm implements Vmm {
    * file; a VM that booted fresh gets a sparse file whose holes are pages
    * never written (resumable by itself). Otherwise 'diff' writes a Full.
    */
-  async snapshot(dir: string, kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotFiles> {
+  async snapshot(dir: string, kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotWritten> {
     const api = this.requireApi('snapshot');
     const cfg = this.cfg!;
     const layout = this.layout!;
@@ -429,7 +430,7 @@ export class FirecrackerVmm implements Vmm {
       this.step('snapshot', 'files', t);
       this.vsockClient?.reset();
       this.step('snapshot', 'total', t0);
-      return { dir, statePath, memoryPath };
+      return { dir, statePath, memoryPath, files: [statePath, memoryPath, path.join(dir, SNAPSHOT_META_FILE)] };
     } catch (err) {
       for (const p of [outState, outMem, statePath, memoryPath, path.join(dir, SNAPSHOT_META_FILE)]) await rm(p, { force: true }).catch(() => {});
       throw wrap(err, `snapshot of sandbox ${cfg.sandboxId}`);
@@ -480,6 +481,29 @@ export class FirecrackerVmm implements Vmm {
 
   /** @internal Attaches to a live Firecracker started by an earlier daemon. */
   async attach(rec: FirecrackerVmRecord, startTime: string, runDir: string): Promise<void> {
+    const w = this.bind(rec, startTime, runDir);
+    try {
+      this.version = await this.settings.resolveVersion();
+      this.features = featuresOf(this.version);
+    } catch { /* the binary may have been upgraded; the running process still answers its API */ }
+    this.client = this.newClient(rec.apiSocket);
+    try {
+      const info = await this.client.describe({ timeoutMs: 3000 });
+      if (info.id !== rec.id) throw new HostFailureError(`the API socket answers for instance ${info.id}, not ${rec.id}`);
+      this.vmState = info.state;
+    } catch (err) {
+      w.cancel();
+      this.client.close();
+      throw new HostFailureError(`Firecracker pid ${rec.pid} of sandbox ${rec.sandboxId} is alive but its API socket ${rec.apiSocket} does not answer: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+
+  /**
+   * @internal Takes over the record of a Firecracker started by an earlier
+   * daemon without talking to it (attach, and FirecrackerDriver.forceKill for
+   * one whose API no longer answers: it can then be killed and its host files released).
+   */
+  bind(rec: FirecrackerVmRecord, startTime: string, runDir: string): { cancel(): void } {
     this.record = rec;
     this.mounts = rec.mounts ?? [];
     this.cfg = {
@@ -502,20 +526,7 @@ export class FirecrackerVmm implements Vmm {
     const w = watchPidExit(rec.pid, startTime);
     this.watch = w;
     void w.done.then(() => this.markExited({ code: null, signal: null }));
-    try {
-      this.version = await this.settings.resolveVersion();
-      this.features = featuresOf(this.version);
-    } catch { /* the binary may have been upgraded; the running process still answers its API */ }
-    this.client = this.newClient(rec.apiSocket);
-    try {
-      const info = await this.client.describe({ timeoutMs: 3000 });
-      if (info.id !== rec.id) throw new HostFailureError(`the API socket answers for instance ${info.id}, not ${rec.id}`);
-      this.vmState = info.state;
-    } catch (err) {
-      w.cancel();
-      this.client.close();
-      throw new HostFailureError(`Firecracker pid ${rec.pid} of sandbox ${rec.sandboxId} is alive but its API socket ${rec.apiSocket} does not answer: ${errorMessage(err)}`, { cause: err });
-    }
+    return w;
   }
 
   /** @internal Kills an adopted process that cannot be used (its page server died with the old daemon) and cleans up. */
@@ -559,7 +570,7 @@ export class FirecrackerVmm implements Vmm {
     await checkReadable(snap.statePath, 'snapshot state');
     let memSize: number;
     try { memSize = (await stat(snap.memoryPath)).size; } catch (err) {
-      throw new InvalidArgumentError(`snapshot memory file ${snap.memoryPath} is missing: ${errorMessage(err)}`, 'memoryPath');
+      throw new HostFailureError(`snapshot memory file ${snap.memoryPath} is missing: ${errorMessage(err)}`);
     }
     const mib = meta?.memoryMib ?? cfg.memoryMib;
     if (memSize !== mib * MiB) throw new ConflictError(`snapshot memory file ${snap.memoryPath} has ${memSize} bytes, but this VM has ${mib} MiB`);
@@ -570,9 +581,9 @@ export class FirecrackerVmm implements Vmm {
     if (!snapshotCompatible(meta.firecrackerVersion, this.version!)) {
       throw new ConflictError(`snapshot ${snap.dir} was written by Firecracker ${meta.firecrackerVersion}; ${this.version!.text} cannot load it (snapshots load only within one release line)`);
     }
-    if (!meta.memoryComplete) throw new InvalidArgumentError(`snapshot ${snap.dir} is a Diff layer; merge it into its base first (rebaseMemory)`);
+    if (!meta.memoryComplete) throw new ConflictError(`snapshot ${snap.dir} is a Diff layer; merge it into its base first (rebaseMemory)`);
     if (meta.hugePages === '2M' && this.settings.memoryBackend !== 'uffd') {
-      throw new InvalidArgumentError(`snapshot ${snap.dir} has 2M huge pages: released Firecracker versions restore it only with the Uffd backend`);
+      throw new ConflictError(`snapshot ${snap.dir} has 2M huge pages: released Firecracker versions restore it only with the Uffd backend`);
     }
   }
 
@@ -879,7 +890,7 @@ async function checkReadable(p: string, what: string, writable = false): Promise
   try {
     await access(p, fsConstants.R_OK | (writable ? fsConstants.W_OK : 0));
   } catch (err) {
-    throw new InvalidArgumentError(`${what} ${p} is not ${writable ? 'readable and writable' : 'readable'}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
+    throw new HostFailureError(`${what} ${p} is not ${writable ? 'readable and writable' : 'readable'}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
   }
 }
 

@@ -3,9 +3,10 @@
  * (accelerator from a real probe, TSC rate for TCG) and adopts VMs left running
  * by an earlier daemon.
  */
-import { InvalidArgumentError } from '../../core/errors.js';
+import { InternalError } from '../../core/errors.js';
 import { DEFAULT_QEMU_BINARY, hostTscKhz, probeAccelerator, probeQemu, type Accel } from '../probe.js';
 import type { VmmDriver, VmmHandle } from '../types.js';
+import { killAndWait } from '../exit.js';
 import { cpuModel, memoryPathFromArgv, parseQemuArgv, type DriveAio, type DriveCache, type QemuMachine } from './cmdline.js';
 import { identifyQemu, QemuVmm, type QemuSettings } from './vmm.js';
 import { listHearthQemuProcesses, type HearthQemuProcess } from './process.js';
@@ -127,7 +128,7 @@ export class QemuDriver implements VmmDriver {
    * QMP socket does not answer (the caller decides whether to kill it).
    */
   async adopt(handle: VmmHandle): Promise<QemuVmm | null> {
-    if (handle.kind !== 'qemu') throw new InvalidArgumentError(`QemuDriver cannot adopt a ${handle.kind} VM`, 'kind');
+    if (handle.kind !== 'qemu') throw new InternalError(`QemuDriver cannot adopt a ${handle.kind} VM`);
     if (!Number.isInteger(handle.pid) || handle.pid <= 0) return null;
     const found = await identifyQemu(handle.pid, handle.runDir);
     if (!found) return null;
@@ -139,9 +140,22 @@ export class QemuDriver implements VmmDriver {
     return vmm;
   }
 
+  /**
+   * SIGKILL a QEMU of `handle` that cannot be adopted (its QMP socket is gone),
+   * and wait until it is gone: only if the pid is still QEMU with its pid file
+   * in `handle.runDir` (identifyQemu), never a process that reused the pid.
+   */
+  async forceKill(handle: VmmHandle, signal: AbortSignal): Promise<boolean> {
+    if (handle.kind !== 'qemu' || !Number.isInteger(handle.pid) || handle.pid <= 0) return false;
+    const found = await identifyQemu(handle.pid, handle.runDir);
+    if (!found) return false;
+    await killAndWait(handle.pid, found.startTime, signal);
+    return true;
+  }
+
   /** The handle to persist for a running VM (VmmHandle). */
   static handleOf(vmm: QemuVmm): VmmHandle {
-    if (!vmm.runDir || vmm.pid <= 0) throw new InvalidArgumentError('the VM has not been started', 'vmm');
+    if (!vmm.runDir || vmm.pid <= 0) throw new InternalError('the VM has not been started');
     return { kind: 'qemu', pid: vmm.pid, runDir: vmm.runDir };
   }
 }

@@ -28,9 +28,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import {
-  AbortedError, ConflictError, HearthError, HostFailureError, InvalidArgumentError, TimeoutError, errorMessage, throwIfAborted,
+  AbortedError, ConflictError, HearthError, HostFailureError, TimeoutError, errorMessage, throwIfAborted,
 } from '../../core/errors.js';
-import type { ExitInfo, SnapshotFiles, VmConfig, Vmm } from '../types.js';
+import type { ExitInfo, SnapshotFiles, SnapshotWritten, VmConfig, Vmm } from '../types.js';
 import { buildQemuArgs, cpuModel, runFiles, spawnCommand, type QemuCmdlineOptions } from './cmdline.js';
 import { readProcCmdline, readProcIds, readProcStat, tailFile, watchPidExit } from './process.js';
 import { QmpClient } from './qmp.js';
@@ -152,14 +152,14 @@ export class QemuVmm implements Vmm {
       await checkReadable(cfg.rootfsPath, 'root disk', true);
       let memSize: number;
       try { memSize = (await stat(cfg.memoryFilePath)).size; } catch (err) {
-        throw new InvalidArgumentError(`memory file ${cfg.memoryFilePath} for the restore is missing (${errorMessage(err)}); the caller places a copy of the snapshot's memory file there`, 'memoryFilePath');
+        throw new HostFailureError(`memory file ${cfg.memoryFilePath} for the restore is missing (${errorMessage(err)}); the caller places a copy of the snapshot's memory file there`);
       }
       if (memSize !== cfg.memoryMib * MiB) {
-        throw new InvalidArgumentError(`memory file ${cfg.memoryFilePath} is ${memSize} bytes, but the VM has ${cfg.memoryMib} MiB`, 'memoryMib');
+        throw new HostFailureError(`memory file ${cfg.memoryFilePath} is ${memSize} bytes, but the VM has ${cfg.memoryMib} MiB`);
       }
       await this.checkLayout(snap, cfg, signal);
       try { stateFd = openSync(snap.statePath, 'r'); } catch (err) {
-        throw new InvalidArgumentError(`snapshot state ${snap.statePath} is not readable: ${errorMessage(err)}`, 'statePath');
+        throw new HostFailureError(`snapshot state ${snap.statePath} is not readable: ${errorMessage(err)}`);
       }
       await this.start(cfg, signal, { incoming: true, paused: true }, stateFd);
       closeSync(stateFd);
@@ -229,14 +229,15 @@ export class QemuVmm implements Vmm {
   // ---------------------------------------------------------------- snapshot
 
   /**
-   * Writes the device state to <dir>/vmstate. Guest RAM is not copied: it is the
-   * VM's memory file (`memoryPath`), which the caller copies or reflinks while
-   * the VM stays paused or after it stopped. `kind` is accepted for the seam;
+   * Writes the device state to <dir>/vmstate and the VM's layout to
+   * <dir>/vmstate.json. Guest RAM is not copied: it is the VM's memory file
+   * (`memoryPath`, listed in `files` with the other two), which the caller
+   * copies or reflinks while the VM stays paused or moves after it stopped. `kind` is accepted for the seam;
    * both kinds are the same here (the memory file always holds all of RAM).
    * The VM is paused first if it is running, and stays paused afterwards, also
    * on failure: the caller resumes or stops it.
    */
-  async snapshot(dir: string, _kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotFiles> {
+  async snapshot(dir: string, _kind: 'full' | 'diff', signal: AbortSignal): Promise<SnapshotWritten> {
     const qmp = this.requireQmp('snapshot');
     const cfg = this.cfg!;
     const t0 = performance.now();
@@ -283,11 +284,16 @@ export class QemuVmm implements Vmm {
       const fh = await open(tmpPath, 'r+');
       try { await fh.sync(); } finally { await fh.close(); }
       await rename(tmpPath, statePath);
-      if (this.layout) await writeFileAtomic(path.join(dir, LAYOUT_FILE), JSON.stringify(this.layout, null, 2) + '\n');
+      const files = [statePath, cfg.memoryFilePath];
+      if (this.layout) {
+        await writeFileAtomic(path.join(dir, LAYOUT_FILE), JSON.stringify(this.layout, null, 2) + '\n');
+        files.push(path.join(dir, LAYOUT_FILE));
+      }
       await fsyncDir(dir);
       this.step('snapshot', 'write', t);
       this.step('snapshot', 'total', t0);
-      return { dir, statePath, memoryPath: cfg.memoryFilePath };
+      // Guest RAM is the VM's own file: reported where it is, for the caller to copy or move.
+      return { dir, statePath, memoryPath: cfg.memoryFilePath, files };
     } catch (err) {
       if (started && qmp.isOpen) await qmp.execute('migrate_cancel', undefined, { timeoutMs: 2000 }).catch(() => {});
       await rm(tmpPath, { force: true }).catch(() => {});
@@ -614,7 +620,7 @@ async function checkReadable(p: string, what: string, writable = false): Promise
   try {
     await access(p, fsConstants.R_OK | (writable ? fsConstants.W_OK : 0));
   } catch (err) {
-    throw new InvalidArgumentError(`${what} ${p} is not ${writable ? 'readable and writable' : 'readable'}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
+    throw new HostFailureError(`${what} ${p} is not ${writable ? 'readable and writable' : 'readable'}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
   }
 }
 
