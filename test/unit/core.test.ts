@@ -1,46 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cleanup } from '../../src/core/cleanup.js';
 import { KeyedLock } from '../../src/core/lock.js';
 import { canTransition, assertTransition } from '../../src/core/state.js';
 import { newSandboxId, randomId, SANDBOX_ID_PATTERN } from '../../src/core/ids.js';
 import { ConflictError } from '../../src/core/errors.js';
-
-test('cleanup runs priority undos first, then the rest in reverse order', async () => {
-  const order: string[] = [];
-  const c = new Cleanup();
-  c.add('slot', () => { order.push('slot'); });
-  c.add('disk', () => { order.push('disk'); });
-  c.addPriority('vmm', () => { order.push('vmm'); });
-  assert.deepEqual(await c.run(), []);
-  assert.deepEqual(order, ['vmm', 'disk', 'slot']);
-});
-
-test('cleanup keeps going after a failing undo and returns every error', async () => {
-  const order: string[] = [];
-  const c = new Cleanup();
-  c.add('a', () => { order.push('a'); });
-  c.add('b', () => { throw new Error('boom b'); });
-  c.add('c', async () => { throw new Error('boom c'); });
-  const errs = await c.run();
-  assert.deepEqual(order, ['a']);
-  assert.equal(errs.length, 2);
-  assert.match(errs[0]!.message, /cleanup c: boom c/);
-  assert.match(errs[1]!.message, /cleanup b: boom b/);
-});
-
-test('cleanup after commit does nothing, and runs at most once', async () => {
-  let n = 0;
-  const c = new Cleanup();
-  c.add('x', () => { n++; });
-  c.commit();
-  await c.run();
-  const d = new Cleanup();
-  d.add('y', () => { n += 10; });
-  await d.run();
-  await d.run();
-  assert.equal(n, 10);
-});
 
 test('keyed lock serializes operations on one key and not across keys', async () => {
   const lock = new KeyedLock();
