@@ -1,7 +1,7 @@
 import { readFileSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
 import type { RootfsBackendKind } from '../storage/types.js';
 import { DEFAULT_ADMISSION, type AdmissionThresholds } from '../core/headroom.js';
+import { DataLayout } from '../core/layout.js';
 
 /**
  * hearthd's configuration. Sources, later wins: defaults → `<dataDir>/config.json`
@@ -209,7 +209,7 @@ const ENV: Record<string, keyof HearthConfig> = {
 export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.ProcessEnv = process.env): HearthConfig {
   const cfg = defaultConfig();
   const dataDir = overrides.dataDir ?? env['HEARTH_DATA_DIR'] ?? cfg.dataDir;
-  const file = join(dataDir, 'config.json');
+  const file = new DataLayout(dataDir).configFile;
   if (existsSync(file)) Object.assign(cfg, JSON.parse(readFileSync(file, 'utf8')) as Partial<HearthConfig>);
   for (const [name, key] of Object.entries(ENV)) {
     const v = env[name];

@@ -34,6 +34,7 @@ import {
 } from './rootfs.js';
 import { run as defaultRun, type Runner } from './run.js';
 import { hostTscKhz } from './tsc.js';
+import { DataLayout } from '../core/layout.js';
 
 export const DEFAULT_ROOTFS_SIZE_MIB = 2048;
 
@@ -167,7 +168,7 @@ export async function ensureDefaultImage(opts: EnsureDefaultImageOptions): Promi
     };
     const hash = recipeHash(recipe);
     const id = `default-${hash.slice(0, 16)}`;
-    const imagesDir = join(dataDir, 'images');
+    const imagesDir = new DataLayout(dataDir).imagesDir;
     const dir = join(imagesDir, hash.slice(0, 16));
 
     const existing = await loadImage(dir);

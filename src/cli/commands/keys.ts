@@ -1,9 +1,9 @@
 import { parseArgs } from 'node:util';
-import { join } from 'node:path';
 import { loadConfig } from '../../daemon/config.js';
 import { Store } from '../../store/store.js';
 import { createApiKey } from '../../api/auth.js';
 import { age, printJson, printTable, UsageError } from '../output.js';
+import { DataLayout } from '../../core/layout.js';
 
 const USAGE = 'usage: hearth keys create [--name NAME] | ls | rm <id>   (works on the data dir directly: run it on the host, as the daemon\'s user)';
 
@@ -12,7 +12,7 @@ export async function keysCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { name: { type: 'string' }, 'data-dir': { type: 'string' }, json: { type: 'boolean' } } });
   const cfg = loadConfig(values['data-dir'] ? { dataDir: values['data-dir'] } : {});
-  const store = new Store(join(cfg.dataDir, 'hearth.db'));
+  const store = new Store(new DataLayout(cfg.dataDir).db);
   try {
     switch (sub) {
       case 'create': {
