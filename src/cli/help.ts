@@ -211,6 +211,13 @@ export const HELP: Record<string, Entry> = {
     ],
     examples: ['hearth sandbox network i3kz', 'hearth sandbox network i3kz --internet off --allow-out 203.0.113.0/24'],
   },
+  'sandbox metrics': {
+    usage: 'hearth sandbox metrics <id> [--since 10m | --all] [--watch] [--json]',
+    summary: 'CPU, memory and disk over time, from the guest (its agent) and from the host (its VMM process, its disk\'s blocks)',
+    options: [['--since DURATION', 'samples of the last 30s, 10m (default), 2h, 1d'], ['--all', 'every sample kept (the sandbox\'s whole life)'], ['-w, --watch', 'then print each new sample (every 5 s) until it ends'], JSON_OPT],
+    examples: ['hearth sandbox metrics i3kz', 'hearth sandbox metrics i3kz --watch', 'hearth sandbox metrics i3kz --all --json'],
+    notes: 'CPU is % of the sandbox\'s vCPUs as the guest sees it; HOST CPU the same for its VMM process seen from the host (emulation can pass 100%).',
+  },
   'sandbox url': {
     usage: 'hearth sandbox url <id> <port> [--path]',
     summary: 'the URL of a port it listens on, through hearthd\'s port proxy (its own origin <port>-<id>.<domain>)',
@@ -307,6 +314,25 @@ export const HELP: Record<string, Entry> = {
     examples: ['source <(hearth completion bash)'],
   },
   version: { usage: 'hearth version [--json]', summary: 'print the version', options: [JSON_OPT], examples: ['hearth version'] },
+  logs: {
+    usage: 'hearth logs <id> [-f] [-n N] [--since DURATION] [--source console,agent,hearth] [--json]',
+    summary: 'a sandbox\'s logs: its console, its agent, and what hearthd did to it (ended sandboxes too, while their record is kept)',
+    options: [
+      ['-f, --follow', 'then print new lines as they come, until the sandbox ends (Ctrl-C stops)'],
+      ['-n, --lines N', 'the last N lines (default 1000)'],
+      ['--since DURATION', 'lines of the last 30s, 10m, 2h, 1d'],
+      ['-s, --source LIST', 'only console (the guest\'s serial console), agent, hearth (lifecycle: state changes with their cause, step timings)'],
+      JSON_OPT,
+    ],
+    examples: ['hearth logs i3kz', 'hearth logs i3kz -f', 'hearth logs i3kz --source hearth -n 20'],
+    notes: 'Secrets (the sandbox\'s tokens, env values of 8 or more characters) are redacted.',
+  },
+  events: {
+    usage: 'hearth events [--sandbox ID] [--json]',
+    summary: 'follow hearthd\'s events: sandboxes created, paused, resumed, destroyed, failed, with the reason and the API key id that caused it',
+    options: [['--sandbox ID', 'only this sandbox\'s'], JSON_OPT],
+    examples: ['hearth events', 'hearth events --json | jq .type'],
+  },
   help: { usage: 'hearth help [command...]', summary: 'this help, or a command\'s', examples: ['hearth help', 'hearth help sandbox create'] },
 };
 
@@ -326,6 +352,9 @@ Sandboxes:
 ${rows([
     ['sandbox create|ls|get|rm|timeout', 'create, list, inspect, destroy, extend sandboxes'],
     ['sandbox pause|resume|snapshot|fork|network|url', 'pause, capture, copy; egress; port URLs'],
+    ['sandbox metrics <id> [--watch]', 'CPU, memory, disk over time'],
+    ['logs <id> [-f]', 'console, agent and lifecycle logs'],
+    ['events', 'follow sandbox state changes'],
     ['exec <id> -- <cmd> [args...]', short('exec')],
     ['shell <id> [-- <cmd> [args...]]', short('shell')],
     ['cp <local> <id>:<path> | <id>:<path> <local>', short('cp')],

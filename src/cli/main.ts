@@ -10,6 +10,7 @@ import { cpCommand } from './commands/cp.js';
 import { completionCommand } from './commands/completion.js';
 import { configCommand } from './commands/config.js';
 import { serviceCommand } from './commands/service.js';
+import { eventsCommand, logsCommand } from './commands/observe.js';
 import { doctorCommand, downCommand, imageCommand, storageCommand, upCommand } from './commands/daemon.js';
 import { humanize, jsonError, UsageError } from './output.js';
 import { canonicalWords, helpFor, topHelp } from './help.js';
@@ -40,6 +41,8 @@ async function main(argv: string[]): Promise<number> {
     case 'completion': return completionCommand(rest);
     case 'config': return configCommand(rest);
     case 'service': return serviceCommand(rest);
+    case 'logs': return logsCommand(rest);
+    case 'events': return eventsCommand(rest);
     case 'version': process.stdout.write(rest.includes('--json') ? `${JSON.stringify({ version: VERSION })}\n` : `${VERSION}\n`); return 0;
     case undefined: process.stderr.write(`${topHelp()}\n`); return 2;
     default: throw new UsageError(`unknown command "${first}"; \`hearth --help\` lists them`);

@@ -4,4 +4,5 @@ export { HearthApi, type ConnectionOptions } from './api.js';
 export { Commands, CommandHandle, type CommandResult, type ConnectOptions, type RunOptions } from './commands.js';
 export { Files, type FileEntry, type FilesystemEvent, type FilesystemEventType, type WatchHandle, type WatchOptions, type WriteData } from './files.js';
 export { Pty, PtyHandle, type PtyCreateOptions, type PtyConnectOptions, type PtyResult, type PtySize } from './pty.js';
+export { events, followLogs, getLogs, type LogEntry, type LogsOptions, type SandboxEvent } from './observe.js';
 export * from './errors.js';

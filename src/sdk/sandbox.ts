@@ -236,12 +236,15 @@ export class Sandbox {
     const q = new URLSearchParams();
     if (opts.start) q.set('start', String(Math.floor(opts.start.getTime() / 1000)));
     if (opts.end) q.set('end', String(Math.ceil(opts.end.getTime() / 1000)));
-    type Raw = { timestamp: string; timestampUnix?: number; cpuUsedPct: number; cpuCount: number; memUsed: number; memTotal: number; memCache?: number; diskUsed: number; diskTotal: number };
+    type Raw = { timestamp: string; timestampUnix?: number; cpuUsedPct: number; cpuCount: number; memUsed: number; memTotal: number; memCache?: number; diskUsed: number; diskTotal: number }
+      & Pick<SandboxMetrics, 'hostCpuUsedPct' | 'hostMemRss' | 'hostDiskUsed'>;
     try {
       const raw = await api.request<Raw[]>('GET', `/sandboxes/${encodeURIComponent(id)}/metrics${q.size ? `?${q.toString()}` : ''}`, undefined, opts.signal);
       return raw.map((m) => ({
         timestamp: new Date(m.timestampUnix !== undefined ? m.timestampUnix * 1000 : m.timestamp), cpuUsedPct: m.cpuUsedPct, cpuCount: m.cpuCount,
         memUsed: m.memUsed, memTotal: m.memTotal, ...(m.memCache !== undefined ? { memCache: m.memCache } : {}), diskUsed: m.diskUsed, diskTotal: m.diskTotal,
+        ...(m.hostCpuUsedPct !== undefined ? { hostCpuUsedPct: m.hostCpuUsedPct } : {}), ...(m.hostMemRss !== undefined ? { hostMemRss: m.hostMemRss } : {}),
+        ...(m.hostDiskUsed !== undefined ? { hostDiskUsed: m.hostDiskUsed } : {}),
       }));
     } catch (err) {
       // hearthd without the metrics route: one sample, now, from the agent.

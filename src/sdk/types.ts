@@ -81,4 +81,10 @@ export interface SandboxMetrics {
   memCache?: number;
   diskUsed: number;
   diskTotal: number;
+  /** Hearth: the VMM process's CPU use seen from the host, % of the sandbox's vCPUs (null: not known yet). */
+  hostCpuUsedPct?: number | null;
+  /** Hearth: the VMM process's resident memory on the host (bytes). */
+  hostMemRss?: number | null;
+  /** Hearth: blocks the sandbox's disk takes in the data dir (bytes). */
+  hostDiskUsed?: number | null;
 }

@@ -1,8 +1,8 @@
 import { UsageError } from '../output.js';
 /** `hearth completion bash`: a bash completion script (`source <(hearth completion bash)`). */
 const COMMANDS: Record<string, string[]> = {
-  '': ['up', 'down', 'doctor', 'image', 'storage', 'keys', 'service', 'config', 'sandbox', 'exec', 'shell', 'files', 'cp', 'snapshot', 'template', 'completion', 'version', 'help'],
-  sandbox: ['create', 'ls', 'get', 'rm', 'timeout', 'pause', 'resume', 'snapshot', 'fork', 'network', 'url'],
+  '': ['up', 'down', 'doctor', 'image', 'storage', 'keys', 'service', 'config', 'sandbox', 'exec', 'shell', 'files', 'cp', 'snapshot', 'template', 'logs', 'events', 'completion', 'version', 'help'],
+  sandbox: ['create', 'ls', 'get', 'rm', 'timeout', 'pause', 'resume', 'snapshot', 'fork', 'network', 'url', 'metrics'],
   files: ['ls', 'stat', 'cat', 'get', 'put', 'mkdir', 'rm', 'mv'],
   snapshot: ['ls', 'rm'],
   keys: ['create', 'ls', 'rm'],
@@ -15,7 +15,7 @@ const COMMANDS: Record<string, string[]> = {
 };
 
 /** Subcommands whose next word is a sandbox id (completed from `hearth sandbox ls --json`). */
-const TAKES_ID = ['exec', 'shell', 'get', 'rm', 'timeout', 'pause', 'resume', 'fork', 'network', 'url', 'ls', 'stat', 'cat', 'put', 'mkdir', 'mv'];
+const TAKES_ID = ['exec', 'shell', 'logs', 'metrics', 'get', 'rm', 'timeout', 'pause', 'resume', 'fork', 'network', 'url', 'ls', 'stat', 'cat', 'put', 'mkdir', 'mv'];
 
 export function completionCommand(argv: string[]): number {
   if (argv[0] !== 'bash') {

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { HearthApi, Sandbox, type SandboxInfo } from '../../sdk/index.js';
 import { age, fmtBytes, parseKeyValues, printJson, printTable, UsageError, withSpinner } from '../output.js';
 import { attach, resolveSandboxId } from '../resolve.js';
+import { sandboxMetrics } from './observe.js';
 
 export async function sandboxCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -17,6 +18,7 @@ export async function sandboxCommand(argv: string[]): Promise<number> {
     case 'fork': return fork(rest);
     case 'network': return network(rest);
     case 'url': return portUrl(rest);
+    case 'metrics': return sandboxMetrics(rest);
     case undefined: throw new UsageError('usage: hearth sandbox <command>; `hearth sandbox --help` lists them');
     default: throw new UsageError(`unknown command "sandbox ${sub}"; \`hearth sandbox --help\` lists them`);
   }
