@@ -157,6 +157,9 @@ export const SandboxMetric = Type.Object({
   memCache: Type.Integer(),
   diskUsed: Type.Integer(),
   diskTotal: Type.Integer(),
+  hostCpuUsedPct: Type.Optional(Type.Union([Type.Number(), Type.Null()], { description: 'Hearth: the VMM process\'s CPU use seen from the host, in % of the sandbox\'s vCPUs (null until a second reading)' })),
+  hostMemRss: Type.Optional(Type.Union([Type.Integer(), Type.Null()], { description: 'Hearth: the VMM process\'s resident memory on the host (bytes)' })),
+  hostDiskUsed: Type.Optional(Type.Union([Type.Integer(), Type.Null()], { description: 'Hearth: blocks the sandbox\'s disk takes in the data dir (bytes)' })),
 });
 
 export const SnapshotBody = Type.Object({

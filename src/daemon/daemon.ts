@@ -1,6 +1,6 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
@@ -11,6 +11,7 @@ import { FileRootfsBackend, cloneFile } from '../storage/file/file-backend.js';
 import { chooseRootfsBackend } from '../storage/select.js';
 import { createDmBackend, DmRootfsBackend } from '../storage/dm/index.js';
 import { LIVE_STATES } from '../core/types.js';
+import { DataLayout } from '../core/layout.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
 import { Store } from '../store/store.js';
 import { AGENT_PORT } from '../agent/protocol.js';
@@ -25,6 +26,7 @@ import type { Template } from '../core/types.js';
 import { VERSION } from '../version.js';
 import { isLoopback } from '../api/auth.js';
 import { dualProtocolServer } from '../api/tls.js';
+import { Observability } from '../observability/hub.js';
 
 /** The parts of a built guest image a template needs (src/images produces it). */
 export interface BuiltImage {
@@ -74,10 +76,12 @@ export async function registerTemplate(store: Store, id: string, image: BuiltIma
  * `hearthd` itself and by integration tests (which run it in-process).
  */
 export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { image?: BuiltImage; listen?: boolean } = {}): Promise<Daemon> {
-  await mkdir(join(cfg.dataDir, 'sandboxes'), { recursive: true });
-  const store = new Store(join(cfg.dataDir, 'hearth.db'));
+  const layout = new DataLayout(cfg.dataDir);
+  await mkdir(layout.sandboxesDir, { recursive: true });
+  const store = new Store(layout.db);
   let network: DaemonNetwork | undefined;
   let purgeTimer: NodeJS.Timeout | undefined;
+  let observability: Observability | undefined;
   try {
     network = await createNetwork(cfg, store, log);
     const [vmmChoice, storageChoice] = await Promise.all([chooseVmm(cfg, network.choice.kind), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
@@ -94,8 +98,8 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     log.info({ storage: storageChoice.chosen, reason: storageChoice.reason }, `storage: ${storageChoice.chosen}`);
     const cloneKind = storageChoice.reflink ? 'reflink' : 'copy';
     const storage = storageChoice.chosen === 'dm'
-      ? createDmBackend({ dataDir: cfg.dataDir, imageRoots: [...new Set(store.listTemplates().map((t) => dirname(t.rootfsPath)))], log })
-      : new FileRootfsBackend(storageChoice.chosen, join(cfg.dataDir, 'sandboxes'));
+      ? createDmBackend({ dataDir: cfg.dataDir, sandboxesDir: layout.sandboxesDir, imageRoots: [...new Set(store.listTemplates().map((t) => dirname(t.rootfsPath)))], log })
+      : new FileRootfsBackend(storageChoice.chosen, layout.sandboxesDir);
     // dm: adopt the loop and dm devices a previous daemon left, before the manager recovers sandboxes.
     if (storage instanceof DmRootfsBackend) {
       await storage.recover(store.listSandboxes({ states: LIVE_STATES }).map((r) => r.id), AbortSignal.timeout(120_000));
@@ -126,6 +130,12 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         headroom: hostHeadroom(cfg.dataDir, admissionThresholds(cfg)),
       },
     });
+    // Events, per-sandbox logs and metrics, Prometheus (docs/observability.md): before recovery, so its transitions are seen.
+    observability = new Observability({
+      store, manager, log, dataDir: cfg.dataDir, capacityMemoryMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit),
+      build: { version: VERSION, vmm: vmmChoice.kind, storage: storageChoice.chosen, network: network.choice.kind, node: process.versions.node },
+    });
+    observability.start();
     // Before recovery, so sandboxes it fails follow the same retention (0: deleted as they end).
     manager.setEndedRetention(cfg.endedRetentionHours);
     const recovered = await manager.recover(AbortSignal.timeout(120_000));
@@ -163,7 +173,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     };
     const app = await buildApi({
       manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
-      listenHost: cfg.host, allowedHosts: cfg.allowedHosts, sandboxDomain, defaultTimeoutSec: cfg.defaultTimeoutSec,
+      listenHost: cfg.host, allowedHosts: cfg.allowedHosts, sandboxDomain, defaultTimeoutSec: cfg.defaultTimeoutSec, observability,
       limits: { headersTimeoutMs: cfg.headersTimeoutMs, bodyIdleTimeoutMs: cfg.bodyIdleTimeoutMs, keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, maxConnectionsPerAddress: cfg.maxConnectionsPerAddress },
     });
     if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
@@ -187,6 +197,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       log.info(`hearthd ${VERSION} listening on ${url} (data dir ${cfg.dataDir})`);
     }
     const net = network;
+    const obs = observability;
     return {
       app, manager, store, network: net, url,
       async close(opts = {}) {
@@ -194,6 +205,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         manager.close();
         dual?.close();
         await app.close();
+        obs.close();
         try {
           await (opts.removeNetwork ? net.destroyAll() : net.close());
         } finally {
@@ -203,6 +215,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     };
   } catch (err) {
     clearInterval(purgeTimer);
+    observability?.close();
     await network?.close().catch(() => undefined);
     store.close();
     throw err;

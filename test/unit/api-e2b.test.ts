@@ -167,7 +167,8 @@ test('GET /sandboxes/{id}/metrics: E2B\'s samples from the agent, filtered by st
     const r = await t.app.inject({ url: `/sandboxes/${id}/metrics` });
     assert.equal(r.statusCode, 200, r.body);
     const [m] = r.json<Record<string, unknown>[]>();
-    assert.deepEqual(Object.keys(m!).sort(), ['cpuCount', 'cpuUsedPct', 'diskTotal', 'diskUsed', 'memCache', 'memTotal', 'memUsed', 'timestamp', 'timestampUnix']);
+    // E2B's fields, and the host's view of the sandbox (Hearth's, docs/observability.md).
+    assert.deepEqual(Object.keys(m!).sort(), ['cpuCount', 'cpuUsedPct', 'diskTotal', 'diskUsed', 'hostCpuUsedPct', 'hostDiskUsed', 'hostMemRss', 'memCache', 'memTotal', 'memUsed', 'timestamp', 'timestampUnix']);
     assert.equal(m!.cpuUsedPct, 12.5);
     assert.equal(m!.memTotal, 512 << 20);
     assert.equal(typeof m!.timestamp, 'string');

@@ -9,6 +9,7 @@ import { AGENT_BUNDLE_PATH, PACKAGE_ROOT } from '../../paths.js';
 import { printJson, UsageError } from '../output.js';
 import { HearthApi } from '../../sdk/api.js';
 import { initReflinkDataDir } from '../../storage/xfs-loop.js';
+import { DataLayout } from '../../core/layout.js';
 
 function configFrom(values: { port?: string | undefined; host?: string | undefined; 'data-dir'?: string | undefined }): HearthConfig {
   return loadConfig({
@@ -68,7 +69,7 @@ export async function upCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { ...DAEMON_OPTIONS, foreground: { type: 'boolean' } } });
   const cfg = configFrom(values);
   const url = urlOf(cfg);
-  const pidFile = join(cfg.dataDir, 'hearthd.pid');
+  const pidFile = new DataLayout(cfg.dataDir).pidFile;
   if (await healthy(url)) {
     process.stdout.write(`${url}\n`);
     process.stderr.write(`hearthd is already running at ${url}\n`);
@@ -92,9 +93,9 @@ export async function upCommand(argv: string[]): Promise<number> {
       resolve(code ?? (signal === 'SIGTERM' || signal === 'SIGINT' ? 0 : 1));
     }));
   }
-  const logFile = join(cfg.dataDir, 'hearthd.log');
+  const logFile = new DataLayout(cfg.dataDir).logFile;
   const out = openSync(logFile, 'a');
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out] });
+  const child = spawn(process.execPath, [...args, '--log-file', logFile], { detached: true, stdio: ['ignore', out, out] });
   child.unref();
   writeFileSync(pidFile, `${child.pid}\n`);
   const deadline = Date.now() + 120_000;
@@ -119,7 +120,7 @@ export async function upCommand(argv: string[]): Promise<number> {
 export async function downCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: DAEMON_OPTIONS });
   const cfg = configFrom(values);
-  const pidFile = join(cfg.dataDir, 'hearthd.pid');
+  const pidFile = new DataLayout(cfg.dataDir).pidFile;
   if (!existsSync(pidFile)) { process.stderr.write(`no ${pidFile}: hearthd is not running (from \`hearth up\`)\n`); return 0; }
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
   if (pid > 0 && pidAlive(pid)) {

@@ -2,6 +2,7 @@ import { Fragment, lazy, Suspense, useRef, useState } from 'react';
 import { api, decodeBytes, downloadFile, killProcess, listDir, makeDir, readHead, removePath, startProcess, uploadFile, type EntryInfo, type EnvdTarget, type ForkResult, type SandboxDetail, type Snapshot } from '../api.js';
 import { FileIcon, FolderIcon } from '../icons.js';
 import { ActionButton, ConfirmButton, ErrorBox, Link, StateBadge, errMsg, fmtAge, fmtBytes, fmtMs, navigate, useNow, usePoll } from '../util.js';
+import { LogPanel, MetricsCharts } from '../Observe.js';
 
 const Terminal = lazy(() => import('../Terminal.js'));
 
@@ -43,7 +44,9 @@ export function SandboxDetailPage({ id }: { id: string }) {
       {sb.error && <ErrorBox error={`Refresh failed: ${sb.error}`} />}
       <Info s={s} now={now} onExtended={(secs) => ok(`It now ends in ${fmtDuration(secs)}`)} onError={setError} />
     </section>
+    {s.state !== 'destroyed' && <MetricsCharts id={s.sandboxID} running={running} />}
     {s.timings && <Timings s={s} />}
+    <LogPanel id={s.sandboxID} />
     {running
       ? <>
         <CommandRunner target={target} />

@@ -1,6 +1,7 @@
 import { Fragment, useEffect, useRef, useState } from 'react';
 import { api, type NewSandbox, type Sandbox, type SandboxDetail } from '../api.js';
 import { ActionButton, ErrorBox, Link, StateBadge, errMsg, fmtAge, fmtBytes, navigate, useNow, usePoll } from '../util.js';
+import { useEvents } from '../observe.js';
 
 type Row = Sandbox & { diskUsageBytes?: number | null };
 
@@ -43,7 +44,11 @@ function useStableOrder(rows: Row[] | undefined, frozen: boolean): Row[] | undef
 
 export function SandboxesPage() {
   const [history, setHistory] = useState(false);
-  const rows = usePoll(() => loadRows(history), 1500, [history]);
+  // Updated from hearthd's event stream (GET /events); a slow poll only as a fallback (and for disk usage).
+  const [streaming, setStreaming] = useState(false);
+  const rows = usePoll(() => loadRows(history), streaming ? 30_000 : 5000, [history, streaming]);
+  const pending = useRef<ReturnType<typeof setTimeout>>();
+  useEvents(() => { clearTimeout(pending.current); pending.current = setTimeout(() => rows.refresh(), 150); }, setStreaming);
   const now = useNow();
   const [notice, setNotice] = useState<string>();
   const [filter, setFilter] = useState('');
@@ -56,7 +61,7 @@ export function SandboxesPage() {
     <section className="card">
       <div className="card-head">
         <h2>Sandboxes {shown ? <span className="count">{shown.length}</span> : null}</h2>
-        <span className="muted small">live · refreshes every 1.5 s{hover ? ' · order held while the pointer is on the list' : ''}</span>
+        <span className="muted small" data-testid="list-live">{streaming ? 'live (event stream)' : 'refreshes every 5 s'}{hover ? ' · order held while the pointer is on the list' : ''}</span>
       </div>
       <div className="filters">
         <label>Metadata filter <input className="mono" value={filter} onChange={(e) => setFilter(e.target.value)} placeholder="key=value, key2=value2" aria-label="metadata filter" data-testid="meta-filter" /></label>
