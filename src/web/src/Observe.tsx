@@ -43,7 +43,7 @@ export function MetricsCharts({ id, running }: { id: string; running: boolean })
   }, [id, running]);
   const s = samples ?? [];
   const last = s.at(-1);
-  return <section className="card" data-testid="metrics-card">
+  return <section className="card" data-testid="metrics-card" data-samples={s.length} data-last={last?.timestampUnix ?? 0}>
     <div className="card-head"><h3>Resources</h3><span className="muted small">guest (its agent) and host (its VM process); every 5 s while running</span></div>
     {error && !samples && <p className="muted">Metrics are not available: {error}</p>}
     {samples && s.length === 0 && <p className="muted">No samples yet{running ? ': the first comes within 5 s' : ''}.</p>}
