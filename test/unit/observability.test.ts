@@ -252,3 +252,18 @@ test('hearthd\'s log file: copy-truncate rotation past its size keeps N old file
     assert.equal(rotateLogFile(file, 1000, 2), false, 'small files stay');
   } finally { rmSync(dir, { recursive: true, force: true }); }
 });
+
+test('docs/observability.md lists every metric /metrics exposes', async () => {
+  const { readFileSync } = await import('node:fs');
+  const { HearthMetrics } = await import('../../src/observability/prometheus.js');
+  const m = new HearthMetrics({ version: 'x' }, {
+    countByState: () => ({}), committed: () => ({ memoryMib: 0, vcpus: 0 }), capacityMemoryMib: 1,
+    host: () => ({ cpus: 1, memoryTotalBytes: 1, memoryAvailableBytes: 1, dataDirTotalBytes: 1, dataDirFreeBytes: 1 }),
+    vmms: () => ({ coresInUse: 0, residentBytes: 0, count: 0 }), reconcile: () => null, streams: () => ({ eventSubscribers: 0, logFollowers: 0 }),
+  });
+  const names = parseProm(await m.text()).map((f) => f.name).filter((n) => n.startsWith('hearth_'));
+  assert.ok(names.length >= 30, names.join(' '));
+  const doc = readFileSync(join(import.meta.dirname, '../../docs/observability.md'), 'utf8');
+  const missing = names.filter((n) => !doc.includes(`| \`${n}\` |`));
+  assert.deepEqual(missing, [], 'each metric has a row in the table');
+});
