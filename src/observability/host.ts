@@ -44,6 +44,8 @@ export class ProcCpuMeter {
     return Math.max(0, Math.round(pct * 100) / 100);
   }
 
+  forget(pid: number): void { this.last.delete(pid); }
+
   forgetExcept(pids: ReadonlySet<number>): void {
     for (const pid of this.last.keys()) if (!pids.has(pid)) this.last.delete(pid);
   }

@@ -132,7 +132,7 @@ export class Observability {
     if (m.store !== this.opts.store) return;
     try {
       const { rec, from, to } = m;
-      if (to === 'pausing' || to === 'destroying') this.tail(rec, true);
+      if (to === 'pausing' || to === 'destroying') { this.tail(rec, true); if (rec.vmm) this.cpu.forget(rec.vmm.pid); }
       const e = this.events.publish((id) => eventOf(id, rec, from, to));
       this.metrics.transitions.inc({ from, to });
       this.metrics.events.inc({ type: e.type });
