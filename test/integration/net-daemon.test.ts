@@ -97,7 +97,8 @@ describe(`hearthd on netns networking (tag ${tag})`, { skip }, () => {
       assert.ok(n2 > n1, `its loop kept counting (${n1} → ${n2}; ${(await again.commands.run('ps -eo pid,stat,args | grep -v ps')).stdout})`);
       assert.equal(await reaches(again, internetUrl), true);
       assert.equal(d.pool.stats().pendingRecovery, 0, 'no used slot left unclaimed');
-      const p = await Sandbox.connect(paused.id, { url: d.url });
+      const p = await Sandbox.connect(paused.id, { url: d.url, resume: false });
+      assert.equal(p.info.state, 'paused', 'the paused sandbox came back paused after the restart');
       await p.resume();
       assert.equal(await reaches(p, internetUrl), false, 'its egress survived the restart');
       const slot = d.pool.slotFor(d.manager.get(p.id).network!)!;

@@ -290,6 +290,7 @@ export async function startNetDaemon(opts: { tag: string; range: string; egressI
   const cfg = loadConfig({
     dataDir: tmp.dir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, warmOnStart: false,
     network: 'netns', networkTag: opts.tag, networkRange: opts.range, networkPoolSize: 2, egressInterface: opts.egressInterface, proxyDomain: 'sandbox.test',
+    admissionMaxLoadPerCpu: 0, admissionMinFreeMemoryMib: 0, admissionMinFreeDiskMib: 0, // tests assert behaviour, not host load
   }, {});
   return openNetDaemon(cfg, tmp);
 }

@@ -100,6 +100,12 @@ export class SlotHost {
    */
   async flushConntrack(netns: string): Promise<boolean> {
     if (!await this.hasConntrack()) return false;
+    // Without this, a mid-stream TCP packet of a flushed flow is picked up as a new flow
+    // (the kernel's default "loose" tracking), marked with the new generation and let
+    // through: the flush would undo the generation mark. Per namespace; needs nf_conntrack,
+    // which the slot's ruleset has loaded by now.
+    const [sc, sa] = this.nsenter(netns, 'sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_loose=0']);
+    await this.run(sc, sa, { allowFailure: true });
     const [cmd, args] = this.nsenter(netns, 'conntrack', ['-F']);
     const r = await this.run(cmd, args, { allowFailure: true });
     return r.code === 0;
