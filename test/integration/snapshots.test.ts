@@ -70,7 +70,8 @@ describe('memory snapshots under QEMU', () => {
     d = await d.restart();
     assert.equal((await Sandbox.getInfo(sbx.id, { url: url() })).state, 'paused', 'paused survives a daemon restart');
 
-    const again = await Sandbox.connect(sbx.id, { url: url() });
+    const again = await Sandbox.connect(sbx.id, { url: url(), resume: false });
+    assert.equal(again.info.state, 'paused');
     await again.resume();
     const after = await counter(again);
     assert.ok(after >= before, `counter went back: ${before} → ${after}`);
