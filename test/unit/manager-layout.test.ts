@@ -8,33 +8,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SandboxManager } from '../../src/core/manager.js';
-import { Store } from '../../src/store/store.js';
-import { silentLogger } from '../../src/core/log.js';
 import { ConflictError } from '../../src/core/errors.js';
 import { DataLayout } from '../../src/core/layout.js';
-import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner } from '../helpers/fakes.js';
+import { managerFixture } from '../helpers/manager-fixture.js';
 
 function setup(opts: { mapsSnapshotMemory?: boolean } = {}) {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hearth-layout-'));
-  const w = new World();
-  const store = new Store(':memory:');
-  store.upsertTemplate({
-    id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
-    kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
-  });
-  const driver = new FakeDriver(w, opts.mapsSnapshotMemory ?? false);
-  const deps = {
-    store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),
-    config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2, warmTemplates: true,
-      limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128, maxForks: 10 }, capacityMemoryMib: 4096 },
-  };
-  const m = new SandboxManager(deps);
-  const layout = new DataLayout(dataDir);
-  return { w, store, m, driver, layout, done: () => { m.close(); rmSync(dataDir, { recursive: true, force: true }); } };
+  const f = managerFixture({ prefix: 'hearth-layout-', mapsSnapshotMemory: opts.mapsSnapshotMemory ?? false });
+  return { ...f, layout: new DataLayout(f.dataDir) };
 }
 type T = ReturnType<typeof setup>;
 

@@ -1,37 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxManager } from '../../src/core/manager.js';
 import { Store } from '../../src/store/store.js';
 import type { SandboxRecord, SandboxState } from '../../src/core/types.js';
 import { silentLogger } from '../../src/core/log.js';
 import { AbortedError, CapacityError, ConflictError, HostFailureError, InvalidArgumentError, NotFoundError } from '../../src/core/errors.js';
-import { FakeDriver, FakeSlots, FakeStorage, World, fakeAgent, fakeCloner, type FaultPoint } from '../helpers/fakes.js';
+import type { FaultPoint } from '../helpers/fakes.js';
+import { managerFixture } from '../helpers/manager-fixture.js';
 
 function setup(opts: { mapsSnapshotMemory?: boolean } = {}) {
-  const dataDir = mkdtempSync(join(tmpdir(), 'hearth-mgr-'));
-  const w = new World();
-  const store = new Store(':memory:');
-  store.upsertTemplate({
-    id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
-    kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
-  });
-  const driver = new FakeDriver(w, opts.mapsSnapshotMemory ?? false);
-  const deps = {
-    store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),
-    config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2, warmTemplates: true,
-      limits: { maxVcpus: 4, maxMemoryMib: 4096, minMemoryMib: 128, maxForks: 10 }, capacityMemoryMib: 4096 },
-  };
-  const m = new SandboxManager(deps);
-  const nothingLeft = () => {
-    assert.deepEqual([...w.liveVms], [], 'a VM is still running');
-    assert.deepEqual([...w.disks], [], 'a disk is left');
-    assert.deepEqual([...w.slots], [], 'a slot is still held');
-    assert.deepEqual(store.listJournal(), [], 'a journal row is left');
-  };
-  return { w, store, m, deps, driver, dataDir, nothingLeft, done: () => { m.close(); rmSync(dataDir, { recursive: true, force: true }); } };
+  return managerFixture({ mapsSnapshotMemory: opts.mapsSnapshotMemory ?? false });
 }
 
 const signal = () => new AbortController().signal;
