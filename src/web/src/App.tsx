@@ -6,6 +6,8 @@ import { SandboxesPage } from './pages/Sandboxes.js';
 import { SandboxDetailPage } from './pages/SandboxDetail.js';
 import { SnapshotsPage } from './pages/Snapshots.js';
 import { TemplatesPage } from './pages/Templates.js';
+import { TemplateDetailPage } from './pages/TemplateDetail.js';
+import { TemplateBuildPage } from './pages/TemplateBuild.js';
 import { HostPage } from './pages/Host.js';
 import { KeysPage } from './pages/Keys.js';
 
@@ -33,6 +35,8 @@ export function App() {
   if (section === 'sandboxes' && parts[1]) page = <SandboxDetailPage id={parts[1]} />;
   else if (section === 'sandboxes') page = <SandboxesPage />;
   else if (section === 'snapshots') page = <SnapshotsPage />;
+  else if (section === 'templates' && parts[1] && parts[2] === 'builds' && parts[3]) page = <TemplateBuildPage id={decodeURIComponent(parts[1])} buildID={decodeURIComponent(parts[3])} />;
+  else if (section === 'templates' && parts[1]) page = <TemplateDetailPage id={decodeURIComponent(parts[1])} />;
   else if (section === 'templates') page = <TemplatesPage />;
   else if (section === 'host') page = <HostPage />;
   else if (section === 'keys') page = <KeysPage />;

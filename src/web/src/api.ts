@@ -232,3 +232,44 @@ export async function downloadFile(t: EnvdTarget, path: string): Promise<Blob> {
   if (!res.ok) throw new ApiError(res.status, `could not download ${path}: ${envdErrorText(res.status, (await res.text()) || res.statusText)}`);
   return res.blob();
 }
+
+// ---------- custom templates and their builds (docs/templates.md, "API") ----------
+
+export interface TemplateLayer { key: string; step: string; sizeBytes: number }
+export type ReadyCheck = { port: number } | { command: string };
+/** GET /templates[/{id}]: the fields custom templates add to Template (absent on an older hearthd). */
+export interface TemplateInfo extends Template {
+  aliases?: string[]; source?: 'image' | 'build' | 'sandbox' | 'snapshot' | string;
+  buildID?: string | null; from?: string | null; envVars?: Record<string, string>;
+  user?: string | null; workdir?: string | null; startCommand?: string | null; readyCheck?: ReadyCheck | null;
+  layers?: TemplateLayer[];
+}
+export type BuildStatus = 'building' | 'ready' | 'failed' | 'cancelled';
+export type BuildStepStatus = 'pending' | 'cached' | 'running' | 'done' | 'failed' | 'cancelled' | 'skipped';
+export interface BuildStep { index: number; description: string; key: string; status: BuildStepStatus; cached: boolean; durationMs: number | null; exitCode: number | null }
+export interface TemplateBuild {
+  buildID: string; templateID: string; status: BuildStatus; createdAt: string; finishedAt: string | null;
+  durationMs: number | null; error: string | null; phase: 'steps' | 'snapshot' | 'done' | string; steps: BuildStep[];
+}
+/** One line of a build's log; `step` is null for the builder's own lines (`stream: "hearth"`). */
+export interface BuildLogEntry { timestamp: string; step: number | null; stream: 'stdout' | 'stderr' | 'hearth' | string; line: string }
+/** POST /templates with a recipe (hearth.template.json) or a Dockerfile. */
+export interface NewTemplate {
+  name: string; recipe?: unknown; dockerfile?: string; files?: Record<string, string>; aliases?: string[];
+  cpuCount?: number; memoryMB?: number; diskSizeMB?: number;
+}
+
+const tplPath = (id: string) => `/templates/${encodeURIComponent(id)}`;
+export const templateApi = {
+  list: () => call<TemplateInfo[]>('GET', '/templates'),
+  get: (id: string) => call<TemplateInfo>('GET', tplPath(id)),
+  /** 409 (with hearthd's reason) while sandboxes, snapshots or other templates use it. */
+  delete: (id: string) => call<void>('DELETE', tplPath(id)),
+  /** Starts a build: 202 with the build. */
+  build: (b: NewTemplate) => call<TemplateBuild>('POST', '/templates', b),
+  builds: (id: string) => call<TemplateBuild[]>('GET', `${tplPath(id)}/builds`),
+  getBuild: (id: string, buildID: string) => call<TemplateBuild>('GET', `${tplPath(id)}/builds/${encodeURIComponent(buildID)}`),
+  cancelBuild: (id: string, buildID: string) => call<void>('DELETE', `${tplPath(id)}/builds/${encodeURIComponent(buildID)}`),
+  /** The SSE log stream (entries so far, then each new one; events `log`, `step`, `end`): read it with streamSse (observe.ts). */
+  buildLogsPath: (id: string, buildID: string) => `${tplPath(id)}/builds/${encodeURIComponent(buildID)}/logs?follow=true`,
+};
