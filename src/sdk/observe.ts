@@ -48,8 +48,11 @@ export async function getLogs(id: string, opts: LogsOptions = {}): Promise<LogEn
   return r.entries;
 }
 
-/** Server-Sent Events from hearthd: each message's event name and parsed data, until the stream ends or `signal` aborts. */
-async function* sse(api: HearthApi, path: string, signal?: AbortSignal): AsyncGenerator<{ event: string; data: unknown }> {
+/**
+ * Server-Sent Events from hearthd: each message's event name and parsed data, until the stream ends or `signal` aborts.
+ * Shared by the SDK's streams (logs, events, template builds); not part of the package's exports.
+ */
+export async function* sse(api: HearthApi, path: string, signal?: AbortSignal): AsyncGenerator<{ event: string; data: unknown }> {
   let res: Response;
   try {
     res = await fetch(`${api.url}${path}`, { headers: api.headers({ accept: 'text/event-stream' }), ...(signal ? { signal } : {}) });

@@ -8,7 +8,7 @@ const COMMANDS: Record<string, string[]> = {
   keys: ['create', 'ls', 'rm'],
   service: ['install', 'uninstall', 'status'],
   config: ['show', 'set', 'unset'],
-  template: ['ls', 'snapshots'],
+  template: ['ls', 'get', 'rm', 'build', 'create', 'builds', 'logs', 'snapshots'],
   image: ['build', 'kernel'],
   storage: ['init'],
   completion: ['bash'],
@@ -16,6 +16,9 @@ const COMMANDS: Record<string, string[]> = {
 
 /** Subcommands whose next word is a sandbox id (completed from `hearth sandbox ls --json`). */
 const TAKES_ID = ['exec', 'shell', 'logs', 'metrics', 'get', 'rm', 'timeout', 'pause', 'resume', 'fork', 'network', 'url', 'ls', 'stat', 'cat', 'put', 'mkdir', 'mv'];
+
+/** `hearth template` subcommands whose next word is a template id (completed from `hearth template ls --json`). */
+const TAKES_TEMPLATE = ['get', 'rm', 'builds', 'logs', 'snapshots'];
 
 export function completionCommand(argv: string[]): number {
   if (argv[0] !== 'bash') {
@@ -32,10 +35,17 @@ _hearth() {
 ${cases}
     esac
   fi
-  case " ${TAKES_ID.join(' ')} " in
-    *" \${COMP_WORDS[COMP_CWORD-1]} "*)
-      words="$words $(hearth sandbox ls --json 2>/dev/null | grep -o '"sandboxID": *"[a-z0-9]*"' | grep -o 'i[a-z0-9]*')" ;;
-  esac
+  if [ "\${COMP_WORDS[1]}" = template ] && [ "$COMP_CWORD" -eq 3 ]; then
+    case "\${COMP_WORDS[2]}" in
+      ${TAKES_TEMPLATE.join('|')})
+        words="$(hearth template ls --json 2>/dev/null | grep -o '"templateID": *"[^"]*"' | grep -o '"[^"]*"$' | tr -d '"')" ;;
+    esac
+  elif [ "\${COMP_WORDS[1]}" != template ] || [ "\${COMP_WORDS[COMP_CWORD-1]}" = --from-sandbox ]; then
+    case " ${TAKES_ID.join(' ')} --from-sandbox " in
+      *" \${COMP_WORDS[COMP_CWORD-1]} "*)
+        words="$words $(hearth sandbox ls --json 2>/dev/null | grep -o '"sandboxID": *"[a-z0-9]*"' | grep -o 'i[a-z0-9]*')" ;;
+    esac
+  fi
   COMPREPLY=( $(compgen -W "$words" -- "$cur") )
 }
 complete -F _hearth hearth
