@@ -64,8 +64,23 @@ export function createAgent(config: AgentConfig): Agent {
   // Started now, before any snapshot, so /init never spawns a process for the clock or the CRNG.
   const sys = new SysHelper(config.sysHelper);
   const handleInit = createInitHandler(state, sys);
-  /** Set while the start-up warm-up runs: /health is 503 until it ends (docs/agent.md, "Starting it"). */
+  /**
+   * The command-path warm-up (docs/agent.md, "Starting it"): started by the first `/health?warm=1`
+   * (hearthd asks only before it takes a template snapshot, so a user's cold-booted sandbox never
+   * waits for it or shares the CPU with it); such polls get 503 until it ended. `warmed` once done.
+   */
   let warming: Promise<void> | undefined;
+  let warmed = !config.warmup;
+  let listenPort = 0;
+  const startWarmup = (): void => {
+    if (warmed || warming) return;
+    const t0 = performance.now();
+    const w: Promise<void> = warmCommandPath(config.host, listenPort)
+      .then(() => log.info('warm-up done', { ms: Math.round(performance.now() - t0) }))
+      .catch((e: unknown) => log.warn('warm-up failed (first commands will be slower)', { error: errorMessage(e) }))
+      .finally(() => { warmed = true; if (warming === w) warming = undefined; });
+    warming = w;
+  };
 
   const connectHandler = connectNodeAdapter({
     routes: (router: ConnectRouter) => {
@@ -97,7 +112,10 @@ export function createAgent(config: AgentConfig): Agent {
     switch (pathname) {
       case PATH_HEALTH:
         if (method !== 'GET' && method !== 'HEAD') return methodNotAllowed(res, 'GET');
-        if (warming) return sendJson(res, 503, { code: 503, message: 'agent warming up' });
+        if (url.searchParams.get('warm') === '1' && !warmed) {
+          startWarmup();
+          return sendJson(res, 503, { code: 503, message: 'agent warming up' });
+        }
         res.writeHead(204, { 'Cache-Control': 'no-store' });
         res.end();
         return;
@@ -146,14 +164,7 @@ export function createAgent(config: AgentConfig): Agent {
         server.listen(config.port, config.host, () => {
           server.off('error', reject);
           const addr = server.address() as AddressInfo;
-          if (config.warmup) {
-            const t0 = performance.now();
-            const w: Promise<void> = warmCommandPath(config.host, addr.port)
-              .then(() => log.info('warm-up done', { ms: Math.round(performance.now() - t0) }))
-              .catch((e: unknown) => log.warn('warm-up failed (first commands will be slower)', { error: errorMessage(e) }))
-              .finally(() => { if (warming === w) warming = undefined; });
-            warming = w;
-          }
+          listenPort = addr.port;
           resolve(addr);
         });
       });

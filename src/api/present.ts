@@ -68,5 +68,15 @@ export function presentTemplate(t: Template): Static<typeof TemplateSchema> {
     memoryMB: t.memoryMib,
     diskSizeMB: Math.round(t.rootfsSizeBytes / 1048576),
     createdAt: t.createdAt,
+    aliases: t.aliases,
+    source: t.source,
+    from: t.parentId,
+    buildID: t.buildId,
+    envVars: t.runtime?.env ?? {},
+    user: t.runtime?.user ?? null,
+    workdir: t.runtime?.workdir ?? null,
+    startCommand: t.runtime?.start?.command ?? null,
+    readyCheck: t.runtime?.start?.ready ?? null,
+    layers: [],
   };
 }

@@ -114,6 +114,16 @@ export const TemplateSchema = Type.Object({
   memoryMB: Type.Integer(),
   diskSizeMB: Type.Integer(),
   createdAt: Type.String({ format: 'date-time' }),
+  aliases: Type.Array(Type.String()),
+  source: Type.Union([Type.Literal('image'), Type.Literal('build'), Type.Literal('sandbox'), Type.Literal('snapshot')]),
+  from: Type.Union([Type.String(), Type.Null()], { description: 'The template it was built on' }),
+  buildID: Type.Union([Type.String(), Type.Null()]),
+  envVars: Type.Record(Type.String(), Type.String(), { description: 'What every sandbox\'s commands get (a create\'s envVars win)' }),
+  user: Type.Union([Type.String(), Type.Null()]),
+  workdir: Type.Union([Type.String(), Type.Null()]),
+  startCommand: Type.Union([Type.String(), Type.Null()]),
+  readyCheck: Type.Union([Type.Object({ port: Type.Integer() }), Type.Object({ command: Type.String() }), Type.Null()]),
+  layers: Type.Array(Type.Object({ key: Type.String(), step: Type.String(), sizeBytes: Type.Integer() })),
 }, { $id: 'Template' });
 
 export const PauseBody = Type.Object({

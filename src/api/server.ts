@@ -14,6 +14,7 @@ import { StreamRegistry } from '../util/stream-registry.js';
 import { InflightRequests } from '../util/inflight.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { templateRoutes } from './routes/templates.js';
+import type { TemplateBuilder } from '../templates/builder.js';
 import { apiKeyRoutes } from './keys.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
@@ -39,6 +40,10 @@ function isDashboardPath(path: string): boolean {
 export interface ApiDeps {
   manager: SandboxManager;
   store: Store;
+  /** Template builds (POST /templates); absent: those routes answer 503. */
+  builder?: TemplateBuilder;
+  /** Cap on POST /templates bodies (default 64 MiB). */
+  templateContextMaxBytes?: number;
   log: FastifyBaseLogger;
   /** What `hearth doctor` prints: host capabilities and the drivers chosen. */
   doctor: () => Promise<unknown>;
@@ -279,7 +284,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   metrics.start();
   app.addHook('onClose', async () => metrics.close());
   const compat = { metrics, ...(deps.sandboxDomain ? { sandboxDomain: deps.sandboxDomain } : {}), ...(deps.defaultTimeoutSec !== undefined ? { defaultTimeoutSec: deps.defaultTimeoutSec } : {}) };
-  templateRoutes(app, deps.manager, deps.store);
+  templateRoutes(app, deps.manager, deps.store, deps.builder ?? null, deps.templateContextMaxBytes);
   apiKeyRoutes(app, deps.store); // /api-keys: the dashboard's key page
   sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);

@@ -27,6 +27,9 @@ function call(url: string, opts: { method: string; headers?: Record<string, stri
   });
 }
 
+/** A program for AgentControl.exec: argv, user (default root), working directory, environment. */
+export interface GuestExec { cmd: string; args: string[]; user?: string; cwd?: string; envs?: Record<string, string> }
+
 /** Body of envd's POST /init plus Hearth's ignorable extension. */
 export type AgentInit = InitRequestBody;
 
@@ -40,10 +43,11 @@ export class AgentControl {
 
   get baseUrl(): string { return `http://${this.endpoint.host}:${this.endpoint.port}`; }
 
-  async health(signal: AbortSignal): Promise<boolean> {
+  /** `warm`: ask for (and wait on) the agent's command-path warm-up, as before a template snapshot. */
+  async health(signal: AbortSignal, warm = false): Promise<boolean> {
     try {
       return await withDeadline(signal, 2000, async (s) => {
-        const res = await call(`${this.baseUrl}/health`, { method: 'GET', signal: s });
+        const res = await call(`${this.baseUrl}/health${warm ? '?warm=1' : ''}`, { method: 'GET', signal: s });
         return res.status === 204 || res.status === 200;
       });
     } catch {
@@ -83,10 +87,55 @@ export class AgentControl {
   }
 
   /**
+   * Run a program in the guest to its end, as `user` (root by default), streaming its output to
+   * `onOutput`: the template builder's steps and the start command's ready checks. Its own
+   * connection, as every control call. Resolves with the exit code (a signal-killed process: -1).
+   */
+  async exec(req: GuestExec, signal: AbortSignal, onOutput?: (stream: 'stdout' | 'stderr', chunk: Uint8Array) => void): Promise<{ exitCode: number; status: string }> {
+    const transport = createConnectTransport({ baseUrl: this.baseUrl, httpVersion: '1.1', useBinaryFormat: true, nodeOptions: { agent: false } });
+    const headers: Record<string, string> = { authorization: `Basic ${Buffer.from(`${req.user ?? 'root'}:`).toString('base64')}` };
+    if (this.token) headers['x-access-token'] = this.token;
+    let end: { exitCode: number; exited: boolean; status: string; error?: string } | undefined;
+    const process = { cmd: req.cmd, args: req.args, envs: req.envs ?? {}, ...(req.cwd ? { cwd: req.cwd } : {}) };
+    for await (const res of createClient(Process, transport).start({ process, stdin: false }, { signal, headers })) {
+      const ev = res.event?.event;
+      if (ev?.case === 'data' && onOutput) {
+        const out = ev.value.output;
+        if (out.case === 'stdout' || out.case === 'stderr') onOutput(out.case, out.value);
+      } else if (ev?.case === 'end') {
+        end = ev.value;
+      }
+    }
+    if (!end) throw new Error(`agent: ${req.cmd} ended without an exit status`);
+    return { exitCode: end.exited ? end.exitCode : -1, status: end.status };
+  }
+
+  /** Write a file in the guest as root (octet-stream upload; parents are created). */
+  async writeFile(path: string, data: Uint8Array, signal: AbortSignal): Promise<void> {
+    const url = `${this.baseUrl}/files?path=${encodeURIComponent(path)}&username=root`;
+    const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+    if (this.token) headers['x-access-token'] = this.token;
+    const res = await fetch(url, { method: 'POST', headers, body: data, signal });
+    if (!res.ok) throw new Error(`agent: writing ${path} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
+    await res.arrayBuffer();
+  }
+
+  /** Read a guest file as root (at most `maxBytes`). */
+  async readFile(path: string, signal: AbortSignal, maxBytes = 64 << 20): Promise<Buffer> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers['x-access-token'] = this.token;
+    const res = await fetch(`${this.baseUrl}/files?path=${encodeURIComponent(path)}&username=root`, { headers, signal });
+    if (!res.ok) throw new Error(`agent: reading ${path} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
+    const buf = Buffer.from(await res.arrayBuffer());
+    if (buf.length > maxBytes) throw new Error(`agent: ${path} is larger than ${maxBytes} bytes`);
+    return buf;
+  }
+
+  /**
    * Poll /health with capped exponential backoff until it answers, the
    * deadline passes, `giveUp` rejects (the VMM died), or the signal aborts.
    */
-  async waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never> }): Promise<number> {
+  async waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never>; warm?: boolean }): Promise<number> {
     const t0 = performance.now();
     let delay = 10;
     let attempts = 0;
@@ -94,7 +143,7 @@ export class AgentControl {
       for (;;) {
         throwIfAborted(opts.signal);
         attempts++;
-        if (await this.health(opts.signal)) return Math.round(performance.now() - t0);
+        if (await this.health(opts.signal, opts.warm)) return Math.round(performance.now() - t0);
         if (performance.now() - t0 > opts.timeoutMs) {
           throw new TimeoutError(`agent at ${this.baseUrl} did not answer within ${opts.timeoutMs} ms (${attempts} attempts)`);
         }

@@ -558,6 +558,45 @@ export class SandboxManager {
     }
   }
 
+  // ---------------------------------------------------------------- template builds
+
+  /**
+   * A sandbox for a template build (src/templates/builder.ts): a cold boot of
+   * `base` (a template record that may not be stored: a layer to build on), at
+   * the given shape, with the host's default network policy; internal, so it
+   * is not listed. Capacity is checked as for any create. The caller destroys it.
+   */
+  async startBuildSandbox(base: Template, shape: { vcpus: number; memoryMib: number }, buildId: string, signal: AbortSignal): Promise<SandboxRecord> {
+    throwIfAborted(signal);
+    const rec = this.newRecord(base, null, { ...shape, timeoutSec: this.config.maxTimeoutSec },
+      { templateId: base.id, metadata: { 'hearth.internal': 'template-build', 'hearth.build': buildId } });
+    this.checkCapacity(shape.memoryMib);
+    this.store.insertSandbox(rec);
+    return this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'boot', template: base }, signal)));
+  }
+
+  /**
+   * Flush the guest's writes and copy a running sandbox's disk to a standalone
+   * image at `outPath` (a reflink where the data dir has them): a template
+   * layer, taken between build steps while nothing runs in the guest.
+   */
+  async captureDisk(id: string, outPath: string, signal: AbortSignal): Promise<void> {
+    await this.lock.run(id, 'snapshot', async () => {
+      const rec = this.get(id);
+      const live = this.mustLive(id);
+      if (!rec.agent) throw new ConflictError(`sandbox ${id} has no agent`);
+      await this.deps.agent(rec.agent, rec.agentToken).sync(signal);
+      await this.deps.storage.flatten(live.disk, outPath, signal);
+    });
+  }
+
+  /** The agent endpoint and token of a running sandbox (the template builder talks to its build sandbox directly). */
+  agentOf(id: string): { endpoint: AgentEndpoint; token: string } {
+    const rec = this.get(id);
+    if (rec.state !== 'running' || !rec.agent) throw new ConflictError(`sandbox ${id} is ${rec.state}, not running`);
+    return { endpoint: rec.agent, token: rec.agentToken };
+  }
+
   // ---------------------------------------------------------------- warm templates
 
   private warmCap(): number { return this.config.warmShapesPerTemplate ?? DEFAULT_WARM_SHAPES_PER_TEMPLATE; }
@@ -707,7 +746,7 @@ export class SandboxManager {
     let booted = false;
     try {
       // Cancelled while waiting for a start slot: doCreate stops at its first step and fails the row.
-      await this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'boot', template }, signal)));
+      await this.lock.run(rec.id, 'create', () => this.starts.run(() => this.doCreate(rec, { kind: 'boot', template, warm: true }, signal)));
       booted = true;
       const snap = await this.lock.run(rec.id, 'snapshot', async () => {
         const live = this.mustLive(rec.id);
@@ -780,6 +819,15 @@ export class SandboxManager {
     return Promise.all(rows.map(async ({ lastUsedAt, ...snapshot }) => ({
       snapshot, lastUsedAt, sizeBytes: await dirUsage(snapshot.dir), current: snapshot.imageHash === warmKey, inUse: this.warmUses.get(snapshot.id) ?? 0,
     })));
+  }
+
+  /** Remove every warm snapshot of a template being deleted (409 while a create restores from one or one is being built). */
+  async dropTemplateSnapshots(templateId: string): Promise<void> {
+    if ([...this.warming.values()].some((b) => b.templateId === templateId)) throw new ConflictError(`a warm snapshot of template ${templateId} is being built; retry when it is done`);
+    const rows = this.store.listTemplateSnapshots(templateId);
+    const busy = rows.filter((s) => (this.warmUses.get(s.id) ?? 0) > 0);
+    if (busy.length) throw new ConflictError(`template ${templateId}'s warm snapshot ${busy[0]!.id} is in use by a create; retry when it finishes`);
+    for (const s of rows) await this.dropTemplateSnapshotNow(s);
   }
 
   /** Remove one of a template's warm snapshots (409 while a create restores from it). The next create of its shape builds it again. */

@@ -1,4 +1,5 @@
 /** Domain types shared by the manager, store and API. */
+import type { TemplateRuntime } from '../templates/types.js';
 import type { RootDisk } from '../storage/types.js';
 import type { VmmKind, VmNetwork } from '../vmm/types.js';
 import type { EgressPolicy } from '../network/types.js';
@@ -31,7 +32,21 @@ export interface Template {
   vcpus: number;
   memoryMib: number;
   createdAt: string;
+  /** image: the default image; build: a recipe or Dockerfile; sandbox/snapshot: made from one's disk. */
+  source: TemplateSource;
+  /** What every sandbox from it gets (env, user, workdir, start command); null for the image. */
+  runtime: TemplateRuntime | null;
+  /** Other names a create may use for it. */
+  aliases: string[];
+  /** The template it was built on (null for the image). */
+  parentId: string | null;
+  /** The build that made it (source build/sandbox/snapshot). */
+  buildId: string | null;
+  /** Its disk's layer chain, oldest first (keys under <dataDir>/layers); empty for the image. */
+  layers: string[];
 }
+
+export type TemplateSource = 'image' | 'build' | 'sandbox' | 'snapshot';
 
 /** A sandbox's own network settings; its slot comes and goes with pause/resume. */
 export interface SandboxNetPolicy {
@@ -128,3 +143,8 @@ export interface SnapshotRecord {
    */
   compat: string | null;
 }
+
+/** The custom-template fields of a template made from the default image (none of them apply). */
+export const IMAGE_TEMPLATE_FIELDS: Pick<Template, 'source' | 'runtime' | 'aliases' | 'parentId' | 'buildId' | 'layers'> = Object.freeze({
+  source: 'image', runtime: null, aliases: [], parentId: null, buildId: null, layers: [],
+});

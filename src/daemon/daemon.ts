@@ -5,6 +5,7 @@ import { totalmem } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Logger as PinoLogger } from 'pino';
 import { buildApi } from '../api/server.js';
+import { TemplateBuilder } from '../templates/builder.js';
 import { AgentControl } from '../client/agent-rest.js';
 import { SandboxManager } from '../core/manager.js';
 import { FileRootfsBackend, cloneFile } from '../storage/file/file-backend.js';
@@ -66,6 +67,12 @@ export async function registerTemplate(store: Store, id: string, image: BuiltIma
     vcpus: cfg.defaultVcpus,
     memoryMib: cfg.defaultMemoryMib,
     createdAt: existing && existing.imageHash === image.hash ? existing.createdAt : new Date().toISOString(),
+    source: 'image',
+    runtime: null,
+    aliases: existing?.aliases ?? [],
+    parentId: null,
+    buildId: null,
+    layers: [],
   };
   store.upsertTemplate(t);
   return t;
@@ -82,6 +89,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
   let network: DaemonNetwork | undefined;
   let purgeTimer: NodeJS.Timeout | undefined;
   let observability: Observability | undefined;
+  let builder: TemplateBuilder | undefined;
   try {
     network = await createNetwork(cfg, store, log);
     const [vmmChoice, storageChoice] = await Promise.all([chooseVmm(cfg, network.choice.kind), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
@@ -142,6 +150,12 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     const report = await manager.reconcile();
     report.recovered = recovered;
     await network.finishRecovery();
+    // Template builds (docs/templates.md): a build hearthd was running when it stopped is failed, its sandbox destroyed.
+    builder = new TemplateBuilder({
+      store, manager, log, dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, warmTemplates: cfg.warmTemplates,
+      agent: (endpoint, token) => new AgentControl(endpoint, token),
+    });
+    await builder.reconcile(AbortSignal.timeout(120_000));
     manager.startExpiry();
     manager.startReconciler();
     const purge = (atStart: boolean): void => {
@@ -172,7 +186,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       return defaultPort ? cfg.proxyDomain : `${cfg.proxyDomain}:${listenPort}`;
     };
     const app = await buildApi({
-      manager, store, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
+      manager, store, builder, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
       listenHost: cfg.host, allowedHosts: cfg.allowedHosts, sandboxDomain, defaultTimeoutSec: cfg.defaultTimeoutSec, observability,
       limits: { headersTimeoutMs: cfg.headersTimeoutMs, bodyIdleTimeoutMs: cfg.bodyIdleTimeoutMs, keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, maxConnectionsPerAddress: cfg.maxConnectionsPerAddress },
     });
@@ -198,10 +212,12 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     }
     const net = network;
     const obs = observability;
+    const builds = builder;
     return {
       app, manager, store, network: net, url,
       async close(opts = {}) {
         clearInterval(purgeTimer);
+        await builds.close();
         manager.close();
         dual?.close();
         await app.close();
@@ -215,6 +231,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     };
   } catch (err) {
     clearInterval(purgeTimer);
+    await builder?.close();
     observability?.close();
     await network?.close().catch(() => undefined);
     store.close();

@@ -37,6 +37,8 @@ export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
  * - attr (getfattr/setfattr): the agent keeps file metadata (`X-Metadata-*`
  *   upload headers) in `user.e2b.*` xattrs with them;
  * - git, curl, ca-certificates, openssh-client: fetching code;
+ * - python3-pip, python3-venv: `python3 -m pip` and `python3 -m venv` work (what
+ *   Python users expect; pip pulls setuptools and wheel);
  * - tini: zombie reaper for PID 1; sudo: passwordless for `user`;
  * - iproute2 (hearth-init configures eth0), iputils-ping, netbase, procps,
  *   psmisc, less, vim-tiny, file, xz-utils, unzip: what a shell user expects.
@@ -57,6 +59,8 @@ export const DEFAULT_PACKAGES: readonly string[] = [
   'psmisc',
   'python-is-python3',
   'python3',
+  'python3-pip',
+  'python3-venv',
   'sudo',
   'tini',
   'unzip',

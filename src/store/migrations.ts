@@ -135,4 +135,26 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE snapshots ADD COLUMN compat TEXT;
   `,
+  // 8: custom templates (docs/templates.md): where a template came from, what its sandboxes get,
+  // its aliases and layer chain; and the builds that make them.
+  `
+  ALTER TABLE templates ADD COLUMN source TEXT NOT NULL DEFAULT 'image';
+  ALTER TABLE templates ADD COLUMN runtime TEXT;
+  ALTER TABLE templates ADD COLUMN aliases TEXT NOT NULL DEFAULT '[]';
+  ALTER TABLE templates ADD COLUMN parent_id TEXT;
+  ALTER TABLE templates ADD COLUMN build_id TEXT;
+  ALTER TABLE templates ADD COLUMN layers TEXT NOT NULL DEFAULT '[]';
+  CREATE TABLE builds (
+    id TEXT PRIMARY KEY,
+    template_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'failed', 'cancelled')),
+    phase TEXT NOT NULL,
+    request TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+  );
+  CREATE INDEX builds_template ON builds(template_id, created_at);
+  `,
 ];

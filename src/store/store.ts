@@ -1,7 +1,9 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { Lifecycle, SandboxNetPolicy, SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template } from '../core/types.js';
+import type { Lifecycle, SandboxNetPolicy, SandboxRecord, SandboxState, SnapshotKind, SnapshotRecord, Template, TemplateSource } from '../core/types.js';
+import type { TemplateRuntime } from '../templates/types.js';
+import type { BuildRow, BuildStepRow } from '../templates/build-record.js';
 import { MIGRATIONS } from './migrations.js';
 
 type Row = Record<string, unknown>;
@@ -74,17 +76,54 @@ export class Store {
 
   upsertTemplate(t: Template): void {
     this.db.prepare(`
-      INSERT INTO templates (id, image_hash, kernel_path, initrd_path, rootfs_path, rootfs_size_bytes, kernel_args, vcpus, memory_mib, created_at)
-      VALUES (@id, @imageHash, @kernelPath, @initrdPath, @rootfsPath, @rootfsSizeBytes, @kernelArgs, @vcpus, @memoryMib, @createdAt)
+      INSERT INTO templates (id, image_hash, kernel_path, initrd_path, rootfs_path, rootfs_size_bytes, kernel_args, vcpus, memory_mib, created_at,
+        source, runtime, aliases, parent_id, build_id, layers)
+      VALUES (@id, @imageHash, @kernelPath, @initrdPath, @rootfsPath, @rootfsSizeBytes, @kernelArgs, @vcpus, @memoryMib, @createdAt,
+        @source, @runtime, @aliases, @parentId, @buildId, @layers)
       ON CONFLICT(id) DO UPDATE SET image_hash=excluded.image_hash, kernel_path=excluded.kernel_path,
         initrd_path=excluded.initrd_path, rootfs_path=excluded.rootfs_path, rootfs_size_bytes=excluded.rootfs_size_bytes,
-        kernel_args=excluded.kernel_args, vcpus=excluded.vcpus, memory_mib=excluded.memory_mib
-    `).run(t);
+        kernel_args=excluded.kernel_args, vcpus=excluded.vcpus, memory_mib=excluded.memory_mib, created_at=excluded.created_at,
+        source=excluded.source, runtime=excluded.runtime, aliases=excluded.aliases, parent_id=excluded.parent_id,
+        build_id=excluded.build_id, layers=excluded.layers
+    `).run({ ...t, runtime: t.runtime ? JSON.stringify(t.runtime) : null, aliases: JSON.stringify(t.aliases), layers: JSON.stringify(t.layers) });
   }
 
-  getTemplate(id: string): Template | undefined {
-    const row = this.db.prepare('SELECT * FROM templates WHERE id = ?').get(id) as Row | undefined;
+  /** By id, else by alias. */
+  getTemplate(idOrAlias: string): Template | undefined {
+    const row = (this.db.prepare('SELECT * FROM templates WHERE id = ?').get(idOrAlias)
+      ?? this.db.prepare('SELECT t.* FROM templates t, json_each(t.aliases) a WHERE a.value = ? ORDER BY t.id LIMIT 1').get(idOrAlias)) as Row | undefined;
     return row ? templateFromRow(row) : undefined;
+  }
+
+  deleteTemplate(id: string): void {
+    this.db.prepare('DELETE FROM templates WHERE id = ?').run(id);
+  }
+
+  // ---- template builds
+
+  insertBuild(b: BuildRow): void {
+    this.db.prepare(`INSERT INTO builds (id, template_id, status, phase, request, steps, error, created_at, finished_at)
+      VALUES (@id, @templateId, @status, @phase, @request, @steps, @error, @createdAt, @finishedAt)`).run(buildToRow(b));
+  }
+
+  updateBuild(b: BuildRow): void {
+    this.db.prepare(`UPDATE builds SET status=@status, phase=@phase, steps=@steps, error=@error, finished_at=@finishedAt WHERE id=@id`).run(buildToRow(b));
+  }
+
+  getBuild(id: string): BuildRow | undefined {
+    const row = this.db.prepare('SELECT * FROM builds WHERE id = ?').get(id) as Row | undefined;
+    return row ? buildFromRow(row) : undefined;
+  }
+
+  listBuilds(templateId?: string): BuildRow[] {
+    const rows = templateId === undefined
+      ? this.db.prepare('SELECT * FROM builds ORDER BY created_at DESC, id').all()
+      : this.db.prepare('SELECT * FROM builds WHERE template_id = ? ORDER BY created_at DESC, id').all(templateId);
+    return (rows as Row[]).map(buildFromRow);
+  }
+
+  deleteBuilds(templateId: string): void {
+    this.db.prepare('DELETE FROM builds WHERE template_id = ?').run(templateId);
   }
 
   listTemplates(): Template[] {
@@ -381,6 +420,30 @@ function templateFromRow(r: Row): Template {
     vcpus: r['vcpus'] as number,
     memoryMib: r['memory_mib'] as number,
     createdAt: r['created_at'] as string,
+    source: ((r['source'] as string | null) ?? 'image') as TemplateSource,
+    runtime: json<TemplateRuntime>(r['runtime']),
+    aliases: json<string[]>(r['aliases']) ?? [],
+    parentId: (r['parent_id'] as string | null) ?? null,
+    buildId: (r['build_id'] as string | null) ?? null,
+    layers: json<string[]>(r['layers']) ?? [],
+  };
+}
+
+function buildToRow(b: BuildRow): Record<string, unknown> {
+  return { ...b, request: JSON.stringify(b.request), steps: JSON.stringify(b.steps) };
+}
+
+function buildFromRow(r: Row): BuildRow {
+  return {
+    id: r['id'] as string,
+    templateId: r['template_id'] as string,
+    status: r['status'] as BuildRow['status'],
+    phase: r['phase'] as BuildRow['phase'],
+    request: json<BuildRow['request']>(r['request']) ?? {},
+    steps: json<BuildStepRow[]>(r['steps']) ?? [],
+    error: (r['error'] as string | null) ?? null,
+    createdAt: r['created_at'] as string,
+    finishedAt: (r['finished_at'] as string | null) ?? null,
   };
 }
 

@@ -240,5 +240,10 @@ export function fakeAgent(w: World): (endpoint: unknown, token: string | undefin
       throwIfAborted(signal);
       w.fail('agent.sync');
     },
+    async exec(req, signal) {
+      w.events.push(`agent exec ${req.cmd}`);
+      throwIfAborted(signal);
+      return { exitCode: 0, status: 'exit status 0' };
+    },
   });
 }

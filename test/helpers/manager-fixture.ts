@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * A SandboxManager on the fakes (test/helpers/fakes.ts) with a `base` template in
  * an in-memory store and a temp data dir: the set-up the manager's unit tests share.
@@ -25,7 +26,7 @@ export function managerFixture(opts: ManagerFixtureOptions = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), opts.prefix ?? 'hearth-mgr-'));
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
     kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
   });

@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * Retention of ended sandboxes: secrets go as a sandbox ends (destroy, failed
  * create, a VM that dies, a failed destroy), rows go after endedRetentionHours,
@@ -26,7 +27,7 @@ async function setup() {
   const dbPath = join(dataDir, 'hearth.db');
   const w = new World();
   const store = new Store(dbPath);
-  store.upsertTemplate({
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
     kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
   });

@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * Admission on the host's real headroom (issue #14): memory available, free space on the data
  * dir, CPU load. A create that would cross a configured floor is refused (CapacityError, the
@@ -58,7 +59,7 @@ test('the manager refuses a create past a floor with CapacityError naming it, ac
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-adm-'));
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
     kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
   });

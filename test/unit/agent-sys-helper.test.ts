@@ -101,17 +101,20 @@ describe('sys helper', { skip: root ? false : 'the sys helper runs only as root'
     }
   });
 
-  test('warm-up: /health is 503 until a login shell ran through the agent\'s own request path, then 204', async () => {
+  test('warm-up: plain /health is ready at once and starts nothing; /health?warm=1 starts the warm-up and is 503 until a login shell ran through the agent\'s own request path, then 204', async () => {
     let agent: HermeticAgent | undefined;
     try {
       agent = await startHermeticAgent({ HEARTH_AGENT_WARMUP: '1' });
-      const first = await fetch(`${agent.baseUrl}/health`);
-      assert.ok(first.status === 503 || first.status === 204, `health answered ${first.status}`);
+      assert.equal((await fetch(`${agent.baseUrl}/health`)).status, 204, 'a cold boot for a user must not wait for the warm-up');
+      await new Promise((r) => setTimeout(r, 300));
+      assert.doesNotMatch(agent.log(), /warm-up/, 'plain /health must not start the warm-up');
+      const first = await fetch(`${agent.baseUrl}/health?warm=1`);
+      assert.equal(first.status, 503);
       const deadline = Date.now() + 20_000;
       let status = first.status;
       while (status !== 204 && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 50));
-        status = (await fetch(`${agent.baseUrl}/health`)).status;
+        status = (await fetch(`${agent.baseUrl}/health?warm=1`)).status;
       }
       assert.equal(status, 204);
       assert.match(agent.log(), /warm-up done/);

@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * POST /sandboxes admission and idempotency as clients see them, and the
  * template warm-snapshot routes, on the fakes (no VMs).
@@ -19,7 +20,7 @@ async function setup(opts: { requireApiKey?: boolean; capacityMemoryMib?: number
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-api-create-'));
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({ id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30, kernelArgs: '', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString() });
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS, id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30, kernelArgs: '', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString() });
   const driver = new FakeDriver(w);
   const manager = new SandboxManager({
     store, log: silentLogger(), vmm: driver, storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),

@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * The E2B-compatible parts of the API (docs/e2b-compat.md) on fakes: v2 create
  * and list (filters, order, pages), connect with and without a timeout, 404
@@ -25,7 +26,7 @@ async function setup(opts: { requireApiKey?: boolean } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-e2b-'));
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({ id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30, kernelArgs: '', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString() });
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS, id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30, kernelArgs: '', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString() });
   const manager = new SandboxManager({
     store, log: silentLogger(), vmm: new FakeDriver(w), storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),
     config: { dataDir, agentPort: 49983, defaultTimeoutSec: 60, maxTimeoutSec: 3600, bootTimeoutMs: 1000, restoreTimeoutMs: 1000, maxConcurrentStarts: 2, warmTemplates: true,

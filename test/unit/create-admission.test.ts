@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * Create admission and warm shapes: a create is validated and admitted before
  * anything costly happens (a warm snapshot build included); shape builds are
@@ -20,7 +21,7 @@ function setup(opts: { warmShapesPerTemplate?: number; capacityMemoryMib?: numbe
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-admit-'));
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
     kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
   });
@@ -383,7 +384,7 @@ test('migration 5: legacy idempotency keys keep working (any body replays; a key
     try {
       t.store.close();
       const migrated = new Store(path);
-      migrated.upsertTemplate({
+      migrated.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
         id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
         kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
       });

@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -39,7 +40,7 @@ test('a pause runs its quiescers after the sandbox stops taking work (pausing) a
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-quiesce-'));
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
     kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString(),
   });

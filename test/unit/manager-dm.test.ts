@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 /**
  * The SandboxManager on the device-mapper backend over the fake block host
  * (src/storage/dm/testing.ts): the manager's flows drive the real
@@ -26,7 +27,7 @@ function setup() {
   const w = new World();
   const host = new FakeBlockHost();
   const store = new Store(':memory:');
-  store.upsertTemplate({
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS,
     id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath, rootfsSizeBytes: 4 * 1024 * 1024,
     kernelArgs: 'console=ttyS0', vcpus: 2, memoryMib: 256, createdAt: new Date().toISOString(),
   });

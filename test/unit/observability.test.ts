@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -126,7 +127,7 @@ async function setup(requireApiKey = false) {
   const dataDir = tmp();
   const w = new World();
   const store = new Store(':memory:');
-  store.upsertTemplate({ id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30, kernelArgs: '', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString() });
+  store.upsertTemplate({ ...IMAGE_TEMPLATE_FIELDS, id: 'base', imageHash: 'h', kernelPath: '/k', initrdPath: null, rootfsPath: '/r', rootfsSizeBytes: 1 << 30, kernelArgs: '', vcpus: 1, memoryMib: 256, createdAt: new Date().toISOString() });
   const log = silentLogger();
   const manager = new SandboxManager({
     store, log, vmm: new FakeDriver(w), storage: new FakeStorage(w), network: new FakeSlots(w), agent: fakeAgent(w), cloneFile: fakeCloner(w),

@@ -1,3 +1,4 @@
+import { IMAGE_TEMPLATE_FIELDS } from '../../src/core/types.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -8,7 +9,7 @@ import { Store } from '../../src/store/store.js';
 import type { SandboxRecord, Template } from '../../src/core/types.js';
 import { MIGRATIONS } from '../../src/store/migrations.js';
 
-const template: Template = {
+const template: Template = { ...IMAGE_TEMPLATE_FIELDS,
   id: 'base', imageHash: 'abc', kernelPath: '/k', initrdPath: '/i', rootfsPath: '/r', rootfsSizeBytes: 1 << 30,
   kernelArgs: 'console=ttyS0', vcpus: 1, memoryMib: 512, createdAt: new Date(0).toISOString(),
 };

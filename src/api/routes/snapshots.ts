@@ -105,14 +105,7 @@ export function snapshotRoutes(app: FastifyInstance, manager: SandboxManager, st
     return reply.status(204).send(null);
   });
 
-  // E2B's SDK deletes snapshots through the templates API.
-  r.delete('/templates/:snapshotID', {
-    schema: { summary: 'Delete a snapshot (E2B compatibility); templates themselves cannot be deleted', tags: ['snapshots'], params: SnapshotIdParams, response: { 204: Type.Null(), ...errors } },
-  }, async (req, reply) => {
-    if (store.getTemplate(req.params.snapshotID)) throw new ConflictError(`${req.params.snapshotID} is a template; templates cannot be deleted through the API`);
-    await manager.deleteSnapshot(req.params.snapshotID);
-    return reply.status(204).send(null);
-  });
+  // E2B's SDK deletes snapshots through DELETE /templates/{id}: routes/templates.ts answers it.
 
   r.post('/sandboxes/:sandboxID/fork', {
     schema: { summary: 'N new sandboxes from the current state of a running one', tags: ['sandboxes'], params: SandboxIdParams, body: Type.Optional(ForkBody), response: { 201: Type.Array(ForkResult), ...errors } },

@@ -4,18 +4,20 @@ import type { Store } from '../../store/store.js';
 import type { RootfsBackend, RootDisk } from '../../storage/types.js';
 import type { NetworkSlots, Slot, SlotOptions } from '../../network/types.js';
 import type { Vmm, VmConfig, VmmDriver } from '../../vmm/types.js';
-import type { AgentInit } from '../../client/agent-rest.js';
+import type { AgentInit, GuestExec } from '../../client/agent-rest.js';
 import type { Logger } from '../log.js';
 import { DataLayout } from '../layout.js';
 import type { AgentEndpoint, SandboxRecord, Template } from '../types.js';
 
 /** The agent control calls the manager needs; an interface so tests can inject faults. */
 export interface AgentControlApi {
-  waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never> }): Promise<number>;
+  waitUntilReady(opts: { signal: AbortSignal; timeoutMs: number; giveUp?: Promise<never>; warm?: boolean }): Promise<number>;
   init(body: AgentInit, signal: AbortSignal): Promise<void>;
   health(signal: AbortSignal): Promise<boolean>;
   /** Write the guest's dirty data to disk (before a filesystem-only pause stops the VM). */
   sync(signal: AbortSignal): Promise<void>;
+  /** Run a program in the guest to its end (a template's start command and ready check). */
+  exec(req: GuestExec, signal: AbortSignal, onOutput?: (stream: 'stdout' | 'stderr', chunk: Uint8Array) => void): Promise<{ exitCode: number; status: string }>;
 }
 
 /** How memory files are copied for restores and snapshots: reflink (O(1)) or a sparse copy. */
@@ -90,10 +92,17 @@ export function slotOptions(rec: SandboxRecord): SlotOptions {
  * the host's clock (a restored guest's clock is as old as its snapshot), and
  * fresh entropy (clones of one snapshot must not share random state).
  */
-export function initBody(rec: SandboxRecord): AgentInit {
+/**
+ * The agent's /init for a sandbox: its token, its env vars over the template's, the template's
+ * default user and workdir, the clock and fresh entropy (also after every restore and resume).
+ */
+export function initBody(rec: SandboxRecord, template: Template | undefined): AgentInit {
+  const rt = template?.runtime;
   return {
     accessToken: rec.agentToken,
-    envVars: rec.envVars,
+    envVars: rt ? { ...rt.env, ...rec.envVars } : rec.envVars,
+    ...(rt?.user ? { defaultUser: rt.user } : {}),
+    ...(rt?.workdir ? { defaultWorkdir: rt.workdir } : {}),
     timestamp: new Date().toISOString(),
     hearth: { sandboxId: rec.id, entropy: randomBytes(64).toString('base64') },
   };

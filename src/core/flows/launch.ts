@@ -6,13 +6,15 @@ import type { SandboxRecord, SnapshotRecord, Template } from '../types.js';
 import type { SnapshotFiles } from '../../vmm/types.js';
 import { snapshotAt } from '../layout.js';
 import { snapshotFilesAt } from './capture.js';
+import { startTemplateService } from './service.js';
 import {
   consoleTail, initBody, layoutOf, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps,
 } from './context.js';
 
 /** Where a new sandbox's VM comes from: a cold boot of the template, or a restore of a snapshot. */
 export type LaunchSource =
-  | { kind: 'boot'; template: Template }
+  /** warm: the VM is about to become the template's warm snapshot, so the agent warms its command path first. */
+  | { kind: 'boot'; template: Template; warm?: boolean }
   | { kind: 'restore'; template: Template; snapshot: SnapshotRecord };
 
 /**
@@ -56,11 +58,16 @@ export async function launch(
 
   const endpoint = slot.guestAddress(config.agentPort);
   const timeoutMs = source.kind === 'boot' ? config.bootTimeoutMs : config.restoreTimeoutMs;
-  await steps.run('agent', () => waitForAgent(deps, endpoint, undefined, live, cfg.consoleLogPath, timeoutMs, signal), signal);
+  const warm = source.kind === 'boot' && source.warm === true;
+  await steps.run('agent', () => waitForAgent(deps, endpoint, undefined, live, cfg.consoleLogPath, timeoutMs, signal, warm), signal);
   await vmm.markReady?.();
   // The agent in a snapshot already holds the token of the sandbox it was taken from.
   const presented = source.kind === 'restore' ? source.snapshot.agentToken : undefined;
-  await steps.run('init', () => deps.agent(endpoint, presented).init(initBody(rec), signal), signal);
+  await steps.run('init', () => deps.agent(endpoint, presented).init(initBody(rec, source.template), signal), signal);
+  // A booted custom template starts its service now; a restored one has it running already.
+  if (source.kind === 'boot' && source.template.runtime?.start) {
+    await steps.run('start', () => startTemplateService(deps.agent(endpoint, rec.agentToken), source.template, signal), signal);
+  }
   rec.agent = endpoint;
   return live;
 }
@@ -68,14 +75,14 @@ export async function launch(
 /** Wait for the agent, failing fast (with the console's last lines) if the VMM dies first. */
 export async function waitForAgent(
   deps: ManagerDeps, endpoint: { host: string; port: number }, token: string | undefined, live: LiveSandbox,
-  consoleLog: string, timeoutMs: number, signal: AbortSignal,
+  consoleLog: string, timeoutMs: number, signal: AbortSignal, warm = false,
 ): Promise<void> {
   const died = live.vmm.exited.then(async (info): Promise<never> => {
     throw new HostFailureError(`VMM exited while starting (code ${info.code}, signal ${info.signal}); console: ${await consoleTail(consoleLog)}`);
   });
   died.catch(() => undefined);
   try {
-    await deps.agent(endpoint, token).waitUntilReady({ signal, timeoutMs, giveUp: died });
+    await deps.agent(endpoint, token).waitUntilReady({ signal, timeoutMs, giveUp: died, warm });
   } catch (err) {
     if (err instanceof HearthError && err.code === 'timeout') {
       throw new HostFailureError(`${err.message}; console: ${await consoleTail(consoleLog)}`, { cause: err });

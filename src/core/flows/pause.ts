@@ -9,6 +9,7 @@ import type { DetachedDisk } from '../../storage/types.js';
 import type { VmConfig } from '../../vmm/types.js';
 import { exists, removeTree, writeFileAtomic } from '../../util/fs.js';
 import { pausedAt, placeSnapshotFiles } from '../layout.js';
+import { startTemplateService } from './service.js';
 import { snapshotFilesAt } from './capture.js';
 import { initBody, layoutOf, slotOptions, vmConfig, type LiveSandbox, type ManagerDeps } from './context.js';
 import { waitForAgent } from './launch.js';
@@ -206,7 +207,7 @@ export async function resumeSandbox(
     ledger.update(rec, diskRow, { kind: 'disk', disk, from: token });
     const vmm = deps.vmm.create();
     const cfg = vmConfig(deps.config, rec, template, slot, disk);
-    if (boot) return await bootFromDisk(deps, ledger, rec, cfg, { vmm, slot, disk, stopping: false }, steps, signal);
+    if (boot) return await bootFromDisk(deps, ledger, rec, template, cfg, { vmm, slot, disk, stopping: false }, steps, signal);
     // A VMM that writes guest memory into its file runs on a copy: the paused memory is never
     // consumed, so a failed resume can be retried. One that maps the file privately reads it as is.
     if (!deps.vmm.restoreMapsSnapshotMemory) {
@@ -222,7 +223,7 @@ export async function resumeSandbox(
     const endpoint = slot.guestAddress(deps.config.agentPort);
     await steps.run('agent', () => waitForAgent(deps, endpoint, rec.agentToken, live, cfg.consoleLogPath, deps.config.restoreTimeoutMs, signal), signal);
     await vmm.markReady?.();
-    await steps.run('init', () => deps.agent(endpoint, rec.agentToken).init(initBody(rec), signal), signal);
+    await steps.run('init', () => deps.agent(endpoint, rec.agentToken).init(initBody(rec, template), signal), signal);
     rec.agent = endpoint;
     return live;
   } catch (err) {
@@ -240,7 +241,7 @@ export async function resumeSandbox(
  * resume deletes it; the VMM is an intent before it is spawned, as in a create.
  */
 async function bootFromDisk(
-  deps: ManagerDeps, ledger: Holdings, rec: SandboxRecord, cfg: VmConfig, live: LiveSandbox, steps: StepTimer, signal: AbortSignal,
+  deps: ManagerDeps, ledger: Holdings, rec: SandboxRecord, template: Template, cfg: VmConfig, live: LiveSandbox, steps: StepTimer, signal: AbortSignal,
 ): Promise<LiveSandbox> {
   if (!deps.vmm.restoreMapsSnapshotMemory) ledger.record(rec, { kind: 'memory', path: cfg.memoryFilePath });
   const vmmRow = ledger.record(rec, { kind: 'vmm', runDir: cfg.runDir, handle: null }, live);
@@ -250,7 +251,9 @@ async function bootFromDisk(
   await steps.run('agent', () => waitForAgent(deps, endpoint, undefined, live, cfg.consoleLogPath, deps.config.bootTimeoutMs, signal), signal);
   await live.vmm.markReady?.();
   // A booted agent holds no token yet: /init gives it the sandbox's own (and its env vars), as after a create.
-  await steps.run('init', () => deps.agent(endpoint, undefined).init(initBody(rec), signal), signal);
+  await steps.run('init', () => deps.agent(endpoint, undefined).init(initBody(rec, template), signal), signal);
+  // A fresh boot: the template's service is not running yet (a memory resume has it).
+  if (template.runtime?.start) await steps.run('start', () => startTemplateService(deps.agent(endpoint, rec.agentToken), template, signal), signal);
   rec.agent = endpoint;
   return live;
 }
