@@ -30,6 +30,28 @@ function call(url: string, opts: { method: string; headers?: Record<string, stri
 /** A program for AgentControl.exec: argv, user (default root), working directory, environment. */
 export interface GuestExec { cmd: string; args: string[]; user?: string; cwd?: string; envs?: Record<string, string> }
 
+/**
+ * Like `call`, with a binary body both ways (file transfers of the template
+ * builder), on its own connection for the same reason.
+ */
+function exchange(url: string, opts: { method: string; headers: Record<string, string>; body?: Uint8Array; signal: AbortSignal; maxBytes?: number }): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: opts.method, headers: opts.headers, agent: false, signal: opts.signal }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        if (opts.maxBytes !== undefined && size > opts.maxBytes) { req.destroy(new Error(`${url}: answer larger than ${opts.maxBytes} bytes`)); return; }
+        chunks.push(c);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
 /** Body of envd's POST /init plus Hearth's ignorable extension. */
 export type AgentInit = InitRequestBody;
 
@@ -112,23 +134,19 @@ export class AgentControl {
 
   /** Write a file in the guest as root (octet-stream upload; parents are created). */
   async writeFile(path: string, data: Uint8Array, signal: AbortSignal): Promise<void> {
-    const url = `${this.baseUrl}/files?path=${encodeURIComponent(path)}&username=root`;
-    const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+    const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(data.byteLength) };
     if (this.token) headers['x-access-token'] = this.token;
-    const res = await fetch(url, { method: 'POST', headers, body: data, signal });
-    if (!res.ok) throw new Error(`agent: writing ${path} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
-    await res.arrayBuffer();
+    const res = await exchange(`${this.baseUrl}/files?path=${encodeURIComponent(path)}&username=root`, { method: 'POST', headers, body: data, signal });
+    if (res.status < 200 || res.status > 299) throw new Error(`agent: writing ${path} answered ${res.status}: ${res.body.toString('utf8', 0, 300)}`);
   }
 
   /** Read a guest file as root (at most `maxBytes`). */
   async readFile(path: string, signal: AbortSignal, maxBytes = 64 << 20): Promise<Buffer> {
     const headers: Record<string, string> = {};
     if (this.token) headers['x-access-token'] = this.token;
-    const res = await fetch(`${this.baseUrl}/files?path=${encodeURIComponent(path)}&username=root`, { headers, signal });
-    if (!res.ok) throw new Error(`agent: reading ${path} answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
-    const buf = Buffer.from(await res.arrayBuffer());
-    if (buf.length > maxBytes) throw new Error(`agent: ${path} is larger than ${maxBytes} bytes`);
-    return buf;
+    const res = await exchange(`${this.baseUrl}/files?path=${encodeURIComponent(path)}&username=root`, { method: 'GET', headers, signal, maxBytes });
+    if (res.status !== 200) throw new Error(`agent: reading ${path} answered ${res.status}: ${res.body.toString('utf8', 0, 300)}`);
+    return res.body;
   }
 
   /**

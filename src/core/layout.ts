@@ -113,6 +113,12 @@ export class DataLayout {
   /** Warm snapshots: `templates/<template>/<key16>-<vcpus>c-<mib>m-<random>/`. */
   get templatesDir(): string { return join(this.dataDir, 'templates'); }
 
+  /** Custom-template layers: `layers/<key>/` (rootfs.ext4, layer.json); `.staging-<pid>-<random>/` while written (docs/templates.md). */
+  get layersDir(): string { return join(this.dataDir, 'layers'); }
+
+  /** Template builds: `builds/<build id>/` (log.jsonl; context/ while it runs). */
+  get buildsDir(): string { return join(this.dataDir, 'builds'); }
+
   templateDir(templateId: string): string { return join(this.templatesDir, templateId); }
 
   warmSnapshot(templateId: string, warmKey: string, vcpus: number, memoryMib: number, unique: string): SnapshotPaths {

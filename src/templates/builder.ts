@@ -6,7 +6,7 @@ import type { AgentControl } from '../client/agent-rest.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted } from '../core/errors.js';
 import { abortError } from '../util/abort.js';
 import { randomId } from '../core/ids.js';
-import { snapshotAt } from '../core/layout.js';
+import { DataLayout, snapshotAt } from '../core/layout.js';
 import type { Logger } from '../core/log.js';
 import type { SandboxManager } from '../core/manager.js';
 import { LIVE_STATES, type AgentEndpoint, type Template } from '../core/types.js';
@@ -81,8 +81,9 @@ export class TemplateBuilder {
   private readonly root: string;
 
   constructor(private readonly deps: BuilderDeps) {
-    this.layers = new LayerStore(join(deps.dataDir, 'layers'));
-    this.root = join(deps.dataDir, 'builds');
+    const layout = new DataLayout(deps.dataDir);
+    this.layers = new LayerStore(layout.layersDir);
+    this.root = layout.buildsDir;
   }
 
   /**
@@ -459,7 +460,7 @@ export class TemplateBuilder {
       await run('tar', ['-cf', tar, '-C', archives, '--', ...debs.map((d) => basename(d))], { signal });
       await agent.writeFile('/tmp/.hearth-apt.tar', await readFile(tar), signal);
       await rm(tar, { force: true });
-      await this.exec(b, p, agent, { cmd: '/bin/sh', args: ['-c', APT_SCRIPT], envs: { DEBIAN_FRONTEND: 'noninteractive' } }, signal);
+      await this.exec(b, p, agent, { cmd: '/bin/sh', args: ['-c', APT_SCRIPT], envs: { DEBIAN_FRONTEND: 'noninteractive', DEBS: debs.map((f) => basename(f)).join(' ') } }, signal);
     } else if ('pip' in step) {
       await this.exec(b, p, agent, {
         cmd: '/usr/bin/python3', args: ['-m', 'pip', 'install', '--break-system-packages', '--no-input', '--progress-bar', 'off', '--', ...step.pip],
@@ -554,7 +555,8 @@ export class TemplateBuilder {
 /**
  * COPY into the guest as root, Docker's rules: a directory's contents go into
  * DEST; a file goes to DEST, or inside it when DEST ends in "/" or is a
- * directory. OWNER/MODE apply to what was copied only. Arguments arrive as
+ * directory. OWNER/MODE apply to what was copied only (and OWNER to the
+ * destination directory when the copy created it). Arguments arrive as
  * environment variables, never spliced into the script.
  */
 const COPY_SCRIPT = `set -eu
@@ -565,7 +567,7 @@ s="$t/$SRC"
 list="$t.list"
 : > "$list"
 if [ -d "$s" ]; then
-  mkdir -p "$DEST"
+  if [ ! -e "$DEST" ]; then mkdir -p "$DEST"; printf '%s\\n' "$DEST" >> "$list.dir"; fi
   for e in "$s"/* "$s"/.[!.]* "$s"/..?*; do
     [ -e "$e" ] || [ -L "$e" ] || continue
     cp -a "$e" "$DEST/"
@@ -583,14 +585,22 @@ while IFS= read -r p; do
   if [ -n "$OWNER" ]; then chown -R "$OWNER" "$p"; fi
   if [ -n "$MODE" ]; then chmod -R "$MODE" "$p"; fi
 done < "$list"
-rm -rf "$t" "$list"
+if [ -n "$OWNER" ] && [ -s "$list.dir" ]; then chown "$OWNER" "$(cat "$list.dir")"; fi
+rm -rf "$t" "$list" "$list.dir"
 `;
 
-/** Install the .deb files the host fetched, from the local files only (the guest needs no network). */
+/**
+ * Install the .deb files the host fetched with dpkg, in the order apt chose
+ * (DEBS, space separated: .deb names have no blanks or glob characters; the
+ * order respects Pre-Depends), from the local files
+ * only: the guest needs no network, and has no apt lists to resolve with.
+ */
 const APT_SCRIPT = `set -eu
 d=$(mktemp -d /tmp/.hearth-apt.XXXXXX)
 tar -xf /tmp/.hearth-apt.tar -C "$d"
 rm -f /tmp/.hearth-apt.tar
-apt-get install -y --no-install-recommends --no-download -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$d"/*.deb
+set --
+for f in $DEBS; do set -- "$@" "$d/$f"; done
+dpkg -i --force-confdef --force-confold "$@"
 rm -rf "$d"
 `;

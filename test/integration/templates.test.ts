@@ -8,8 +8,12 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../../src/paths.js';
+import { runCli } from '../helpers/cli.js';
+import { readSse } from '../helpers/sse.js';
 import { Sandbox } from '../../src/sdk/index.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
@@ -31,25 +35,12 @@ const api = async <T>(method: string, path: string, body?: unknown): Promise<{ s
 async function build(body: Record<string, unknown>): Promise<{ build: Build; lines: string[] }> {
   const started = await api<Build>('POST', '/templates', body);
   assert.equal(started.status, 202, JSON.stringify(started.body));
-  const res = await fetch(`${d.url}/templates/${started.body.templateID}/builds/${started.body.buildID}/logs?follow=true`);
-  assert.equal(res.headers.get('content-type')?.split(';')[0], 'text/event-stream');
-  const lines: string[] = [];
-  let final: Build | undefined;
-  let buf = '';
-  const decoder = new TextDecoder();
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const msg = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const event = /^event: (.*)$/m.exec(msg)?.[1];
-      const data = /^data: (.*)$/m.exec(msg)?.[1];
-      if (!data) continue;
-      if (event === 'log') lines.push((JSON.parse(data) as { line: string }).line);
-      if (event === 'end') final = JSON.parse(data) as Build;
-    }
-  }
+  const events = await readSse(`${d.url}/templates/${started.body.templateID}/builds/${started.body.buildID}/logs?follow=true`, {
+    until: (evs) => evs.some((e) => e.event === 'end'), timeoutMs: 900_000,
+  });
+  const lines = events.filter((e) => e.event === 'log').map((e) => (JSON.parse(e.data) as { line: string }).line);
+  const endEvent = events.find((e) => e.event === 'end');
+  const final = endEvent ? JSON.parse(endEvent.data) as Build : undefined;
   assert.ok(final, 'the stream ended with an end event');
   return { build: final, lines };
 }
@@ -179,6 +170,61 @@ describe('custom templates', () => {
     assert.deepEqual(live.filter((s) => s.metadata['hearth.build']).map((s) => s.id), []);
   });
 
+  test('a client that started a build with ?follow=true and leaves before the end cancels it', async () => {
+    const ac = new AbortController();
+    const res = await fetch(`${d.url}/templates?follow=true`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, signal: ac.signal,
+      body: JSON.stringify({ name: 'left-behind', recipe: { steps: [{ run: 'sleep 600' }] } }),
+    });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-type')?.split(';')[0], 'text/event-stream');
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = '';
+    while (!/"status":"running"/.test(seen)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      seen += value;
+    }
+    ac.abort();
+    let builds: Build[] = [];
+    for (let i = 0; i < 240; i++) {
+      builds = (await api<Build[]>('GET', '/templates/left-behind/builds')).body;
+      if (builds[0]?.status !== 'building') break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.equal(builds[0]?.status, 'cancelled');
+    const live = d.store.listSandboxes({ states: ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying'] });
+    assert.deepEqual(live.filter((s) => s.metadata['hearth.build']).map((s) => s.id), []);
+  });
+
+  test('a template from a running sandbox\'s disk, and one from a named snapshot\'s', async () => {
+    const src = await Sandbox.create({ url: d.url });
+    try {
+      await src.commands.run('echo made-by-hand | sudo tee /etc/hand-made >/dev/null');
+      const fromSbx = await build({ name: 'from-sandbox', fromSandbox: src.id });
+      assert.equal(fromSbx.build.status, 'ready', fromSbx.build.error ?? '');
+      const snap = await api<{ snapshotID: string }>('POST', `/sandboxes/${src.id}/snapshots`, { name: 'hand-made-snap' });
+      assert.equal(snap.status, 201, JSON.stringify(snap.body));
+      const fromSnap = await build({ name: 'from-snapshot', fromSnapshot: 'hand-made-snap' });
+      assert.equal(fromSnap.build.status, 'ready', fromSnap.build.error ?? '');
+      for (const template of ['from-sandbox', 'from-snapshot']) {
+        const t = await api<{ source: string }>('GET', `/templates/${template}`);
+        assert.equal(t.body.source, template === 'from-sandbox' ? 'sandbox' : 'snapshot');
+        const sbx = await Sandbox.create({ url: d.url, template });
+        try {
+          assert.equal((await sbx.commands.run('cat /etc/hand-made')).stdout, 'made-by-hand\n');
+        } finally {
+          await sbx.kill();
+        }
+      }
+      // The snapshot's template depends on nothing it made; the snapshot can go, then the template.
+      assert.equal((await api('DELETE', '/snapshots/hand-made-snap')).status, 204);
+      assert.equal((await api('DELETE', '/templates/from-snapshot')).status, 204);
+    } finally {
+      await src.kill();
+    }
+  });
+
   test('bad input is a 4xx with a message, before any work', async () => {
     const cases: [unknown, number, RegExp][] = [
       [{ name: 'x', recipe: { steps: [{ copy: { src: '../etc/passwd', dest: '/x' } }] } }, 400, /steps\[0\]\.copy\.src/],
@@ -209,5 +255,42 @@ describe('custom templates', () => {
     assert.equal(left.has(t.body.layers.at(-1)!.key), false);
     assert.equal(left.has(t.body.layers[0]!.key), true);
     assert.equal((await api('DELETE', '/templates/base')).status, 409);
+  });
+});
+
+describe('example templates (examples/templates/), built with the CLI', () => {
+  let home: string;
+  before(async () => { home = await mkdtemp(join(process.env['HEARTH_TEST_TMP'] ?? tmpdir(), 'hearth-cli-home-')); });
+  after(async () => { if (home) await rm(home, { recursive: true, force: true }); });
+
+  test('node-service: the recipe builds; the Dockerfile beside it reuses every layer; its service answers in a new sandbox', async () => {
+    const dir = join(PACKAGE_ROOT, 'examples/templates/node-service');
+    const r = await runCli(d.url, home, ['template', 'build', dir, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const b = JSON.parse(r.stdout) as Build;
+    assert.equal(b.status, 'ready');
+    const df = await runCli(d.url, home, ['template', 'build', dir, '--file', join(dir, 'Dockerfile'), '--name', 'node-service-df', '--json']);
+    assert.equal(df.code, 0, df.stderr);
+    const dfb = JSON.parse(df.stdout) as Build;
+    assert.deepEqual(dfb.steps.map((s) => [s.key, s.cached || s.status === 'skipped']), b.steps.map((s) => [s.key, true]));
+    const sbx = await Sandbox.create({ template: 'node-service', url: d.url });
+    try {
+      const out = await sbx.commands.run('curl -s http://127.0.0.1:3000/hello');
+      assert.equal((JSON.parse(out.stdout) as { ok: boolean; path: string }).path, '/hello');
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  test('python-data: Debian\'s numpy and pandas, installed without guest network access', async () => {
+    const r = await runCli(d.url, home, ['template', 'build', join(PACKAGE_ROOT, 'examples/templates/python-data'), '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const sbx = await Sandbox.create({ template: 'python-data', url: d.url });
+    try {
+      const out = await sbx.commands.run('python3 analysis.py');
+      assert.equal(out.stdout, '285 28.5\n');
+    } finally {
+      await sbx.kill();
+    }
   });
 });

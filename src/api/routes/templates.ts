@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
 import { posix } from 'node:path';
@@ -94,6 +94,41 @@ export function decodeContext(files: Record<string, string> | undefined): Map<st
   return out;
 }
 
+function wantsFollow(follow: string | undefined, accept: string | undefined): boolean {
+  if (follow !== undefined) return follow === 'true' || follow === '1';
+  return (accept ?? '').includes('text/event-stream');
+}
+
+/**
+ * A build's events as SSE on `reply`: the log so far, where every step
+ * stands, then each new event, then `end`. `cancelOnLeave`: the client that
+ * started the build went away before the end, so nobody wants it.
+ */
+async function streamBuild(b: TemplateBuilder, reply: FastifyReply, templateID: string, buildID: string, cancelOnLeave: boolean): Promise<void> {
+  void reply.hijack();
+  const sse = openSse(reply.raw);
+  let ended = false;
+  const forward = (ev: BuildEvent): void => {
+    if (ev.type === 'log') sse.send(ev.entry, { event: 'log' });
+    else if (ev.type === 'step') sse.send(ev.step, { event: 'step' });
+    else { ended = true; sse.send(presentBuild(ev.build), { event: 'end' }); sse.end(); }
+  };
+  // What arrives before the backlog is out waits behind it (the backlog was cut when the subscription began).
+  const queued: BuildEvent[] = [];
+  let live = false;
+  const { entries, off, running } = await b.follow(templateID, buildID, (ev) => { if (live) forward(ev); else queued.push(ev); });
+  sse.onClose(() => {
+    off();
+    if (cancelOnLeave && !ended) { try { b.cancel(templateID, buildID); } catch { /* it ended meanwhile */ } }
+  });
+  for (const e of entries) sse.send(e, { event: 'log' });
+  // Where every step stands now (a client that connects late sees cached steps at once).
+  if (running) for (const st of b.get(templateID, buildID).steps) sse.send(st, { event: 'step' });
+  live = true;
+  for (const ev of queued) forward(ev);
+  if (!running) { ended = true; sse.send(presentBuild(b.get(templateID, buildID)), { event: 'end' }); sse.end(); }
+}
+
 /** Templates, their builds, and the warm snapshots (one per VM shape) the daemon keeps of each. */
 export function templateRoutes(app: FastifyInstance, manager: SandboxManager, store: Store, builder: TemplateBuilder | null, contextMaxBytes = DEFAULT_TEMPLATE_CONTEXT_MAX_BYTES): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
@@ -121,7 +156,7 @@ export function templateRoutes(app: FastifyInstance, manager: SandboxManager, st
     bodyLimit: contextMaxBytes,
     schema: {
       summary: 'Build a template from a recipe or Dockerfile (with its build context), or make one from a sandbox or snapshot; answers 202 with the build',
-      tags: ['templates'], body: CreateTemplateBody, response: { 202: Type.Unknown(), 400: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema },
+      tags: ['templates'], body: CreateTemplateBody, querystring: BuildLogsQuery, response: { 202: Type.Unknown(), 400: ErrorSchema, 404: ErrorSchema, 409: ErrorSchema },
     },
   }, async (req, reply) => {
     const b = needBuilder();
@@ -145,7 +180,10 @@ export function templateRoutes(app: FastifyInstance, manager: SandboxManager, st
       ...(body.fromSnapshot !== undefined ? { fromSnapshot: body.fromSnapshot } : {}),
     };
     const build = await b.start(breq);
-    return reply.status(202).send(presentBuild(build));
+    if (!wantsFollow(req.query.follow, req.headers.accept)) return reply.status(202).send(presentBuild(build));
+    // Followed: the answer is the build's event stream, and a client that leaves before the end cancels it.
+    await streamBuild(b, reply, build.templateId, build.id, true);
+    return reply;
   });
 
   r.delete('/templates/:templateID', {
@@ -184,27 +222,9 @@ export function templateRoutes(app: FastifyInstance, manager: SandboxManager, st
   }, async (req, reply) => {
     const b = needBuilder();
     const { templateID, buildID } = req.params;
-    const follow = req.query.follow !== undefined ? (req.query.follow === 'true' || req.query.follow === '1') : (req.headers.accept ?? '').includes('text/event-stream');
-    if (!follow) return { entries: await b.readLogOf(templateID, buildID) };
+    if (!wantsFollow(req.query.follow, req.headers.accept)) return { entries: await b.readLogOf(templateID, buildID) };
     b.get(templateID, buildID);
-    void reply.hijack();
-    const sse = openSse(reply.raw);
-    const forward = (ev: BuildEvent): void => {
-      if (ev.type === 'log') sse.send(ev.entry, { event: 'log' });
-      else if (ev.type === 'step') sse.send(ev.step, { event: 'step' });
-      else { sse.send(presentBuild(ev.build), { event: 'end' }); sse.end(); }
-    };
-    // What arrives before the backlog is out waits behind it (the backlog was cut when the subscription began).
-    const queued: BuildEvent[] = [];
-    let live = false;
-    const { entries, off, running } = await b.follow(templateID, buildID, (ev) => { if (live) forward(ev); else queued.push(ev); });
-    sse.onClose(off);
-    for (const e of entries) sse.send(e, { event: 'log' });
-    // Where every step stands now (a client that connects late sees cached steps at once).
-    if (running) for (const st of b.get(templateID, buildID).steps) sse.send(st, { event: 'step' });
-    live = true;
-    for (const ev of queued) forward(ev);
-    if (!running) { sse.send(presentBuild(b.get(templateID, buildID)), { event: 'end' }); sse.end(); }
+    await streamBuild(b, reply, templateID, buildID, false);
     return reply;
   });
 
