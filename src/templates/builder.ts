@@ -142,7 +142,10 @@ export class TemplateBuilder {
     await mkdir(this.buildDir(id), { recursive: true });
     let plan: BuildPlan | null = null;
     try {
-      await this.writeContext(id, req.files);
+      await this.writeContext(id, req.files).catch((err: unknown) => {
+        // e.g. "a" and "a/b" both sent as files: the client's context is inconsistent.
+        throw new InvalidArgumentError(`files: the build context cannot be laid out: a path is both a file and a directory (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+      });
       // Planned now: a copy of a file the context lacks is a 400, and the 202 lists every step.
       if (req.recipe) plan = await this.plan(id, req, req.recipe);
     } catch (err) {
@@ -295,17 +298,25 @@ export class TemplateBuilder {
 
     const layerBefore = (i: number): string | null => plan.steps.slice(0, i).reverse().find((p) => p.layer)?.key ?? null;
     const rest = plan.steps.slice(firstMissing);
-    if (rest.length) {
+    if (rest.some((p) => p.layer)) {
+      const from = layerBefore(rest[0]!.index);
+      const fromPath = from ? this.layers.diskPath(from) : base.rootfsPath;
       if (rest[0]!.step === null) {
-        await this.runTimed(b, rest[0]!, () => this.resizeLayer(b, base, rest[0]!, signal));
-        rest.shift();
-      }
-      if (rest.some((p) => p.layer)) {
-        const from = layerBefore(rest[0]!.index);
-        await this.runInSandbox(b, base, from, rest, resources, signal);
+        // A larger disk: the host only makes the file bigger (it never parses a filesystem a guest
+        // wrote); the build sandbox boots on it and grows its ext4 online, as its first step.
+        const grown = await this.layers.stage();
+        try {
+          await this.copyFile(fromPath, grown.disk, signal);
+          await run('truncate', ['-s', `${rest[0]!.resizeMib}M`, grown.disk], { signal });
+          await this.runInSandbox(b, base, grown.disk, from ?? base.layers.at(-1) ?? null, `a ${rest[0]!.resizeMib} MiB copy of ${from ? `layer ${from.slice(0, 12)}` : `template ${base.id}`}`, rest, resources, signal);
+        } finally {
+          await this.layers.discard(grown);
+        }
       } else {
-        for (const p of rest) this.setStep(b, p.index, { status: 'skipped' });
+        await this.runInSandbox(b, base, fromPath, from ?? base.layers.at(-1) ?? null, from ? `layer ${from.slice(0, 12)}` : `template ${base.id}`, rest, resources, signal);
       }
+    } else {
+      for (const p of rest) this.setStep(b, p.index, { status: 'skipped' });
     }
     const finalLayer = layerBefore(plan.steps.length);
     const rootfsPath = finalLayer ? this.layers.diskPath(finalLayer) : base.rootfsPath;
@@ -389,18 +400,17 @@ export class TemplateBuilder {
   }
 
   /** One build sandbox from `fromLayer` (null: the base's disk) running `steps`, a layer captured after each that changes the disk. */
-  private async runInSandbox(b: ActiveBuild, base: Template, fromLayer: string | null, steps: PlannedStep[], resources: RecipeResources, signal: AbortSignal): Promise<void> {
-    const rootfsPath = fromLayer ? this.layers.diskPath(fromLayer) : base.rootfsPath;
+  private async runInSandbox(b: ActiveBuild, base: Template, rootfsPath: string, parentKey: string | null, what: string, steps: PlannedStep[], resources: RecipeResources, signal: AbortSignal): Promise<void> {
     const bootFrom: Template = { ...base, rootfsPath, rootfsSizeBytes: (await stat(rootfsPath)).size, runtime: null };
     const shape = { vcpus: resources.cpuCount ?? base.vcpus, memoryMib: Math.max(resources.memoryMB ?? base.memoryMib, BUILD_MIN_MEMORY_MIB) };
-    this.hearth(b, `booting a build sandbox (${shape.vcpus} vCPU, ${shape.memoryMib} MiB) from ${fromLayer ? `layer ${fromLayer.slice(0, 12)}` : `template ${base.id}`}`);
+    this.hearth(b, `booting a build sandbox (${shape.vcpus} vCPU, ${shape.memoryMib} MiB) from ${what}`);
     const ts = performance.now();
     const sandbox = await this.deps.manager.startBuildSandbox(bootFrom, shape, b.row.id, signal);
     try {
       this.hearth(b, `build sandbox ${sandbox.id} running after ${Math.round(performance.now() - ts)} ms`);
       const { endpoint, token } = this.deps.manager.agentOf(sandbox.id);
       const agent = this.deps.agent(endpoint, token);
-      let parent = fromLayer;
+      let parent = parentKey;
       for (const p of steps) {
         throwIfAborted(signal);
         if (!p.layer) { this.setStep(b, p.index, { status: 'skipped' }); continue; }
@@ -437,7 +447,11 @@ export class TemplateBuilder {
   }
 
   private async runStep(b: ActiveBuild, agent: AgentControl, p: PlannedStep, signal: AbortSignal): Promise<void> {
-    const step = p.step!;
+    if (p.step === null) {
+      await this.exec(b, p, agent, { cmd: '/bin/sh', args: ['-c', 'resize2fs "$(findmnt -no SOURCE /)"'], envs: {} }, signal);
+      return;
+    }
+    const step = p.step;
     const { state } = p;
     const cwd = state.workdir ?? undefined;
     if ('run' in step) {
@@ -487,21 +501,6 @@ export class TemplateBuilder {
       throw new Error(b.row.error);
     }
     this.setStep(b, p.index, { exitCode: 0 });
-  }
-
-  /** The recipe grows the disk: a copy of the base's, made larger, its ext4 grown offline (e2fsck, resize2fs). */
-  private async resizeLayer(b: ActiveBuild, base: Template, p: PlannedStep, signal: AbortSignal): Promise<void> {
-    const staged = await this.layers.stage();
-    try {
-      await this.copyFile(base.rootfsPath, staged.disk, signal);
-      await run('truncate', ['-s', `${p.resizeMib}M`, staged.disk], { signal });
-      await run('e2fsck', ['-f', '-y', staged.disk], { signal, okCodes: [0, 1] });
-      await run('resize2fs', [staged.disk], { signal, onLine: (l) => this.line(b, p.index, 'stdout', l) });
-      await this.layers.commit(staged, { key: p.key, parent: base.layers.at(-1) ?? null, step: p.description, buildId: b.row.id, createdAt: new Date().toISOString() });
-    } catch (err) {
-      await this.layers.discard(staged);
-      throw err;
-    }
   }
 
   /** A reflink copy where the filesystem has them, else a sparse one. */

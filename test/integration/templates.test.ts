@@ -201,6 +201,9 @@ describe('custom templates', () => {
     const src = await Sandbox.create({ url: d.url });
     try {
       await src.commands.run('echo made-by-hand | sudo tee /etc/hand-made >/dev/null');
+      // The default image's Python: pip and venv work, `python` is python3.
+      const py = await src.commands.run('python3 -m pip --version >/dev/null && python3 -m venv /tmp/venv && /tmp/venv/bin/python -m pip --version >/dev/null && python -c "import sys; print(sys.version_info[0])"');
+      assert.equal(py.stdout, '3\n');
       const fromSbx = await build({ name: 'from-sandbox', fromSandbox: src.id });
       assert.equal(fromSbx.build.status, 'ready', fromSbx.build.error ?? '');
       const snap = await api<{ snapshotID: string }>('POST', `/sandboxes/${src.id}/snapshots`, { name: 'hand-made-snap' });
@@ -233,6 +236,8 @@ describe('custom templates', () => {
       [{ name: 'x', recipe: { steps: [] }, files: { '../up': '' } }, 400, /files/],
       [{ name: 'x', recipe: { steps: [] }, dockerfile: 'FROM base' }, 400, /exactly one/],
       [{ name: 'base', recipe: { steps: [] } }, 409, /base/],
+      [{ name: 'x', recipe: { steps: [] }, files: { a: 'aGk=', 'a/b': 'aGk=' } }, 400, /both a file and a directory/],
+      [{ name: 'x', recipe: { steps: [{ copy: { src: 'missing.txt', dest: '/x' } }] } }, 400, /not in the build context/],
     ];
     for (const [body, status, msg] of cases) {
       const r = await api<{ message: string }>('POST', '/templates', body);
@@ -282,13 +287,16 @@ describe('example templates (examples/templates/), built with the CLI', () => {
     }
   });
 
-  test('python-data: Debian\'s numpy and pandas, installed without guest network access', async () => {
+  test('python-data: Debian\'s numpy and pandas, installed without guest network access, on a disk grown to 3 GiB', async () => {
     const r = await runCli(d.url, home, ['template', 'build', join(PACKAGE_ROOT, 'examples/templates/python-data'), '--json']);
     assert.equal(r.code, 0, r.stderr);
     const sbx = await Sandbox.create({ template: 'python-data', url: d.url });
     try {
       const out = await sbx.commands.run('python3 analysis.py');
       assert.equal(out.stdout, '285 28.5\n');
+      // Its recipe grows the disk to 3 GiB: the build sandbox grew the filesystem online.
+      const df = await sbx.commands.run("df -BM --output=size / | tail -1 | tr -dc 0-9");
+      assert.ok(Number(df.stdout) > 2900, `root filesystem ${df.stdout} MiB`);
     } finally {
       await sbx.kill();
     }
