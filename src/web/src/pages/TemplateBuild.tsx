@@ -125,7 +125,7 @@ export function TemplateBuildPage({ id, buildID }: { id: string; buildID: string
       <div className="logs mono" ref={box} data-testid="build-log">
         {visible.length === 0 ? <p className="muted">No lines yet.</p> : visible.map((e, i) => <div key={i} className={`log-line stream-${e.stream}`}>
           <span className="log-time">{e.timestamp.slice(11, 19)}</span>
-          <span className="log-src">{e.step === null ? e.stream : `#${e.step}${e.stream === 'stderr' ? ' err' : ''}`}</span>
+          <span className="log-src" title={e.step === null ? e.stream : `step ${e.step}, ${e.stream}`}>{e.stream === 'hearth' || e.step === null ? e.stream : `#${e.step}${e.stream === 'stderr' ? ' err' : ''}`}</span>
           <span className="log-text">{e.line}</span>
         </div>)}
       </div>

@@ -19,7 +19,7 @@ export function TemplateDetailPage({ id }: { id: string }) {
     return <section className="card">{back}
       {tpl.error || builds.error ? <ErrorBox error={`Could not load template ${id}: ${tpl.error ?? builds.error}`} /> : <p className="muted">Loading…</p>}</section>;
   }
-  if (t === null && builds.data === null) return <section className="card">{back}<ErrorBox error={`Template ${id} does not exist.`} /></section>;
+  if (t === null && !builds.data?.length) return <section className="card">{back}<ErrorBox error={`Template ${id} does not exist.`} /></section>;
   const list = [...(builds.data ?? [])].sort(newestFirst);
   const isBase = t?.source === 'image' || id === 'base';
   return <>
