@@ -15,6 +15,12 @@ export default tseslint.config(
     },
   },
   {
+    // Example template apps run inside guests as plain CommonJS Node programs.
+    files: ['examples/templates/**/*.js'],
+    languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly', process: 'readonly', module: 'writable', console: 'readonly' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
     files: ['src/web/**/*.{ts,tsx}'],
     plugins: { 'react-hooks': reactHooks },
     rules: reactHooks.configs.recommended.rules,

@@ -1119,6 +1119,9 @@ export class SandboxManager {
   }
 
   /** Live sandboxes whose disks read an image in `dir` (only backends that keep reading their base). */
+  /** Sandboxes whose disk reads a base image under `dir` (dm only; empty where disks are standalone copies). */
+  diskBaseUsers(dir: string): string[] { return this.baseUsers(dir); }
+
   private baseUsers(dir: string): string[] {
     if (!this.deps.storage.readsBase) return [];
     const inside = (p: string | undefined): boolean => p !== undefined && p.startsWith(`${dir}/`);

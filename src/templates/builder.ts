@@ -186,7 +186,8 @@ export class TemplateBuilder {
   async follow(templateId: string, buildId: string, listener: (ev: BuildEvent) => void): Promise<{ entries: BuildLogEntry[]; off: () => void; running: boolean }> {
     this.get(templateId, buildId);
     const b = this.active.get(buildId);
-    if (!b) return { entries: await this.readLog(buildId), off: () => undefined, running: false };
+    // Ended (its end event may already be out while it is still in `active`): no subscription, the whole log.
+    if (!b || b.row.finishedAt !== null) return { entries: b ? b.entries.slice() : await this.readLog(buildId), off: () => undefined, running: false };
     b.events.on('event', listener);
     return { entries: b.entries.slice(), off: () => { b.events.off('event', listener); }, running: true };
   }
@@ -230,7 +231,11 @@ export class TemplateBuilder {
     const kept = new Set(this.deps.store.listTemplates().flatMap((t) => t.layers));
     const building = [...this.active.values()].length > 0;
     if (building) return;
-    for (const key of await this.layers.keys()) if (!kept.has(key)) await this.layers.remove(key);
+    for (const key of await this.layers.keys()) {
+      // On device-mapper a sandbox's disk reads its base: a layer under a running sandbox of an older build stays.
+      if (kept.has(key) || this.deps.manager.diskBaseUsers(dirname(this.layers.diskPath(key))).length > 0) continue;
+      await this.layers.remove(key);
+    }
   }
 
   /** Layers of a template with their step labels and sizes (the API's `layers`). */

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import type { SandboxManager } from '../../core/manager.js';
-import { ConflictError, type ErrorCode } from '../../core/errors.js';
+import type { ErrorCode } from '../../core/errors.js';
 import type { SnapshotRecord } from '../../core/types.js';
 import type { Store } from '../../store/store.js';
 import { notDestroyed, page, pageLimit, sandboxDetail, type CompatOptions } from './sandboxes.js';
