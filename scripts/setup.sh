@@ -30,8 +30,10 @@ fi
 #   xfsprogs                            `hearth storage init` and the test filesystem (mkfs.xfs)
 #   curl                                integration tests reach guests through their namespaces
 #   ca-certificates                     debootstrap and npm over HTTPS
+#   postgresql                          cluster mode's tests start their own PostgreSQL (initdb, pg_ctl;
+#                                       /usr/lib/postgresql/15/bin on Debian 12)
 APT_REQUIRED=(qemu-system-x86 qemu-utils debootstrap e2fsprogs busybox-static cpio zstd lz4 xz-utils gcc libc6-dev
-  util-linux iproute2 nftables procps dmsetup xfsprogs curl ca-certificates)
+  util-linux iproute2 nftables procps dmsetup xfsprogs curl ca-certificates postgresql)
 # Used when present (the code and the tests work without them, with less):
 #   attr       getfattr/setfattr: the agent's file metadata (xattrs); its tests skip without them
 #   conntrack  flushes a released slot's connection table (the ruleset's generation mark already

@@ -8,6 +8,7 @@ import type { SandboxManager } from '../core/manager.js';
 import { HearthError } from '../core/errors.js';
 import { AGENT_PORT } from '../agent/protocol.js';
 import { isControlPlanePath, normaliseTarget } from '../util/request-target.js';
+import { CLUSTER_REQUEST_HEADERS } from '../cluster/credential.js';
 
 /** Hop-by-hop headers are connection-specific and must not be forwarded (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
@@ -20,8 +21,8 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
  */
 const upstreamAgent = new LeaseAgent({ keepAlive: true, maxSockets: 256, timeout: 30_000 });
 
-/** hearthd's own credentials (the API key) and the API origin's cookies never cross into a guest. */
-const NOT_FOR_GUEST = new Set(['x-api-key', 'cookie']);
+/** hearthd's own credentials (the API key, the cluster's node headers) and the API origin's cookies never cross into a guest. */
+const NOT_FOR_GUEST = new Set(['x-api-key', 'cookie', ...CLUSTER_REQUEST_HEADERS]);
 /** What a guest may not set on the API's origin. */
 const GUEST_MAY_NOT_SET = new Set(['set-cookie', 'service-worker-allowed', 'content-security-policy', 'access-control-allow-credentials']);
 

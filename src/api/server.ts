@@ -25,6 +25,8 @@ import { MetricsSampler } from './metrics.js';
 import { Observability } from '../observability/hub.js';
 import { actors, type Actor } from '../observability/actor.js';
 import { countAdmissionRefusals, observeRoutes } from './routes/observe.js';
+import type { ClusterGateway } from '../cluster/gateway.js';
+import { sandboxOfApiPath } from '../cluster/forward.js';
 import {
   applyConnectionLimits, checkTarget, clientErrorAnswer, csrfRefusal, DEFAULT_EDGE_LIMITS, hostAllowList, hostnameOf, rawJsonError, type EdgeLimits,
 } from './edge.js';
@@ -70,6 +72,8 @@ export interface ApiDeps {
   metricsIntervalMs?: number;
   /** Events, logs, Prometheus metrics and the access log (docs/observability.md); absent: an in-memory one of the API's own. */
   observability?: Observability;
+  /** Cluster mode (docs/cluster.md): forwarding to owner nodes, placement of creates, the cluster-wide list, GET /nodes. */
+  cluster?: ClusterGateway;
 }
 
 /** Request bodies above this are refused with 413 (envd file uploads stream through the proxy, unlimited). */
@@ -147,12 +151,21 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     req.url = checked.url;
     const hostTarget = ports.target(req);
     if (hostTarget?.form === 'host' && hostTarget.port === AGENT_PORT) { rawJsonError(socket, 404, 'Not Found', 'the agent (envd) takes no upgrades', 'not_found'); return; }
-    const refused = hostForm ? null : hostRefusal(req.headers);
+    const fromNode = deps.cluster?.admit(req).fromNode ?? false;
+    const refused = hostForm || fromNode ? null : hostRefusal(req.headers);
     if (refused) { rawJsonError(socket, 403, 'Forbidden', refused, 'forbidden'); return; }
+    // Cluster mode: an upgrade for a sandbox another node owns is spliced to that node (never re-forwarded).
+    if (deps.cluster && !fromNode && hostTarget) {
+      void deps.cluster.upgrade(req, socket, head, hostTarget.sandboxId).then((forwarded) => { if (!forwarded) upgradeHere(req, socket, head); });
+      return;
+    }
+    upgradeHere(req, socket, head);
+  });
+  const upgradeHere = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const proxied = ports.handleUpgrade(req, socket, head);
     obs.metrics.upgrades.inc({ outcome: proxied ? 'proxied' : 'refused' });
-    if (!proxied) rawJsonError(socket, 404, 'Not Found', `no upgrade route ${req.url.split('?')[0]}`, 'not_found');
-  });
+    if (!proxied) rawJsonError(socket, 404, 'Not Found', `no upgrade route ${(req.url ?? '/').split('?')[0]}`, 'not_found');
+  };
   // A sandbox whose VM went away (paused, destroyed, failed): its streams end now, not when TCP gives up.
   const envdStreams = new StreamRegistry();
   // A pause lets short envd requests in flight finish (up to 2 s) before it freezes the guest.
@@ -174,6 +187,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   /** envd traffic in a key-required deployment: the API key, or the sandbox's own token (header or signed /files URL). */
   const envdAuthorised = (req: IncomingMessage, target: ProxyTarget): boolean => {
+    if (deps.cluster?.info(req).keyId) return true; // forwarded by a node that verified an API key
     const key = req.headers['x-api-key'];
     if (verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) return true;
     return sandboxTokenPresented(deps.manager, req, target);
@@ -183,11 +197,32 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', (req, reply, done) => {
     const track = obs.beginRequest(req.raw, reply.raw); // access log line and HTTP metrics, when the answer ends
     track.route = req.routeOptions.url ?? 'unmatched';
+    // Cluster mode: cluster headers verified (or stripped) before anything reads the request.
+    const node = deps.cluster ? deps.cluster.admit(req.raw, reply.raw) : null;
+    const fromNode = node?.fromNode ?? false;
     const bad = badTargets.get(req.raw);
     if (bad) { track.cls = 'refused'; void reply.status(bad.status).send(errorBody(bad.status, bad.message, 'invalid_argument')); return; }
     let port = ports.target(req.raw);
-    const refused = port?.form === 'host' ? null : hostRefusal(req.headers);
+    const refused = port?.form === 'host' || fromNode ? null : hostRefusal(req.headers);
     if (refused) { track.cls = 'refused'; void reply.status(403).send(errorBody(403, refused, 'forbidden')); return; }
+    // A sandbox this node does not own goes to the node that does (docs/cluster.md, "Forwarding"). API
+    // requests are authenticated here first; envd and port traffic by the owner (token checks need the sandbox).
+    if (deps.cluster && !fromNode) {
+      const target = port?.sandboxId ?? proxyTargetOf(req.url, req.headers)?.sandboxId ?? sandboxOfApiPath(req.url);
+      if (target && !deps.cluster.owns(target)) {
+        const apiKey = req.headers['x-api-key'];
+        const keyId = typeof apiKey === 'string' && apiKey ? verifyApiKey(deps.store, apiKey) : null;
+        const isApi = !port && !proxyTargetOf(req.url, req.headers);
+        if (!(isApi && deps.requireApiKey && !keyId)) {
+          void deps.cluster.route(req.raw, reply.raw, target, keyId, () => { track.cls = 'forwarded'; void reply.hijack(); }).then((r) => {
+            if (r === 'local') local();
+          });
+          return;
+        }
+      }
+    }
+    local();
+    function local(): void {
     // Host form for the agent's port, `49983-<id>.<domain>` (E2B's SDKs without E2B_SANDBOX_URL): envd traffic.
     let envd: ProxyTarget | null = null;
     if (port?.form === 'host' && port.port === AGENT_PORT) {
@@ -243,17 +278,19 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (isPublicPath(path) || isDashboardPath(path)) { track.cls = isPublicPath(path) ? 'public' : 'dashboard'; done(); return; }
     const key = req.headers['x-api-key'];
     // The key's id (never the key) names who caused what: access log, events.
-    track.keyId = typeof key === 'string' && key ? verifyApiKey(deps.store, key) : null;
+    track.keyId = fromNode ? node?.keyId ?? null : typeof key === 'string' && key ? verifyApiKey(deps.store, key) : null;
     requestActors.set(req.raw, { keyId: track.keyId, method: req.method, route: track.route });
-    if (deps.requireApiKey) {
+    // A request another node forwards was authenticated there (its cluster token is verified above).
+    if (deps.requireApiKey && !fromNode) {
       if (!track.keyId) {
         void reply.status(401).send(errorBody(401, 'missing or invalid API key: send X-API-Key (create one with `hearth keys create`)', 'unauthenticated'));
         return;
       }
     }
-    const forged = csrfRefusal(req.raw, (originHost) => originHost === (req.headers.host ?? '').toLowerCase());
+    const forged = fromNode ? null : csrfRefusal(req.raw, (originHost) => originHost === (req.headers.host ?? '').toLowerCase());
     if (forged) { void reply.status(403).send(errorBody(403, forged, 'forbidden')); return; }
     done();
+    }
   });
 
   // The handler of an API request runs as its actor (lifecycle events read it: src/observability/actor.ts).
@@ -262,6 +299,30 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (actor) actors.run(actor, done); else done();
   });
   countAdmissionRefusals(app, obs);
+
+  // Cluster mode: a client's create is placed on a node, a client's list gathered from every node (docs/cluster.md).
+  const cluster = deps.cluster;
+  if (cluster) {
+    app.addHook('preHandler', async (req, reply) => {
+      const info = cluster.info(req.raw);
+      if (info.fromNode) return;
+      const route = req.routeOptions.url;
+      const keyId = requestActors.get(req.raw)?.keyId ?? null;
+      if (req.method === 'POST' && (route === '/sandboxes' || route === '/v2/sandboxes')) {
+        const body = (req.body ?? {}) as { templateID?: string; memoryMB?: number };
+        let hijacked = false;
+        const r = await cluster.placeCreate(req.raw, reply.raw, body, keyId, () => { hijacked = true; void reply.hijack(); });
+        if (r === 'handled' && !hijacked) void reply.hijack();
+      } else if (req.method === 'GET' && route === '/sandboxes') {
+        void reply.hijack();
+        await cluster.list(req.raw, reply.raw, keyId);
+      }
+    });
+    app.get('/nodes', { schema: { summary: 'The cluster\'s nodes: address, state (up/down), capacity, last heartbeat (cluster mode)', tags: ['host'] } },
+      async () => cluster.node.nodes());
+    app.get('/cluster', { schema: { summary: 'This node\'s view of the cluster: its id and address, whether PostgreSQL answers, queued changes (cluster mode)', tags: ['host'] } },
+      async () => cluster.node.status());
+  }
 
   app.setErrorHandler(handleError);
   app.setNotFoundHandler(async (req, reply) => {

@@ -1,4 +1,6 @@
 import { readFileSync, existsSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { MIN_CLUSTER_TOKEN_LENGTH } from '../cluster/credential.js';
 import type { RootfsBackendKind } from '../storage/types.js';
 import { DEFAULT_ADMISSION, type AdmissionThresholds } from '../core/headroom.js';
 import { DataLayout } from '../core/layout.js';
@@ -107,6 +109,21 @@ export interface HearthConfig {
   maxVcpus: number;
   maxMemoryMib: number;
   minMemoryMib: number;
+  /**
+   * Cluster mode (docs/cluster.md): the PostgreSQL connection string (`postgres://user:pass@host:5432/db`)
+   * where nodes and placements are shared; null: a single host on SQLite alone.
+   */
+  databaseUrl: string | null;
+  /** This node's id in the cluster (lower-case letters, digits, dashes); null: the host name. */
+  nodeId: string | null;
+  /** The base URL other nodes reach this one at (`http://10.0.0.5:3030`); null: the listen address (which must then not be a wildcard). */
+  nodeAddress: string | null;
+  /** The node-to-node credential (at least 32 characters), the same on every node; required with databaseUrl. */
+  clusterToken: string | null;
+  /** How often a node heartbeats (and publishes its capacity) into PostgreSQL (ms). */
+  clusterHeartbeatMs: number;
+  /** A node whose last heartbeat is older than this is marked down by the others (ms; at least 3 heartbeats). */
+  clusterNodeExpiryMs: number;
 }
 
 export const DEFAULT_DATA_DIR = '/var/lib/hearth';
@@ -160,6 +177,12 @@ export function defaultConfig(): HearthConfig {
     maxVcpus: 8,
     maxMemoryMib: 16384,
     minMemoryMib: 128,
+    databaseUrl: null,
+    nodeId: null,
+    nodeAddress: null,
+    clusterToken: null,
+    clusterHeartbeatMs: 2000,
+    clusterNodeExpiryMs: 10_000,
   };
 }
 
@@ -204,6 +227,12 @@ const ENV: Record<string, keyof HearthConfig> = {
   HEARTH_BODY_IDLE_TIMEOUT_MS: 'bodyIdleTimeoutMs',
   HEARTH_KEEPALIVE_TIMEOUT_MS: 'keepAliveTimeoutMs',
   HEARTH_MAX_CONNECTIONS_PER_ADDRESS: 'maxConnectionsPerAddress',
+  HEARTH_DATABASE_URL: 'databaseUrl',
+  HEARTH_NODE_ID: 'nodeId',
+  HEARTH_NODE_ADDRESS: 'nodeAddress',
+  HEARTH_CLUSTER_TOKEN: 'clusterToken',
+  HEARTH_CLUSTER_HEARTBEAT_MS: 'clusterHeartbeatMs',
+  HEARTH_CLUSTER_NODE_EXPIRY_MS: 'clusterNodeExpiryMs',
 };
 
 export function loadConfig(overrides: Partial<HearthConfig> = {}, env: NodeJS.ProcessEnv = process.env): HearthConfig {
@@ -251,6 +280,28 @@ function validate(cfg: HearthConfig): void {
     if (typeof cfg[k] !== 'number' || !Number.isFinite(cfg[k]) || cfg[k] < 0) throw new Error(`${k} must be a number >= 0 (0 turns the check off), got ${String(cfg[k])}`);
   }
   if (!Number.isInteger(cfg.networkPoolSize) || cfg.networkPoolSize < 0) throw new Error(`networkPoolSize must be an integer >= 0, got ${cfg.networkPoolSize}`);
+  validateCluster(cfg);
+}
+
+/** Cluster settings (docs/cluster.md); checked whether or not databaseUrl is set, so a typo shows at once. */
+function validateCluster(cfg: HearthConfig): void {
+  if (cfg.nodeId !== null && !/^[a-z0-9][a-z0-9-]{0,62}$/.test(cfg.nodeId)) throw new Error(`nodeId must be 1 to 63 of [a-z0-9-], starting with a letter or digit, got "${cfg.nodeId}"`);
+  if (cfg.nodeAddress !== null && !/^http:\/\/[^/?#\s]+$/.test(cfg.nodeAddress)) throw new Error(`nodeAddress must be http://host:port (no path), got "${cfg.nodeAddress}"`);
+  if (!Number.isInteger(cfg.clusterHeartbeatMs) || cfg.clusterHeartbeatMs < 100) throw new Error(`clusterHeartbeatMs must be an integer >= 100, got ${cfg.clusterHeartbeatMs}`);
+  if (!Number.isInteger(cfg.clusterNodeExpiryMs) || cfg.clusterNodeExpiryMs < 3 * cfg.clusterHeartbeatMs) {
+    throw new Error(`clusterNodeExpiryMs must be an integer of at least 3 heartbeats (${3 * cfg.clusterHeartbeatMs}), got ${cfg.clusterNodeExpiryMs}`);
+  }
+  if (cfg.databaseUrl !== null) {
+    if (!/^postgres(ql)?:\/\//.test(cfg.databaseUrl)) throw new Error('databaseUrl must be a postgres:// or postgresql:// connection string');
+    if (cfg.clusterToken === null || cfg.clusterToken.length < MIN_CLUSTER_TOKEN_LENGTH) {
+      throw new Error(`cluster mode (databaseUrl) needs clusterToken: at least ${MIN_CLUSTER_TOKEN_LENGTH} characters, the same on every node (e.g. openssl rand -hex 32)`);
+    }
+  }
+}
+
+/** This node's id: nodeId, else the host name made valid. */
+export function clusterNodeId(cfg: HearthConfig): string {
+  return cfg.nodeId ?? (hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+/, '').slice(0, 63) || 'node');
 }
 
 /** The admission thresholds a configuration sets (src/core/headroom.ts). */

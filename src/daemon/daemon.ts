@@ -28,6 +28,9 @@ import { VERSION } from '../version.js';
 import { isLoopback } from '../api/auth.js';
 import { dualProtocolServer } from '../api/tls.js';
 import { Observability } from '../observability/hub.js';
+import { ClusterNode } from '../cluster/node.js';
+import { ClusterGateway } from '../cluster/gateway.js';
+import { clusterNodeId } from './config.js';
 
 /** The parts of a built guest image a template needs (src/images produces it). */
 export interface BuiltImage {
@@ -44,6 +47,8 @@ export interface Daemon {
   store: Store;
   network: DaemonNetwork;
   url: string;
+  /** Cluster mode (docs/cluster.md): this node's membership; null on a single host. */
+  cluster: ClusterNode | null;
   /** Stop serving; sandboxes keep running and slots stay for the next start (removeNetwork: remove the slots too). */
   close(opts?: { removeNetwork?: boolean }): Promise<void>;
 }
@@ -90,6 +95,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
   let purgeTimer: NodeJS.Timeout | undefined;
   let observability: Observability | undefined;
   let builder: TemplateBuilder | undefined;
+  let cluster: ClusterNode | undefined;
   try {
     network = await createNetwork(cfg, store, log);
     const [vmmChoice, storageChoice] = await Promise.all([chooseVmm(cfg, network.choice.kind), chooseRootfsBackend(cfg.dataDir, cfg.storage)]);
@@ -185,10 +191,21 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       const defaultPort = listenPort === 443 || (listenPort === 80 && !tlsFiles);
       return defaultPort ? cfg.proxyDomain : `${cfg.proxyDomain}:${listenPort}`;
     };
+    // Cluster mode (docs/cluster.md): the node joins once it listens (its address may be known only then).
+    if (cfg.databaseUrl && cfg.clusterToken) {
+      cluster = new ClusterNode({
+        nodeId: clusterNodeId(cfg), address: cfg.nodeAddress ?? '', databaseUrl: cfg.databaseUrl, heartbeatMs: cfg.clusterHeartbeatMs, expiryMs: cfg.clusterNodeExpiryMs,
+        store, log, headroom: hostHeadroom(cfg.dataDir, admissionThresholds(cfg)), memoryTotalMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit), version: VERSION,
+      });
+    }
+    const gateway = cluster && cfg.clusterToken ? new ClusterGateway({
+      node: cluster, token: cfg.clusterToken, store, log, defaultMemoryMib: cfg.defaultMemoryMib, minFreeDiskMib: cfg.admissionMinFreeDiskMib,
+    }) : undefined;
     const app = await buildApi({
       manager, store, builder, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
       listenHost: cfg.host, allowedHosts: cfg.allowedHosts, sandboxDomain, defaultTimeoutSec: cfg.defaultTimeoutSec, observability,
       limits: { headersTimeoutMs: cfg.headersTimeoutMs, bodyIdleTimeoutMs: cfg.bodyIdleTimeoutMs, keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, maxConnectionsPerAddress: cfg.maxConnectionsPerAddress },
+      ...(gateway ? { cluster: gateway } : {}),
     });
     if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
     let url = '';
@@ -210,13 +227,23 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       listenPort = (app.server.address() as AddressInfo).port;
       log.info(`hearthd ${VERSION} listening on ${url} (data dir ${cfg.dataDir})`);
     }
+    if (cluster) {
+      if (!cfg.nodeAddress) {
+        if (!url || ['0.0.0.0', '::', ''].includes(cfg.host)) throw new Error('cluster mode: set nodeAddress (the URL other nodes reach this one at); it cannot be derived from a wildcard listen address');
+        cluster.setAddress(url);
+      }
+      await cluster.start();
+      log.info({ node: cluster.nodeId, address: cluster.address }, `cluster: node ${cluster.nodeId} joined`);
+    }
     const net = network;
     const obs = observability;
     const builds = builder;
+    const member = cluster;
     return {
-      app, manager, store, network: net, url,
+      app, manager, store, network: net, url, cluster: member ?? null,
       async close(opts = {}) {
         clearInterval(purgeTimer);
+        await member?.close();
         await builds.close();
         manager.close();
         dual?.close();
@@ -231,6 +258,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     };
   } catch (err) {
     clearInterval(purgeTimer);
+    await cluster?.close();
     await builder?.close();
     observability?.close();
     await network?.close().catch(() => undefined);

@@ -45,7 +45,7 @@ const ACTIVE: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resu
 /** The observe dirs of sandboxes whose record is gone are removed this often (and at start). */
 const SWEEP_MS = 10 * 60_000;
 
-export type RequestClass = 'api' | 'public' | 'dashboard' | 'envd' | 'port' | 'refused';
+export type RequestClass = 'api' | 'public' | 'dashboard' | 'envd' | 'port' | 'refused' | 'forwarded';
 export interface RequestTrack { cls: RequestClass; route: string; keyId: string | null }
 
 export class Observability {

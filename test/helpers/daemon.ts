@@ -56,7 +56,8 @@ export async function startTestDaemon(over: Partial<HearthConfig> = {}): Promise
   return daemonOn(loadConfig({ dataDir, host: '127.0.0.1', port: 0, defaultMemoryMib: 512, bootTimeoutMs: 120_000, ...admission, ...net, ...over }, {}));
 }
 
-async function daemonOn(cfg: HearthConfig): Promise<TestDaemon> {
+/** A daemon on an existing configuration and data dir (a node started again after it was closed). */
+export async function daemonOn(cfg: HearthConfig): Promise<TestDaemon> {
   const image = await testImage();
   const dataDir = cfg.dataDir;
   const log = createLogger(process.env['HEARTH_TEST_LOG'] ?? 'warn');

@@ -85,7 +85,7 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
  * sandbox's envd token on any form, and the API origin's cookies on the path form
  * (host-form cookies belong to the sandbox's own origin).
  */
-const HEARTH_CREDENTIALS = new Set(['x-api-key', 'x-access-token']);
+const HEARTH_CREDENTIALS = new Set(['x-api-key', 'x-access-token', 'x-hearth-cluster-token', 'x-hearth-cluster-scope', 'x-hearth-forwarded-by', 'x-hearth-forwarded-key-id']);
 /**
  * A guest's answer served on the API's origin (path form) runs in an opaque
  * origin: `sandbox` without allow-same-origin, so its scripts cannot read the

@@ -1,0 +1,159 @@
+/**
+ * The API side of cluster mode (docs/cluster.md): which requests another node
+ * answers, and carrying them there. src/api/server.ts calls in at three points:
+ * every request (admit, then route a sandbox's requests to its owner), the
+ * create and list routes (placement and fan-out), and upgrades.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { FastifyBaseLogger } from 'fastify';
+import type { Store } from '../store/store.js';
+import type { ClusterNode } from './node.js';
+import { admitClusterHeaders, forwardedHeaders, NODE_HEADER } from './credential.js';
+import { fetchJson, forwardHttp, forwardUpgrade, unknownBody, unknownListItem } from './forward.js';
+
+export interface Admitted { fromNode: boolean; scopeLocal: boolean; keyId: string | null; by: string | null }
+
+export interface ClusterGatewayOptions {
+  node: ClusterNode;
+  token: string;
+  store: Store;
+  log: FastifyBaseLogger;
+  /** Memory of a create that names none and whose template this node does not know (MiB). */
+  defaultMemoryMib: number;
+  /** Nodes with less free disk are not chosen for creates (MiB). */
+  minFreeDiskMib: number;
+}
+
+const NOT_ADMITTED: Admitted = { fromNode: false, scopeLocal: false, keyId: null, by: null };
+
+export class ClusterGateway {
+  private readonly admitted = new WeakMap<IncomingMessage, Admitted>();
+
+  constructor(private readonly o: ClusterGatewayOptions) {}
+
+  get nodeId(): string { return this.o.node.nodeId; }
+  get node(): ClusterNode { return this.o.node; }
+
+  /** First thing on every request and upgrade: verify or strip the cluster headers, and name the answering node. */
+  admit(req: IncomingMessage, res?: ServerResponse): Admitted {
+    const a = admitClusterHeaders(req.headers, this.o.token);
+    this.admitted.set(req, a);
+    res?.setHeader(NODE_HEADER, this.o.node.nodeId);
+    return a;
+  }
+
+  info(req: IncomingMessage): Admitted {
+    return this.admitted.get(req) ?? NOT_ADMITTED;
+  }
+
+  /** Does this node own the sandbox (its own SQLite has it)? */
+  owns(id: string): boolean {
+    return this.o.store.getSandbox(id) !== undefined;
+  }
+
+  private headers(req: IncomingMessage, keyId: string | null, scopeLocal: boolean): Record<string, string | string[]> {
+    return forwardedHeaders(req.headers, this.o.token, this.o.node.nodeId, keyId, scopeLocal);
+  }
+
+  /**
+   * A request for a sandbox this node does not own: forwarded to its owner when
+   * PostgreSQL places it on an up node ('handled'); 503 with state unknown when
+   * that node is down, or when PostgreSQL cannot say; 'local' when no node has
+   * it (this node answers: 404).
+   */
+  async route(req: IncomingMessage, res: ServerResponse, sandboxId: string, keyId: string | null, hijack: () => void): Promise<'local' | 'handled'> {
+    let p: Awaited<ReturnType<ClusterNode['placement']>>;
+    try {
+      p = await this.o.node.placement(sandboxId);
+    } catch (err) {
+      hijack();
+      this.sendJson(res, 503, { code: 503, error_code: 'unavailable', message: `sandbox ${sandboxId} is not on node ${this.nodeId}, and the cluster database cannot say where it is: ${err instanceof Error ? err.message : String(err)}` });
+      return 'handled';
+    }
+    if (!p || p.nodeId === this.nodeId) return 'local';
+    hijack();
+    if (p.node.state !== 'up') { this.sendJson(res, 503, unknownBody(p, p.node)); return 'handled'; }
+    forwardHttp(req, res, p.node.address, req.url ?? '/', this.headers(req, keyId, true));
+    return 'handled';
+  }
+
+  /** An upgrade for a sandbox another node owns: spliced to it. False: answer here. */
+  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, sandboxId: string): Promise<boolean> {
+    if (this.owns(sandboxId)) return false;
+    const p = await this.o.node.placement(sandboxId).catch(() => null);
+    if (!p || p.nodeId === this.nodeId || p.node.state !== 'up') return false;
+    forwardUpgrade(req, socket, head, p.node.address, this.headers(req, null, true));
+    return true;
+  }
+
+  /**
+   * POST /sandboxes (and /v2/sandboxes) from a client: placed by free capacity
+   * and warm-template locality, and carried out by the chosen node. 'local' when
+   * this node wins, when none has room (its own admission answers 503), or when
+   * PostgreSQL does not answer (creates then stay on the node asked).
+   */
+  async placeCreate(req: IncomingMessage, res: ServerResponse, body: { templateID?: string; memoryMB?: number }, keyId: string | null, hijack: () => void): Promise<'local' | 'handled'> {
+    const templateId = body.templateID ?? 'base';
+    const memoryMib = body.memoryMB ?? this.o.store.getTemplate(templateId)?.memoryMib ?? this.o.defaultMemoryMib;
+    let chosen: Awaited<ReturnType<ClusterNode['place']>>;
+    try {
+      chosen = await this.o.node.place({ templateId, memoryMib, minFreeDiskMib: this.o.minFreeDiskMib });
+    } catch (err) {
+      this.o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cluster: placement failed (PostgreSQL); creating on this node');
+      return 'local';
+    }
+    if (!chosen || chosen.id === this.nodeId) return 'local';
+    hijack();
+    const headers = this.headers(req, keyId, true);
+    headers['content-type'] = 'application/json';
+    forwardHttp(req, res, chosen.address, req.url ?? '/sandboxes', headers, Buffer.from(JSON.stringify(body), 'utf8'));
+    return 'handled';
+  }
+
+  /**
+   * GET /sandboxes from a client: every up node's own list (asked with scope
+   * local), each item with its `node`, plus the placements on down nodes as
+   * state `unknown`. A node that does not answer is left out and named in the
+   * X-Hearth-Missing-Nodes header.
+   */
+  async list(req: IncomingMessage, res: ServerResponse, keyId: string | null): Promise<void> {
+    let nodes: Awaited<ReturnType<ClusterNode['nodes']>>;
+    try {
+      nodes = await this.o.node.nodes();
+    } catch (err) {
+      this.sendJson(res, 503, { code: 503, error_code: 'unavailable', message: `the cluster database does not answer: ${err instanceof Error ? err.message : String(err)}` });
+      return;
+    }
+    const headers = this.headers(req, keyId, true);
+    const missing: string[] = [];
+    const parts = await Promise.all(nodes.filter((n) => n.state === 'up').map(async (n) => {
+      try {
+        const r = await fetchJson(n.address, req.url ?? '/sandboxes', headers, 10_000);
+        if (r.status !== 200 || !Array.isArray(r.body)) throw new Error(`status ${r.status}`);
+        return (r.body as Record<string, unknown>[]).map((x) => ({ ...x, node: n.id }));
+      } catch {
+        missing.push(n.id);
+        return [];
+      }
+    }));
+    const down = new Set(nodes.filter((n) => n.state !== 'up').map((n) => n.id));
+    const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
+    const states = query.get('state')?.split(',');
+    let unknown: Record<string, unknown>[] = [];
+    if (down.size > 0 && (!states || states.includes('unknown'))) {
+      unknown = (await this.o.node.placements().catch(() => []))
+        .filter((p) => down.has(p.nodeId) && p.state === 'unknown')
+        .map(unknownListItem);
+    }
+    if (missing.length) res.setHeader('x-hearth-missing-nodes', missing.join(','));
+    this.sendJson(res, 200, [...parts.flat(), ...unknown]);
+  }
+
+  private sendJson(res: ServerResponse, status: number, body: unknown): void {
+    if (res.headersSent) { res.destroy(); return; }
+    const data = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(data) });
+    res.end(data);
+  }
+}

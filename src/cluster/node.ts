@@ -1,0 +1,194 @@
+/**
+ * This hearthd as a cluster node (docs/cluster.md): registers and heartbeats
+ * with its capacity, marks expired nodes down, and mirrors every state change
+ * of its own sandboxes into PostgreSQL. PostgreSQL being unreachable never
+ * blocks or fails a local operation: changes wait in a queue (the latest state
+ * per sandbox) and everything is re-published once it answers again.
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import type { Logger as PinoLogger } from 'pino';
+import { TRANSITION_CHANNEL, type TransitionMessage } from '../core/state.js';
+import type { SandboxRecord, SandboxState } from '../core/types.js';
+import type { Store } from '../store/store.js';
+import type { HostHeadroom } from '../core/headroom.js';
+import { ClusterStore } from './pg-store.js';
+import type { NodeInfo, NodeReport, Placement, PlacementUpdate } from './types.js';
+import type { PlacementRequest } from './placement.js';
+
+/** States whose guest memory is in use (paused sandboxes hold disk, not RAM). */
+const MEMORY_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming'];
+
+export interface ClusterNodeOptions {
+  nodeId: string;
+  /** Empty until setAddress, when it comes from the listener. */
+  address: string;
+  databaseUrl: string;
+  heartbeatMs: number;
+  expiryMs: number;
+  store: Store;
+  log: PinoLogger;
+  headroom: HostHeadroom;
+  memoryTotalMib: number;
+  version: string;
+}
+
+export interface ClusterStatus {
+  nodeId: string;
+  address: string;
+  /** Did the last PostgreSQL call succeed? */
+  databaseReachable: boolean;
+  lastHeartbeatAt: string | null;
+  lastError: string | null;
+  /** State changes waiting to be published. */
+  pending: number;
+}
+
+export function placementUpdateOf(r: SandboxRecord): PlacementUpdate {
+  return { sandboxId: r.id, state: r.state, templateId: r.templateId, memoryMib: r.memoryMib, vcpus: r.vcpus, metadata: { ...r.metadata }, createdAt: r.createdAt };
+}
+
+export class ClusterNode {
+  readonly db: ClusterStore;
+  private readonly pending = new Map<string, PlacementUpdate>();
+  private timer: NodeJS.Timeout | undefined;
+  private flushing: Promise<void> | null = null;
+  private needResync = true;
+  private reachable = false;
+  private lastHeartbeatAt: string | null = null;
+  private lastError: string | null = null;
+  private closed = false;
+  /** No expiring of other nodes before this (ms): after this node (re)connects, the others get one expiry period to heartbeat too. */
+  private expireAfter = 0;
+  private readonly onTransition = (msg: unknown): void => {
+    const m = msg as TransitionMessage;
+    if (m.store !== this.o.store) return; // another daemon in this process (tests)
+    this.pending.set(m.rec.id, placementUpdateOf(m.rec));
+    this.kick();
+  };
+
+  constructor(private readonly o: ClusterNodeOptions) {
+    this.db = new ClusterStore(o.databaseUrl);
+  }
+
+  /** Migrate, register and publish; if PostgreSQL does not answer yet, the node starts anyway and keeps trying. */
+  async start(): Promise<void> {
+    subscribe(TRANSITION_CHANNEL, this.onTransition);
+    try {
+      await this.db.migrate();
+      await this.tick();
+    } catch (err) {
+      this.failed(err);
+    }
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.closed) return;
+    this.timer = setTimeout(() => { void this.tick().catch((err: unknown) => this.failed(err)).finally(() => this.schedule()); }, this.o.heartbeatMs);
+    this.timer.unref();
+  }
+
+  private failed(err: unknown): void {
+    const msg = err instanceof Error ? err.message : String(err);
+    if (this.reachable || this.lastError !== msg) this.o.log.warn({ err: msg, pending: this.pending.size }, 'cluster: PostgreSQL call failed; local operations go on, changes are queued');
+    this.reachable = false;
+    this.lastError = msg;
+    this.needResync = true;
+  }
+
+  /** The node's own report: capacity from its SQLite and the host. */
+  report(): NodeReport {
+    const live = this.o.store.listSandboxes({ states: ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying'] });
+    const h = this.o.headroom.sample();
+    const warm = this.o.store.listTemplates().filter((t) => this.o.store.listTemplateSnapshots(t.id).length > 0).map((t) => t.id);
+    return {
+      id: this.o.nodeId, address: this.o.address, version: this.o.version,
+      memoryTotalMib: this.o.memoryTotalMib,
+      memoryUsedMib: live.filter((s) => MEMORY_STATES.includes(s.state)).reduce((n, s) => n + s.memoryMib, 0),
+      memoryAvailableMib: h.availableMemoryMib, diskFreeMib: h.freeDiskMib, loadPerCpu: h.cpus > 0 ? h.load1 / h.cpus : 0, cpus: h.cpus,
+      sandboxes: live.length, warmTemplates: warm,
+    };
+  }
+
+  /** One heartbeat: register/refresh, re-publish everything if needed, flush queued changes, expire silent nodes. */
+  private async tick(): Promise<void> {
+    if (this.closed) return;
+    const { wasUp } = await this.db.heartbeat(this.report());
+    this.lastHeartbeatAt = new Date().toISOString();
+    if (!wasUp) this.needResync = true;
+    if (!this.reachable) {
+      this.o.log.info({ node: this.o.nodeId, resync: this.needResync }, 'cluster: PostgreSQL reachable; node registered');
+      // PostgreSQL may have been away for everyone: their old heartbeats say nothing about them yet.
+      this.expireAfter = Date.now() + this.o.expiryMs;
+    }
+    this.reachable = true;
+    this.lastError = null;
+    await this.flush();
+    if (Date.now() < this.expireAfter) return;
+    const down = await this.db.expireNodes(this.o.expiryMs);
+    for (const id of down) this.o.log.warn({ node: id, expiryMs: this.o.expiryMs }, `cluster: node ${id} missed its heartbeats; marked down, its sandboxes are unknown until it returns`);
+  }
+
+  private kick(): void {
+    if (this.closed || !this.reachable || this.flushing) return;
+    void this.flush().catch((err: unknown) => this.failed(err));
+  }
+
+  /** Publishes queued changes (or everything, after a failure or a re-registration); one flush at a time. */
+  flush(): Promise<void> {
+    if (this.flushing) return this.flushing;
+    this.flushing = (async () => {
+      try {
+        if (this.needResync) {
+          // Everything the node has, ended sandboxes included (so a destroy while PostgreSQL was down is seen).
+          const all = this.o.store.listSandboxes().map(placementUpdateOf);
+          this.pending.clear();
+          await this.db.resync(this.o.nodeId, all);
+          this.needResync = false;
+          this.o.log.info({ node: this.o.nodeId, sandboxes: all.length }, 'cluster: re-published this node\'s sandboxes');
+        }
+        while (this.pending.size > 0) {
+          const [id, p] = this.pending.entries().next().value as [string, PlacementUpdate];
+          await this.db.publish(this.o.nodeId, p);
+          // A newer change of the same sandbox that arrived meanwhile stays queued.
+          if (this.pending.get(id) === p) this.pending.delete(id);
+        }
+      } finally {
+        this.flushing = null;
+      }
+    })();
+    return this.flushing;
+  }
+
+  /** Waits until queued changes are published (tests, shutdown); rejects if PostgreSQL fails. */
+  async settle(): Promise<void> {
+    await this.flush();
+    if (this.pending.size > 0 || this.needResync) await this.flush();
+  }
+
+  status(): ClusterStatus {
+    return { nodeId: this.o.nodeId, address: this.o.address, databaseReachable: this.reachable, lastHeartbeatAt: this.lastHeartbeatAt, lastError: this.lastError, pending: this.pending.size };
+  }
+
+  nodes(): Promise<NodeInfo[]> { return this.db.nodes(); }
+  placements(): Promise<Placement[]> { return this.db.placements(); }
+  placement(id: string): ReturnType<ClusterStore['placement']> { return this.db.placement(id); }
+  place(req: PlacementRequest): Promise<NodeInfo | null> { return this.db.place(req); }
+
+  get nodeId(): string { return this.o.nodeId; }
+  get address(): string { return this.o.address; }
+  /** The address, once the listener is up (when nodeAddress is not configured). */
+  setAddress(url: string): void { this.o.address = url; }
+
+  /**
+   * Stops heartbeats and mirroring. The node row stays `up` until its heartbeat
+   * expires and another node marks it down: a stopped hearthd's VMs keep running.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    unsubscribe(TRANSITION_CHANNEL, this.onTransition);
+    await this.flushing?.catch(() => undefined);
+    await this.db.close().catch(() => undefined);
+  }
+}

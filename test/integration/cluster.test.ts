@@ -1,0 +1,175 @@
+/**
+ * Cluster mode (docs/cluster.md) with real parts: one PostgreSQL from Debian's
+ * packages and three hearthd nodes in this process (own data dir, port, netns
+ * tag and slot range each), three real QEMU sandboxes in all.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { Sandbox } from '../../src/sdk/index.js';
+import { daemonOn, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
+import { postgresAvailable, startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import type { NodeInfo, Placement } from '../../src/cluster/types.js';
+
+const TOKEN = randomBytes(24).toString('hex');
+
+async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 30_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try { const v = await fn(); if (v) return v; } catch (err) { last = err; }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function json<T>(url: string, init?: RequestInit): Promise<{ status: number; node: string | null; body: T }> {
+  const r = await fetch(url, init);
+  const text = await r.text();
+  return { status: r.status, node: r.headers.get('x-hearth-node'), body: (text ? JSON.parse(text) : null) as T };
+}
+
+describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailable() && 'PostgreSQL 15 (Debian) is not installed' }, () => {
+  let pg: TestPostgres;
+  const nodes: Record<string, TestDaemon> = {};
+  const owner: Record<string, string> = {}; // sandbox id → node id
+  const t0 = Date.now();
+  const lap = (what: string): void => { process.stderr.write(`cluster.test: ${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s\n`); };
+
+  before(async () => {
+    pg = await startPostgres();
+    for (const id of ['a', 'b', 'c']) {
+      nodes[id] = await startTestDaemon({
+        databaseUrl: pg.url, nodeId: `node-${id}`, clusterToken: TOKEN, clusterHeartbeatMs: 400, clusterNodeExpiryMs: 2000,
+        warmTemplates: false, warmOnStart: false, defaultMemoryMib: 384,
+      });
+    }
+    lap('3 nodes up');
+  });
+
+  after(async () => {
+    for (const d of Object.values(nodes)) await d.stop().catch((err: unknown) => process.stderr.write(`stop: ${String(err)}\n`));
+    await pg?.stop();
+  });
+
+  test('every node registers with its capacity; GET /nodes on any node lists them', async () => {
+    const list = await until('3 nodes up', async () => {
+      const r = await json<NodeInfo[]>(`${nodes['b']!.url}/nodes`);
+      return r.body.filter((n) => n.state === 'up').length === 3 ? r.body : null;
+    });
+    assert.deepEqual(list.map((n) => n.id), ['node-a', 'node-b', 'node-c']);
+    for (const n of list) {
+      assert.ok(n.memoryTotalMib > 0 && n.cpus > 0 && n.diskFreeMib > 0, `capacity of ${n.id}`);
+      assert.equal(n.address, nodes[n.id.slice(5)]!.url);
+    }
+  });
+
+  test('creates through node A are placed by free capacity: one on each node', async () => {
+    const made = await Promise.all([0, 1, 2].map(() => json<{ sandboxID: string; state: string }>(`${nodes['a']!.url}/sandboxes`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ templateID: 'base', timeout: 1800 }),
+    })));
+    for (const m of made) {
+      assert.equal(m.status, 201, JSON.stringify(m.body));
+      assert.equal(m.body.state, 'running');
+      owner[m.body.sandboxID] = m.node!;
+    }
+    assert.deepEqual(Object.values(owner).sort(), ['node-a', 'node-b', 'node-c'], 'spread over the nodes');
+    for (const [id, n] of Object.entries(owner)) assert.ok(nodes[n.slice(5)]!.store.getSandbox(id), `${id} is in ${n}'s own SQLite`);
+    lap('3 sandboxes created');
+  });
+
+  const onNode = (n: string): string => Object.entries(owner).find(([, o]) => o === n)![0];
+
+  test('GET /sandboxes on any node lists the cluster\'s sandboxes with their node', async () => {
+    const r = await json<{ sandboxID: string; node: string; state: string }[]>(`${nodes['b']!.url}/sandboxes`);
+    assert.equal(r.status, 200);
+    assert.deepEqual(Object.fromEntries(r.body.map((s) => [s.sandboxID, s.node])), owner);
+    assert.ok(r.body.every((s) => s.state === 'running'));
+  });
+
+  test('exec and files through node B into the sandbox on node C (SDK, unchanged)', async () => {
+    const id = onNode('node-c');
+    const sbx = await Sandbox.connect(id, { url: nodes['b']!.url });
+    const r = await sbx.commands.run('echo "hello from $(hostname)"; cat /proc/1/comm');
+    assert.equal(r.exitCode, 0);
+    assert.match(r.stdout, /^hello from /);
+    const data = randomBytes(3 << 20);
+    await sbx.files.write('/tmp/through-b.bin', data);
+    const back = await sbx.files.read('/tmp/through-b.bin', { format: 'bytes' });
+    assert.ok(Buffer.from(back).equals(data), '3 MiB round trip through two nodes');
+    const streamed: string[] = [];
+    await sbx.commands.run('for i in 1 2 3; do echo line$i; sleep 0.2; done', { onStdout: (d) => { streamed.push(d); } });
+    assert.equal(streamed.join(''), 'line1\nline2\nline3\n');
+    const info = await json<{ sandboxID: string }>(`${nodes['b']!.url}/sandboxes/${id}`);
+    assert.equal(info.node, 'node-c', 'answered by the owner');
+    lap('exec and files through B');
+  });
+
+  test('cluster headers from a client are stripped; a wrong token is not a node credential', async () => {
+    const id = onNode('node-c');
+    // A client claiming to be a node with a wrong token: stripped, so A forwards it as any client request.
+    const r = await json<unknown>(`${nodes['a']!.url}/sandboxes/${id}`, { headers: { 'x-hearth-cluster-token': 'x'.repeat(48), 'x-hearth-cluster-scope': 'local' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.node, 'node-c', 'scope local ignored: forwarded to the owner');
+    const list = await json<unknown[]>(`${nodes['a']!.url}/sandboxes`, { headers: { 'x-hearth-cluster-token': 'nope', 'x-hearth-cluster-scope': 'local' } });
+    assert.equal(list.body.length, 3, 'the whole cluster, not node A alone');
+  });
+
+  test('a node stopped without cleanup: its sandboxes become unknown on the others; its restart adopts them', async () => {
+    const id = onNode('node-c');
+    const c = nodes['c']!;
+    await c.manager.settled();
+    await c.close(); // VMs keep running, the node row is left as it was: as if hearthd were killed
+    lap('node C closed');
+    await until('node C marked down', async () => {
+      const r = await json<NodeInfo[]>(`${nodes['a']!.url}/nodes`);
+      return r.body.find((n) => n.id === 'node-c')?.state === 'down';
+    }, 20_000);
+    const gone = await json<{ state: string; lastKnownState: string }>(`${nodes['a']!.url}/sandboxes/${id}`);
+    assert.equal(gone.status, 503);
+    assert.equal(gone.body.state, 'unknown');
+    assert.equal(gone.body.lastKnownState, 'running');
+    const list = await json<{ sandboxID: string; state: string }[]>(`${nodes['b']!.url}/sandboxes`);
+    assert.equal(list.body.find((s) => s.sandboxID === id)?.state, 'unknown', 'listed, not dropped');
+    assert.equal(list.body.length, 3);
+    lap('node C seen down');
+
+    nodes['c'] = await daemonOn(c.cfg);
+    await until('node C up with its sandbox running again', async () => {
+      const r = await json<{ state: string }>(`${nodes['a']!.url}/sandboxes/${id}`);
+      return r.status === 200 && r.body.state === 'running';
+    }, 30_000);
+    const sbx = await Sandbox.connect(id, { url: nodes['a']!.url });
+    assert.equal((await sbx.commands.run('cat /tmp/through-b.bin | wc -c')).stdout.trim(), String(3 << 20), 'the same VM, adopted');
+    lap('node C back, sandbox adopted');
+  });
+
+  test('PostgreSQL restarted mid-run: local operations go on, nothing is lost', async () => {
+    const idB = onNode('node-b');
+    const idA = onNode('node-a');
+    await pg.halt();
+    lap('PostgreSQL stopped');
+    // A lifecycle operation on B while PostgreSQL is down: not blocked, not failed.
+    const del = await fetch(`${nodes['b']!.url}/sandboxes/${idB}`, { method: 'DELETE' });
+    assert.equal(del.status, 204);
+    // A's own sandboxes still answer through A.
+    const sbx = await Sandbox.connect(idA, { url: nodes['a']!.url });
+    assert.equal((await sbx.commands.run('echo still')).stdout, 'still\n');
+    await until('B notices', async () => (await json<{ databaseReachable: boolean }>(`${nodes['b']!.url}/cluster`)).body.databaseReachable === false, 10_000);
+    await pg.start();
+    lap('PostgreSQL started again');
+    const placements = await until('B re-published its change', async () => {
+      const ps = await nodes['a']!.cluster!.placements();
+      return ps.find((p) => p.sandboxId === idB)?.state === 'destroyed' ? ps : null;
+    }, 30_000);
+    const by = Object.fromEntries(placements.map((p: Placement) => [p.sandboxId, p]));
+    assert.equal(by[idA]?.state, 'running');
+    assert.equal(by[onNode('node-c')]?.state, 'running');
+    const up = await until('all nodes up again', async () => {
+      const r = await json<NodeInfo[]>(`${nodes['c']!.url}/nodes`);
+      return r.body.every((n) => n.state === 'up') ? r.body : null;
+    }, 20_000);
+    assert.equal(up.length, 3);
+    lap('after PostgreSQL restart');
+  });
+});
