@@ -137,7 +137,8 @@ export class ClusterNode {
   /** Publishes queued changes (or everything, after a failure or a re-registration); one flush at a time. */
   flush(): Promise<void> {
     if (this.flushing) return this.flushing;
-    this.flushing = (async () => {
+    const run = async (): Promise<void> => {
+      await Promise.resolve(); // never finish synchronously: `flushing` is set below first
       try {
         if (this.needResync) {
           // Everything the node has, ended sandboxes included (so a destroy while PostgreSQL was down is seen).
@@ -156,7 +157,8 @@ export class ClusterNode {
       } finally {
         this.flushing = null;
       }
-    })();
+    };
+    this.flushing = run();
     return this.flushing;
   }
 

@@ -33,6 +33,7 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
   let pg: TestPostgres;
   const nodes: Record<string, TestDaemon> = {};
   const owner: Record<string, string> = {}; // sandbox id → node id
+  const closed = new Set<string>();
   const t0 = Date.now();
   const lap = (what: string): void => { process.stderr.write(`cluster.test: ${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s\n`); };
 
@@ -48,7 +49,11 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
   });
 
   after(async () => {
-    for (const d of Object.values(nodes)) await d.stop().catch((err: unknown) => process.stderr.write(`stop: ${String(err)}\n`));
+    for (const [id, d] of Object.entries(nodes)) {
+      // A node a failed test left closed is started again on its data dir, so its sandboxes are destroyed too.
+      const live = closed.has(id) ? await daemonOn(d.cfg).catch(() => null) : d;
+      await (live ?? d).stop().catch((err: unknown) => process.stderr.write(`stop ${id}: ${String(err)}\n`));
+    }
     await pg?.stop();
   });
 
@@ -120,6 +125,7 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     const c = nodes['c']!;
     await c.manager.settled();
     await c.close(); // VMs keep running, the node row is left as it was: as if hearthd were killed
+    closed.add('c');
     lap('node C closed');
     await until('node C marked down', async () => {
       const r = await json<NodeInfo[]>(`${nodes['a']!.url}/nodes`);
@@ -135,6 +141,7 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     lap('node C seen down');
 
     nodes['c'] = await daemonOn(c.cfg);
+    closed.delete('c');
     await until('node C up with its sandbox running again', async () => {
       const r = await json<{ state: string }>(`${nodes['a']!.url}/sandboxes/${id}`);
       return r.status === 200 && r.body.state === 'running';
