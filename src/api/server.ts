@@ -213,6 +213,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         const apiKey = req.headers['x-api-key'];
         const keyId = typeof apiKey === 'string' && apiKey ? verifyApiKey(deps.store, apiKey) : null;
         const isApi = !port && !proxyTargetOf(req.url, req.headers);
+        // The owner skips its CSRF check for a node's request: this node makes it, as for a local API request.
+        const forged = isApi ? csrfRefusal(req.raw, (originHost) => originHost === (req.headers.host ?? '').toLowerCase()) : null;
+        if (forged) { track.cls = 'refused'; void reply.status(403).send(errorBody(403, forged, 'forbidden')); return; }
         if (!(isApi && deps.requireApiKey && !keyId)) {
           void deps.cluster.route(req.raw, reply.raw, target, keyId, () => { track.cls = 'forwarded'; void reply.hijack(); }).then((r) => {
             if (r === 'local') local();
