@@ -7,21 +7,12 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Sandbox } from '../../src/sdk/index.js';
-import { daemonOn, startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
+import { daemonOn, type TestDaemon } from '../helpers/daemon.js';
+import { startClusterNode, until } from '../helpers/cluster.js';
 import { postgresAvailable, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import type { NodeInfo, Placement } from '../../src/cluster/types.js';
 
 const TOKEN = randomBytes(24).toString('hex');
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try { const v = await fn(); if (v) return v; } catch (err) { last = err; }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 async function json<T>(url: string, init?: RequestInit): Promise<{ status: number; node: string | null; body: T }> {
   const r = await fetch(url, init);
@@ -40,10 +31,7 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
   before(async () => {
     pg = await startPostgres();
     for (const id of ['a', 'b', 'c']) {
-      nodes[id] = await startTestDaemon({
-        databaseUrl: pg.url, nodeId: `node-${id}`, clusterToken: TOKEN, clusterHeartbeatMs: 400, clusterNodeExpiryMs: 2000,
-        warmTemplates: false, warmOnStart: false, defaultMemoryMib: 384,
-      });
+      nodes[id] = await startClusterNode(pg.url, id, TOKEN);
     }
     lap('3 nodes up');
   });
