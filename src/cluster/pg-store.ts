@@ -97,16 +97,23 @@ export class ClusterStore {
 
   private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     const c = await this.pool.connect();
+    // A checked-out client has no pool listener: if the server goes away mid-transaction (PostgreSQL
+    // restarted), pg emits 'error' on the client besides failing its queries, which would otherwise
+    // be an uncaught exception. The failed query rejects on its own; the broken client is destroyed.
+    let broken: Error | undefined;
+    const onError = (err: Error): void => { broken = err; };
+    c.on('error', onError);
     try {
       await c.query('BEGIN');
       const out = await fn(c);
       await c.query('COMMIT');
       return out;
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
+      if (!broken) await c.query('ROLLBACK').catch(() => undefined);
       throw err;
     } finally {
-      c.release();
+      c.off('error', onError);
+      c.release(broken);
     }
   }
 
