@@ -1,7 +1,8 @@
 /**
  * Cluster mode (docs/cluster.md) with real parts: one PostgreSQL from Debian's
  * packages and three hearthd nodes in this process (own data dir, port, netns
- * tag and slot range each), three real QEMU sandboxes in all.
+ * tag and slot range each), three real QEMU sandboxes in all (the PTY and
+ * exec tests reuse the one on node C).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { Sandbox } from '../../src/sdk/index.js';
 import { daemonOn, type TestDaemon } from '../helpers/daemon.js';
 import { startClusterNode, until } from '../helpers/cluster.js';
+import { Screen } from '../helpers/screen.js';
 import { postgresAvailable, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import type { NodeInfo, Placement } from '../../src/cluster/types.js';
 
@@ -96,6 +98,25 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     const info = await json<{ sandboxID: string }>(`${nodes['b']!.url}/sandboxes/${id}`);
     assert.equal(info.node, 'node-c', 'answered by the owner');
     lap('exec and files through B');
+  });
+
+  test('a PTY through node A into the sandbox on node C: type, read, resize, kill (SDK, unchanged)', async () => {
+    const id = onNode('node-c');
+    const sbx = await Sandbox.connect(id, { url: nodes['a']!.url });
+    const screen = new Screen();
+    const term = await sbx.pty.create({ cols: 80, rows: 24, onData: screen.onData });
+    assert.ok(term.pid > 0);
+    let mark = screen.text.length;
+    await term.sendInput('echo hel""lo-from-$(hostname | wc -c); tput cols\n');
+    await screen.waitFor(/(^|[\r\n])hello-from-\d+\r\n80\r\n/, mark);
+    await term.resize({ cols: 100, rows: 30 });
+    mark = screen.text.length;
+    await term.sendInput('stty size\n');
+    await screen.waitFor(/(^|[\r\n])30 100\r\n/, mark);
+    assert.equal(await term.kill(), true);
+    assert.equal((await term.wait())?.exitCode, -1, 'killed: the end event came back through node A');
+    assert.equal(await sbx.pty.kill(term.pid), false, 'gone');
+    lap('PTY through A');
   });
 
   test('cluster headers from a client are stripped; a wrong token is not a node credential', async () => {

@@ -8,34 +8,9 @@ import { promisify } from 'node:util';
 import { Sandbox } from '../../src/sdk/index.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { PACKAGE_ROOT } from '../../src/paths.js';
+import { Screen } from '../helpers/screen.js';
 
 const execFileP = promisify(execFile);
-
-/** Collects terminal output and lets a test wait for a pattern in what arrived since a mark. */
-class Screen {
-  text = '';
-  private waiters: (() => void)[] = [];
-  readonly onData = (bytes: Uint8Array): void => {
-    this.text += Buffer.from(bytes).toString('utf8');
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  };
-
-  async waitFor(re: RegExp, from = 0, ms = 60_000): Promise<RegExpExecArray> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const m = re.exec(this.text.slice(from));
-      if (m) return m;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${re}; output: ${JSON.stringify(this.text.slice(-2000))}`);
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, Math.min(left, 1000));
-        this.waiters.push(() => { clearTimeout(t); r(); });
-      });
-    }
-  }
-}
 
 describe('PTY sessions in a real sandbox', () => {
   let d: TestDaemon;
