@@ -177,7 +177,11 @@ describe('normaliseTarget fuzz', () => {
     fc.assert(fc.property(raw, (r) => {
       let whatwg: string;
       try {
-        whatwg = decodeUnreserved(new URL(r, 'http://a').pathname);
+        const u = new URL(r, 'http://a');
+        // `//host/…` is scheme-relative for WHATWG: another URL, not another reading of the path.
+        // An HTTP origin-form target has no authority, and Hearth reads `//` as `/` everywhere ((d)).
+        if (!/^https?:/i.test(r) && u.host !== 'a') return;
+        whatwg = decodeUnreserved(u.pathname);
       } catch {
         return; // not a URL for WHATWG either
       }
@@ -185,6 +189,20 @@ describe('normaliseTarget fuzz', () => {
       const n = normaliseTarget(r);
       if (n.ok) assert.equal(n.path, whatwg, `${JSON.stringify(r)}: WHATWG ${whatwg}, normalised ${n.path}`);
     }), runs);
+  });
+
+  test('(d) a leading `//` is an empty segment, never a host: `//Start/init` is the path /Start/init, forwarded and routed as that', () => {
+    for (const [raw, path] of [['//Start/init', '/Start/init'], ['//files/init', '/files/init'], ['//init', '/init'], ['//x/../init', '/init']] as const) {
+      const n = normaliseTarget(raw);
+      assert.deepEqual(n, { ok: true, path, query: '' }, raw);
+      const p = proxyDecision(raw, { 'e2b-sandbox-id': SBX });
+      if (isControlPlanePath(path)) assert.notEqual(p.kind, 'forward', `${raw} must not be forwarded`);
+      else {
+        assert.equal(p.kind, 'forward', raw);
+        if (p.kind === 'forward') assert.equal(agentRoute(p.target), agentRoute(path), raw);
+        assert.equal(isControlPlanePath(agentRoute(raw)), false, `the agent routes ${raw} to a control path`);
+      }
+    }
   });
 
   test('(c) the agent decides on the forwarded target what the proxy decided', () => {
