@@ -13,27 +13,16 @@ import { Process } from '../gen/process/process_pb.js';
  * in the slot, and a pooled socket to the previous tenant hangs (its flows are
  * dropped silently when the slot is reset).
  */
-function call(url: string, opts: { method: string; headers?: Record<string, string>; body?: string; signal: AbortSignal }): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: opts.method, headers: opts.headers, agent: false, signal: opts.signal }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { if (text.length < 4096) text += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
+async function call(url: string, opts: { method: string; headers?: Record<string, string>; body?: string; signal: AbortSignal }): Promise<{ status: number; text: string }> {
+  const { body, ...rest } = opts;
+  const res = await exchange(url, { ...rest, headers: opts.headers ?? {}, ...(body !== undefined ? { body: Buffer.from(body) } : {}) });
+  return { status: res.status, text: res.body.toString('utf8', 0, 4096) };
 }
 
 /** A program for AgentControl.exec: argv, user (default root), working directory, environment. */
 export interface GuestExec { cmd: string; args: string[]; user?: string; cwd?: string; envs?: Record<string, string> }
 
-/**
- * Like `call`, with a binary body both ways (file transfers of the template
- * builder), on its own connection for the same reason.
- */
+/** One exchange with a binary body both ways, on its own connection (as `call`); file transfers use it directly. */
 function exchange(url: string, opts: { method: string; headers: Record<string, string>; body?: Uint8Array; signal: AbortSignal; maxBytes?: number }): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(url, { method: opts.method, headers: opts.headers, agent: false, signal: opts.signal }, (res) => {

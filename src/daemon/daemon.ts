@@ -159,6 +159,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     // Template builds (docs/templates.md): a build hearthd was running when it stopped is failed, its sandbox destroyed.
     builder = new TemplateBuilder({
       store, manager, log, dataDir: cfg.dataDir, cacheDir: cfg.cacheDir, warmTemplates: cfg.warmTemplates,
+      cloneFile: (src, dst, signal) => cloneFile(cloneKind, src, dst, signal),
       agent: (endpoint, token) => new AgentControl(endpoint, token),
     });
     await builder.reconcile(AbortSignal.timeout(120_000));

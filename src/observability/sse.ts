@@ -49,3 +49,9 @@ export function openSse(res: ServerResponse, extraHeaders: Record<string, string
     onClose(fn) { if (closed) fn(); else closers.push(fn); },
   };
 }
+
+/** Whether a GET asks for a stream: `follow=true|1` (false|0 says no), else an `Accept: text/event-stream`. */
+export function wantsFollow(follow: string | undefined, accept: string | undefined): boolean {
+  if (follow !== undefined) return follow === 'true' || follow === '1';
+  return (accept ?? '').includes('text/event-stream');
+}

@@ -3,6 +3,7 @@ import { appendFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promis
 import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { AgentControl } from '../client/agent-rest.js';
+import type { FileCloner } from '../core/flows/context.js';
 import { ConflictError, InvalidArgumentError, NotFoundError, errorMessage, throwIfAborted } from '../core/errors.js';
 import { abortError } from '../util/abort.js';
 import { randomId } from '../core/ids.js';
@@ -47,6 +48,8 @@ export interface BuilderDeps {
   dataDir: string;
   cacheDir: string;
   agent: (endpoint: AgentEndpoint, token: string) => AgentControl;
+  /** How a disk file is copied (the manager's: a reflink where the data dir has them, else a sparse copy). */
+  cloneFile: FileCloner;
   /** Whether hearthd keeps warm snapshots (a build then ends with its template's). */
   warmTemplates: boolean;
 }
@@ -311,7 +314,7 @@ export class TemplateBuilder {
         // wrote); the build sandbox boots on it and grows its ext4 online, as its first step.
         const grown = await this.layers.stage();
         try {
-          await this.copyFile(fromPath, grown.disk, signal);
+          await this.deps.cloneFile(fromPath, grown.disk, signal);
           await run('truncate', ['-s', `${rest[0]!.resizeMib}M`, grown.disk], { signal });
           await this.runInSandbox(b, base, grown.disk, from ?? base.layers.at(-1) ?? null, `a ${rest[0]!.resizeMib} MiB copy of ${from ? `layer ${from.slice(0, 12)}` : `template ${base.id}`}`, rest, resources, signal);
         } finally {
@@ -375,7 +378,7 @@ export class TemplateBuilder {
         const snap = this.deps.store.findSnapshot(req.fromSnapshot!);
         if (snap?.kind !== 'named') throw new NotFoundError(`snapshot ${req.fromSnapshot} does not exist`);
         parent = this.deps.store.getTemplate(snap.templateId);
-        await this.copyFile(snapshotAt(snap.dir).rootfs, staged.disk, signal);
+        await this.deps.cloneFile(snapshotAt(snap.dir).rootfs, staged.disk, signal);
       }
       if (!parent) throw new NotFoundError('the template it was made from no longer exists');
       const key = createHash('sha256').update(`${req.fromSandbox ?? req.fromSnapshot}\n${b.row.id}`).digest('hex');
@@ -508,11 +511,7 @@ export class TemplateBuilder {
     this.setStep(b, p.index, { exitCode: 0 });
   }
 
-  /** A reflink copy where the filesystem has them, else a sparse one. */
-  private async copyFile(src: string, dst: string, signal: AbortSignal): Promise<void> {
-    await mkdir(dirname(dst), { recursive: true });
-    await run('cp', ['--reflink=auto', '--sparse=always', '--', src, dst], { signal });
-  }
+
 
   // ---------------------------------------------------------------- record, log, events
 

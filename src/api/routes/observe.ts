@@ -5,7 +5,7 @@ import type { SandboxManager } from '../../core/manager.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import type { Observability } from '../../observability/hub.js';
 import { LOG_SOURCES, type LogEntry, type LogSource } from '../../observability/logs.js';
-import { openSse } from '../../observability/sse.js';
+import { openSse, wantsFollow } from '../../observability/sse.js';
 import { ErrorSchema, SandboxIdParams } from '../schemas.js';
 
 /**
@@ -40,11 +40,6 @@ const EventsQuery = Type.Object({
   since: Type.Optional(Type.String({ pattern: '^[0-9]{1,16}$', description: 'Send the kept events after this id first (as the Last-Event-ID header does)' })),
   sandboxID: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Only this sandbox\'s events' })),
 });
-
-function wantsFollow(q: { follow?: string }, accept: string | undefined): boolean {
-  if (q.follow !== undefined) return q.follow === 'true' || q.follow === '1';
-  return (accept ?? '').includes('text/event-stream');
-}
 
 export function observeRoutes(app: FastifyInstance, manager: SandboxManager, obs: Observability): void {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
@@ -97,7 +92,7 @@ export function observeRoutes(app: FastifyInstance, manager: SandboxManager, obs
     if (limit !== undefined && (limit < 1 || limit > 10_000)) throw new InvalidArgumentError('limit must be from 1 to 10000', 'limit');
     const sources = q.source ? q.source.split(',').filter((x): x is LogSource => (LOG_SOURCES as readonly string[]).includes(x)) : undefined;
     const query = { ...(q.start !== undefined ? { start: Number(q.start) } : {}), ...(limit !== undefined ? { limit } : {}), ...(sources ? { sources } : {}) };
-    if (!wantsFollow(q, req.headers.accept)) {
+    if (!wantsFollow(q.follow, req.headers.accept)) {
       obs.tailAll();
       const entries = obs.logs.read(s.id, query);
       return {

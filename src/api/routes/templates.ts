@@ -6,7 +6,7 @@ import type { SandboxManager, TemplateSnapshotInfo as TemplateSnapshotData } fro
 import { ConflictError, HearthError, InvalidArgumentError, NotFoundError } from '../../core/errors.js';
 import type { Template } from '../../core/types.js';
 import type { Store } from '../../store/store.js';
-import { openSse } from '../../observability/sse.js';
+import { openSse, wantsFollow } from '../../observability/sse.js';
 import type { TemplateBuilder, BuildEvent, BuildRequest } from '../../templates/builder.js';
 import { presentBuild } from '../../templates/build-record.js';
 import { parseRecipe } from '../../templates/recipe.js';
@@ -92,11 +92,6 @@ export function decodeContext(files: Record<string, string> | undefined): Map<st
     out.set(key, Buffer.from(b64, 'base64'));
   }
   return out;
-}
-
-function wantsFollow(follow: string | undefined, accept: string | undefined): boolean {
-  if (follow !== undefined) return follow === 'true' || follow === '1';
-  return (accept ?? '').includes('text/event-stream');
 }
 
 /**
