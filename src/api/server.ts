@@ -18,7 +18,7 @@ import type { TemplateBuilder } from '../templates/builder.js';
 import { apiKeyRoutes } from './keys.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
-import { ErrorSchema } from './schemas.js';
+import { ErrorSchema, SandboxIdParams } from './schemas.js';
 import { isLoopback, isPublicPath, sandboxOfSignedFilesUrl, sandboxTokenPresented, verifyApiKey } from './auth.js';
 import { AGENT_PORT } from '../agent/protocol.js';
 import { MetricsSampler } from './metrics.js';
@@ -27,6 +27,10 @@ import { actors, type Actor } from '../observability/actor.js';
 import { countAdmissionRefusals, observeRoutes } from './routes/observe.js';
 import type { ClusterGateway } from '../cluster/gateway.js';
 import { sandboxOfApiPath } from '../cluster/forward.js';
+import { IMPORT_PATH, MOVE_CONTENT_TYPE } from '../cluster/move.js';
+
+/** Routes that resume a paused sandbox: in cluster mode a full owner moves it first (docs/cluster.md). */
+const RESUME_ROUTES = new Set(['/sandboxes/:sandboxID/resume', '/sandboxes/:sandboxID/connect', '/v2/sandboxes/:sandboxID/connect']);
 import {
   applyConnectionLimits, checkTarget, clientErrorAnswer, csrfRefusal, DEFAULT_EDGE_LIMITS, hostAllowList, hostnameOf, rawJsonError, type EdgeLimits,
 } from './edge.js';
@@ -308,9 +312,17 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   if (cluster) {
     app.addHook('preHandler', async (req, reply) => {
       const info = cluster.info(req.raw);
-      if (info.fromNode) return;
       const route = req.routeOptions.url;
       const keyId = requestActors.get(req.raw)?.keyId ?? null;
+      if (req.method === 'POST' && route !== undefined && RESUME_ROUTES.has(route)) {
+        // Forwarded or not: the owner decides whether it has room, and moves the sandbox if not.
+        const id = (req.params as { sandboxID: string }).sandboxID;
+        let hijacked = false;
+        const r = await cluster.resumeElsewhere(req.raw, reply.raw, id, req.body, keyId, () => { hijacked = true; void reply.hijack(); });
+        if (r === 'handled' && !hijacked) void reply.hijack();
+        return;
+      }
+      if (info.fromNode) return;
       if (req.method === 'POST' && (route === '/sandboxes' || route === '/v2/sandboxes')) {
         const body = (req.body ?? {}) as { templateID?: string; memoryMB?: number };
         let hijacked = false;
@@ -320,6 +332,23 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         void reply.hijack();
         await cluster.list(req.raw, reply.raw, keyId);
       }
+    });
+    // Moving a paused sandbox (docs/cluster.md, "Moving a paused sandbox"). The transfer is a stream: never parsed or buffered.
+    app.addContentTypeParser(MOVE_CONTENT_TYPE, (_req, payload, done) => { done(null, payload); });
+    app.post(IMPORT_PATH, { schema: { hide: true } }, async (req, reply) => {
+      if (!cluster.info(req.raw).fromNode) return reply.status(403).send(errorBody(403, 'only cluster nodes may send sandboxes here', 'forbidden'));
+      if (req.headers['content-type'] !== MOVE_CONTENT_TYPE) return reply.status(415).send(errorBody(415, `send ${MOVE_CONTENT_TYPE}`, 'invalid_argument'));
+      return cluster.mover.receive(req.raw);
+    });
+    app.post('/sandboxes/:sandboxID/move', {
+      schema: {
+        summary: 'Move a paused sandbox to another node (cluster mode): to `node`, or where placement chooses; it stays paused there',
+        tags: ['sandboxes'], params: SandboxIdParams,
+        body: Type.Optional(Type.Object({ node: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })) }, { additionalProperties: false })),
+      },
+    }, async (req) => {
+      const { sandboxID } = req.params as { sandboxID: string };
+      return cluster.mover.moveOut(sandboxID, { to: (req.body as { node?: string } | undefined)?.node, signal: AbortSignal.timeout(600_000) });
     });
     app.get('/nodes', { schema: { summary: 'The cluster\'s nodes: address, state (up/down), capacity, last heartbeat (cluster mode)', tags: ['host'] } },
       async () => cluster.node.nodes());

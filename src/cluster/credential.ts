@@ -15,11 +15,13 @@ export const CLUSTER_SCOPE_HEADER = 'x-hearth-cluster-scope';
 export const FORWARDED_BY_HEADER = 'x-hearth-forwarded-by';
 /** The id (never the key) of the API key the forwarding node verified; absent when none was. */
 export const FORWARDED_KEY_HEADER = 'x-hearth-forwarded-key-id';
+/** On a resume a node forwards after moving the sandbox: the new owner resumes it where it is (no second move). */
+export const MOVED_HEADER = 'x-hearth-cluster-moved';
 /** Set on every answer in cluster mode: the node that answered. */
 export const NODE_HEADER = 'x-hearth-node';
 
 /** Every request header that only nodes may send. */
-export const CLUSTER_REQUEST_HEADERS: readonly string[] = [CLUSTER_TOKEN_HEADER, CLUSTER_SCOPE_HEADER, FORWARDED_BY_HEADER, FORWARDED_KEY_HEADER];
+export const CLUSTER_REQUEST_HEADERS: readonly string[] = [CLUSTER_TOKEN_HEADER, CLUSTER_SCOPE_HEADER, FORWARDED_BY_HEADER, FORWARDED_KEY_HEADER, MOVED_HEADER];
 
 /** Shortest cluster token accepted (config validation). */
 export const MIN_CLUSTER_TOKEN_LENGTH = 32;

@@ -9,8 +9,10 @@ import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Store } from '../store/store.js';
 import type { ClusterNode } from './node.js';
-import { admitClusterHeaders, forwardedHeaders, NODE_HEADER } from './credential.js';
+import { admitClusterHeaders, forwardedHeaders, MOVED_HEADER, NODE_HEADER } from './credential.js';
 import { fetchJson, forwardHttp, forwardUpgrade, unknownBody, unknownListItem } from './forward.js';
+import type { SandboxMover } from './move.js';
+
 
 export interface Admitted { fromNode: boolean; scopeLocal: boolean; keyId: string | null; by: string | null }
 
@@ -23,6 +25,10 @@ export interface ClusterGatewayOptions {
   defaultMemoryMib: number;
   /** Nodes with less free disk are not chosen for creates (MiB). */
   minFreeDiskMib: number;
+  /** Moves paused sandboxes to other nodes (a resume on a full node). */
+  mover: SandboxMover;
+  /** Why this host cannot start a sandbox of this much memory now, or null (the manager's admission). */
+  admissionRefusal: (memoryMib: number) => string | null;
 }
 
 const NOT_ADMITTED: Admitted = { fromNode: false, scopeLocal: false, keyId: null, by: null };
@@ -108,6 +114,38 @@ export class ClusterGateway {
     const headers = this.headers(req, keyId, true);
     headers['content-type'] = 'application/json';
     forwardHttp(req, res, chosen.address, req.url ?? '/sandboxes', headers, Buffer.from(JSON.stringify(body), 'utf8'));
+    return 'handled';
+  }
+
+  get mover(): SandboxMover { return this.o.mover; }
+
+  /**
+   * A resume (or connect) of a paused sandbox of this node when this host has
+   * no room to run it (docs/cluster.md, "Moving a paused sandbox"): the sandbox
+   * moves to a node that has, and the request follows it there ('handled').
+   * 'local' when it fits here, is not paused here, was just moved here, or no
+   * node takes it (the local resume then answers with its own 503 and reason).
+   */
+  async resumeElsewhere(req: IncomingMessage, res: ServerResponse, id: string, body: unknown, keyId: string | null, hijack: () => void): Promise<'local' | 'handled'> {
+    const rec = this.o.store.getSandbox(id);
+    if (rec?.state !== 'paused' || req.headers[MOVED_HEADER] === '1') return 'local';
+    const full = this.o.admissionRefusal(rec.memoryMib);
+    if (!full) return 'local';
+    let moved: Awaited<ReturnType<SandboxMover['moveOut']>>;
+    try {
+      moved = await this.o.mover.moveOut(id);
+    } catch (err) {
+      this.o.log.warn({ sandbox: id, err: err instanceof Error ? err.message : String(err) }, 'cluster: this node is full and the sandbox could not move; resuming here is refused');
+      return 'local';
+    }
+    const target = (await this.o.node.nodes().catch(() => [])).find((n) => n.id === moved.node);
+    if (!target) return 'local'; // cannot happen short of PostgreSQL vanishing: the local 404 says it is not here
+    this.o.log.info({ sandbox: id, node: target.id, reason: full }, 'cluster: resuming a paused sandbox on another node (this one is full)');
+    hijack();
+    const headers = this.headers(req, this.info(req).fromNode ? this.info(req).keyId : keyId, true);
+    headers[MOVED_HEADER] = '1';
+    headers['content-type'] = 'application/json';
+    forwardHttp(req, res, target.address, req.url ?? `/sandboxes/${id}/resume`, headers, Buffer.from(JSON.stringify(body ?? {}), 'utf8'));
     return 'handled';
   }
 

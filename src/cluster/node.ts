@@ -30,6 +30,12 @@ export interface ClusterNodeOptions {
   headroom: HostHeadroom;
   memoryTotalMib: number;
   version: string;
+  /**
+   * Paused sandboxes this node still has that the cluster places elsewhere (a
+   * move committed on the other node, then this node died before forgetting
+   * its copy): found after each re-publish, handed here to be dropped.
+   */
+  onMovedAway?: (ids: string[]) => Promise<unknown>;
 }
 
 export interface ClusterStatus {
@@ -147,6 +153,12 @@ export class ClusterNode {
           await this.db.resync(this.o.nodeId, all);
           this.needResync = false;
           this.o.log.info({ node: this.o.nodeId, sandboxes: all.length }, 'cluster: re-published this node\'s sandboxes');
+          const paused = all.filter((p) => p.state === 'paused').map((p) => p.sandboxId);
+          const away = await this.db.placedElsewhere(this.o.nodeId, paused);
+          if (away.length) {
+            this.o.log.warn({ node: this.o.nodeId, sandboxes: away }, 'cluster: paused sandboxes here are placed on other nodes (moved); dropping the copies here');
+            await this.o.onMovedAway?.(away);
+          }
         }
         while (this.pending.size > 0) {
           const [id, p] = this.pending.entries().next().value as [string, PlacementUpdate];
@@ -176,6 +188,8 @@ export class ClusterNode {
   placements(): Promise<Placement[]> { return this.db.placements(); }
   placement(id: string): ReturnType<ClusterStore['placement']> { return this.db.placement(id); }
   place(req: PlacementRequest): Promise<NodeInfo | null> { return this.db.place(req); }
+  /** Makes this node the owner of a sandbox moved here from `from` (the move's commit point). */
+  claim(rec: SandboxRecord, from: string): Promise<boolean> { return this.db.claim(placementUpdateOf(rec), from, this.o.nodeId); }
 
   get nodeId(): string { return this.o.nodeId; }
   get address(): string { return this.o.address; }

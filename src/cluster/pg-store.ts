@@ -72,11 +72,17 @@ function placementOf(r: PlacementRow): Placement {
   };
 }
 
+/**
+ * A node publishes only its own sandboxes: a row another node owns is left
+ * alone (a sandbox that moved there; the old owner's late or queued changes
+ * must not take it back). Ownership changes only through claim().
+ */
 const UPSERT_PLACEMENT = `
   INSERT INTO placements (sandbox_id, node_id, state, last_known_state, template_id, memory_mib, vcpus, metadata, created_at, updated_at)
   VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, now())
   ON CONFLICT (sandbox_id) DO UPDATE SET node_id = EXCLUDED.node_id, state = EXCLUDED.state, last_known_state = EXCLUDED.last_known_state,
-    template_id = EXCLUDED.template_id, memory_mib = EXCLUDED.memory_mib, vcpus = EXCLUDED.vcpus, metadata = EXCLUDED.metadata, updated_at = now()`;
+    template_id = EXCLUDED.template_id, memory_mib = EXCLUDED.memory_mib, vcpus = EXCLUDED.vcpus, metadata = EXCLUDED.metadata, updated_at = now()
+  WHERE placements.node_id = EXCLUDED.node_id`;
 
 function placementParams(nodeId: string, p: PlacementUpdate): unknown[] {
   return [p.sandboxId, nodeId, p.state, p.templateId, p.memoryMib, p.vcpus, JSON.stringify(p.metadata), p.createdAt];
@@ -183,6 +189,27 @@ export class ClusterStore {
       for (const p of all) await c.query(UPSERT_PLACEMENT, placementParams(nodeId, p));
       await c.query('DELETE FROM placements WHERE node_id = $1 AND NOT (sandbox_id = ANY($2))', [nodeId, all.map((p) => p.sandboxId)]);
     });
+  }
+
+  /**
+   * The commit point of a move (src/cluster/move.ts): the sandbox becomes
+   * `to`'s, paused, if and only if `from` still owns it (or it was never
+   * published). False: someone else owns it; the move must be undone.
+   */
+  async claim(p: PlacementUpdate, from: string, to: string): Promise<boolean> {
+    const r = await this.pool.query(`
+      INSERT INTO placements (sandbox_id, node_id, state, last_known_state, template_id, memory_mib, vcpus, metadata, created_at, updated_at)
+      VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, now())
+      ON CONFLICT (sandbox_id) DO UPDATE SET node_id = EXCLUDED.node_id, state = EXCLUDED.state, last_known_state = EXCLUDED.last_known_state, updated_at = now()
+      WHERE placements.node_id = $9`, [...placementParams(to, p), from]);
+    return r.rowCount === 1;
+  }
+
+  /** Of `ids` (sandboxes this node has), those the cluster places on another node. */
+  async placedElsewhere(nodeId: string, ids: readonly string[]): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const r = await this.pool.query<{ sandbox_id: string }>('SELECT sandbox_id FROM placements WHERE sandbox_id = ANY($1) AND node_id <> $2', [ids, nodeId]);
+    return r.rows.map((x) => x.sandbox_id);
   }
 
   async placement(sandboxId: string): Promise<(Placement & { node: NodeInfo }) | null> {

@@ -1,4 +1,4 @@
-import { readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -27,6 +27,7 @@ import { compatDifferences } from './compat.js';
 import { launch, type LaunchSource } from './flows/launch.js';
 import { beyondPaused, captureKeptMemory, commitResume, pauseSandbox, pausedDisk, resumeSandbox } from './flows/pause.js';
 import { captureSnapshot, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
+import { adoptPaused, describePaused, forgetRows, importRefusal, type PausedExport } from './flows/move.js';
 
 export type { AgentControlApi, ManagerConfig, ManagerDeps, FileCloner } from './flows/context.js';
 
@@ -1035,6 +1036,94 @@ export class SandboxManager {
       this.store.deleteSnapshot(snap.id);
       await removeSnapshotFiles(snap);
     }
+  }
+
+  // ---------------------------------------------------------------- moves between cluster nodes
+
+  /**
+   * Why this host would refuse to start (create or resume) a sandbox of this
+   * much memory right now (the admission of create and resume), or null.
+   */
+  admissionRefusal(memoryMib: number): string | null {
+    try { this.checkCapacity(memoryMib); return null; } catch (err) { return errorMessage(err); }
+  }
+
+  /**
+   * Hands a paused sandbox to another node (cluster mode, src/cluster/move.ts):
+   * `send` streams its capture there and returns once that node owns it (the
+   * cluster's placement says so); then nothing of it stays here. If `send`
+   * fails, nothing here changed: it is still paused on this node. Holds the
+   * sandbox's lock throughout, so it cannot be resumed or destroyed mid-move.
+   */
+  async moveOut(id: string, send: (exp: PausedExport, dir: string) => Promise<void>): Promise<void> {
+    this.get(id);
+    await this.lock.tryRun(id, 'move', async () => {
+      const rec = this.get(id);
+      if (rec.state !== 'paused') throw new ConflictError(`sandbox ${id} is ${rec.state}; only a paused sandbox can move to another node`);
+      const { exp, dir } = await describePaused(this.ledger, rec, this.template(rec.templateId));
+      await send(exp, dir);
+      await this.forgetMoved(rec, dir);
+    });
+  }
+
+  /**
+   * Drops this node's copy of paused sandboxes the cluster places on another
+   * node: a move committed there whose last step (forgetting it here) a crash
+   * cut short. Only paused copies: a move never takes any other.
+   */
+  async dropMovedAway(ids: readonly string[]): Promise<string[]> {
+    const dropped: string[] = [];
+    for (const id of ids) {
+      await this.lock.tryRun(id, 'move', async () => {
+        const rec = this.store.getSandbox(id);
+        if (rec?.state !== 'paused') return;
+        await this.forgetMoved(rec, this.ledger.find(id, 'paused')?.holding.dir ?? null);
+        dropped.push(id);
+      }).catch((err: unknown) => this.log.warn({ sandbox: id, err: errorMessage(err) }, 'could not drop the copy of a sandbox that moved away'));
+    }
+    return dropped;
+  }
+
+  private async forgetMoved(rec: SandboxRecord, capture: string | null): Promise<void> {
+    forgetRows(this.store, this.ledger, rec);
+    this.log.info({ sandbox: rec.id }, 'sandbox moved to another node; its files here are removed');
+    // Its rows are gone, so no request reaches it here; files a failed removal leaves are the reconciler's (no record).
+    for (const dir of [capture, this.layout.sandbox(rec.id).dir]) {
+      if (dir) await removeTree(dir).catch((err: unknown) => this.log.warn({ sandbox: rec.id, dir, err: errorMessage(err) }, 'could not remove the files of a sandbox that moved away'));
+    }
+  }
+
+  /**
+   * Takes a paused sandbox from another node: refuses (409/503) what this host
+   * cannot resume (another image, an incompatible disk backend, no room), then
+   * `receive` writes its capture into the paused dir, the record and holdings
+   * are written, and `commit` makes this node its owner in the cluster. Any
+   * failure removes what was received and written: the sandbox stays where it was.
+   */
+  async importPaused(exp: PausedExport, receive: (pausedDir: string) => Promise<void>, commit: () => Promise<void>): Promise<SandboxRecord> {
+    const id = exp.record.id;
+    // The lock also keeps the reconciler away from the directory while it fills.
+    return this.lock.tryRun(id, 'import', async () => {
+      if (this.store.getSandbox(id)) throw new ConflictError(`sandbox ${id} already exists on this node`);
+      const template = this.store.getTemplate(exp.template.id);
+      const refused = importRefusal(exp, template, this.deps.storage.kind);
+      if (refused || !template) throw new ConflictError(refused ?? `no template ${exp.template.id}`);
+      this.checkCapacity(exp.record.memoryMib);
+      const paths = this.layout.sandbox(id);
+      let rec: SandboxRecord | null = null;
+      try {
+        await mkdir(paths.paused.dir, { recursive: true });
+        await receive(paths.paused.dir);
+        rec = await adoptPaused(this.store, this.ledger, exp, template, paths.dir, paths.paused.dir);
+        await commit();
+        this.log.info({ sandbox: id }, 'sandbox moved here from another node');
+        return rec;
+      } catch (err) {
+        if (rec) forgetRows(this.store, this.ledger, rec);
+        await removeTree(paths.dir).catch(() => undefined);
+        throw err;
+      }
+    });
   }
 
   // ---------------------------------------------------------------- destroy

@@ -30,6 +30,7 @@ import { dualProtocolServer } from '../api/tls.js';
 import { Observability } from '../observability/hub.js';
 import { ClusterNode } from '../cluster/node.js';
 import { ClusterGateway } from '../cluster/gateway.js';
+import { SandboxMover } from '../cluster/move.js';
 import { clusterNodeId } from './config.js';
 
 /** The parts of a built guest image a template needs (src/images produces it). */
@@ -197,10 +198,13 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       cluster = new ClusterNode({
         nodeId: clusterNodeId(cfg), address: cfg.nodeAddress ?? '', databaseUrl: cfg.databaseUrl, heartbeatMs: cfg.clusterHeartbeatMs, expiryMs: cfg.clusterNodeExpiryMs,
         store, log, headroom: hostHeadroom(cfg.dataDir, admissionThresholds(cfg)), memoryTotalMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit), version: VERSION,
+        onMovedAway: (ids) => manager.dropMovedAway(ids),
       });
     }
     const gateway = cluster && cfg.clusterToken ? new ClusterGateway({
       node: cluster, token: cfg.clusterToken, store, log, defaultMemoryMib: cfg.defaultMemoryMib, minFreeDiskMib: cfg.admissionMinFreeDiskMib,
+      mover: new SandboxMover({ manager, node: cluster, token: cfg.clusterToken, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib }),
+      admissionRefusal: (memoryMib) => manager.admissionRefusal(memoryMib),
     }) : undefined;
     const app = await buildApi({
       manager, store, builder, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,

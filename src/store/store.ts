@@ -193,6 +193,19 @@ export class Store {
     this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
   }
 
+  /**
+   * Deletes every row of a sandbox that moved to another node (record, holdings,
+   * journal, idempotency keys): nothing of it is this node's any more.
+   */
+  deleteSandboxRows(id: string): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM holdings WHERE sandbox_id = ?').run(id);
+      this.db.prepare('DELETE FROM journal WHERE sandbox_id = ?').run(id);
+      this.db.prepare('DELETE FROM idempotency WHERE sandbox_id = ?').run(id);
+      this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+    })();
+  }
+
   // ---- retention: an ended sandbox loses its secrets at once (sandboxToRow) and its rows after a while
 
   /**
