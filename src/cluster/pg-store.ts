@@ -242,7 +242,9 @@ export class ClusterStore {
       const r = await c.query<NodeRow>(`SELECT * FROM nodes WHERE state = 'up' ORDER BY id FOR UPDATE`);
       const chosen = chooseNode(r.rows.map(nodeOf), req);
       if (!chosen) return null;
-      await c.query('UPDATE nodes SET memory_used_mib = memory_used_mib + $2, sandboxes = sandboxes + 1 WHERE id = $1', [chosen.id, req.memoryMib]);
+      // Free memory is bounded by MemAvailable too (placement.ts): the reservation comes off both, or a node
+      // whose MemAvailable is the binding figure would win every create placed before its next heartbeat.
+      await c.query('UPDATE nodes SET memory_used_mib = memory_used_mib + $2, memory_available_mib = GREATEST(memory_available_mib - $2, 0), sandboxes = sandboxes + 1 WHERE id = $1', [chosen.id, req.memoryMib]);
       return chosen;
     });
   }

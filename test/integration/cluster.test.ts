@@ -7,6 +7,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import { join } from 'node:path';
 import { Sandbox } from '../../src/sdk/index.js';
 import { daemonOn, type TestDaemon } from '../helpers/daemon.js';
 import { startClusterNode, until } from '../helpers/cluster.js';
@@ -15,6 +18,9 @@ import { postgresAvailable, startPostgres, type TestPostgres } from '../helpers/
 import type { NodeInfo, Placement } from '../../src/cluster/types.js';
 
 const TOKEN = randomBytes(24).toString('hex');
+const POST_JSON = { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' };
+/** Node C's guest memory after its restart: one 384 MiB sandbox fits, two do not. */
+const SMALL_NODE_MIB = 600;
 
 async function json<T>(url: string, init?: RequestInit): Promise<{ status: number; node: string | null; body: T }> {
   const r = await fetch(url, init);
@@ -149,7 +155,8 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     assert.equal(list.body.length, 3);
     lap('node C seen down');
 
-    nodes['c'] = await daemonOn(c.cfg);
+    // Back with room for one 384 MiB sandbox only: the move test below fills it.
+    nodes['c'] = await daemonOn({ ...c.cfg, memoryOvercommit: SMALL_NODE_MIB / (totalmem() / 1048576) });
     closed.delete('c');
     await until('node C up with its sandbox running again', async () => {
       const r = await json<{ state: string }>(`${nodes['a']!.url}/sandboxes/${id}`);
@@ -158,6 +165,61 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     const sbx = await Sandbox.connect(id, { url: nodes['a']!.url });
     assert.equal((await sbx.commands.run('cat /tmp/through-b.bin | wc -c')).stdout.trim(), String(3 << 20), 'the same VM, adopted');
     lap('node C back, sandbox adopted');
+  });
+
+  test('a paused sandbox on a full node resumes on another node with its processes intact; a move no node can take leaves it paused', async () => {
+    const id = onNode('node-c');
+    const c = nodes['c']!;
+    const sbx = await Sandbox.connect(id, { url: nodes['a']!.url });
+    const pid = (await sbx.commands.run('setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!')).stdout.trim();
+    await sbx.files.write('/tmp/moved.txt', 'before the move');
+    const bootId = (await sbx.commands.run('cat /proc/sys/kernel/random/boot_id')).stdout;
+    assert.equal((await fetch(`${nodes['a']!.url}/sandboxes/${id}/pause`, POST_JSON)).status, 204);
+    // Node C fills up: a create pinned there (sent as a node, so it is not placed elsewhere).
+    const filler = await json<{ sandboxID: string }>(`${c.url}/sandboxes`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-hearth-cluster-token': TOKEN }, body: JSON.stringify({ templateID: 'base', timeout: 600 }),
+    });
+    assert.equal(filler.status, 201, JSON.stringify(filler.body));
+    assert.equal(filler.node, 'node-c');
+    assert.match(c.manager.admissionRefusal(384) ?? '', /capacity/, 'node C has no room left for the paused sandbox');
+    lap('sandbox on C paused, C full');
+
+    // A move to the full node is refused, and the sandbox stays paused where it is.
+    const refused = await json<{ message: string }>(`${nodes['b']!.url}/sandboxes/${id}/move`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ node: 'node-c' }) });
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.match(refused.body.message, /already on node node-c/);
+
+    // Resume through node A: C has no room, so the sandbox moves to the node with the most free memory, and resumes there.
+    const t0 = Date.now();
+    const resumed = await json<{ state: string }>(`${nodes['a']!.url}/sandboxes/${id}/resume`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    assert.equal(resumed.status, 201, JSON.stringify(resumed.body));
+    assert.equal(resumed.body.state, 'running');
+    const to = resumed.node!;
+    assert.ok(to === 'node-a' || to === 'node-b', `resumed on ${to}`);
+    lap(`moved C → ${to} and resumed in ${Date.now() - t0} ms`);
+    assert.equal(c.store.getSandbox(id), undefined, 'nothing of it left in C\'s SQLite');
+    assert.equal(existsSync(join(c.cfg.dataDir, 'sandboxes', id)), false, 'nor in C\'s data dir');
+    assert.equal(nodes[to.slice(5)]!.store.getSandbox(id)?.state, 'running');
+    assert.equal((await nodes['b']!.cluster!.placement(id))?.nodeId, to, 'the cluster places it on its new node');
+    const moved = await Sandbox.connect(id, { url: nodes['b']!.url });
+    assert.equal((await moved.commands.run(`kill -0 ${pid} && cat /tmp/moved.txt && cat /proc/sys/kernel/random/boot_id`)).stdout, `before the move${bootId}`, 'same process, same file, same boot');
+    owner[id] = to;
+
+    // An explicit move (an operator draining a node) of a paused sandbox to the third node, then a resume there.
+    const other = to === 'node-a' ? 'node-b' : 'node-a';
+    assert.equal((await fetch(`${c.url}/sandboxes/${id}/pause`, POST_JSON)).status, 204);
+    const mv = await json<{ node: string; from: string; bytes: number }>(`${c.url}/sandboxes/${id}/move`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ node: other }) });
+    assert.equal(mv.status, 200, JSON.stringify(mv.body));
+    assert.equal(mv.body.node, other);
+    assert.equal(mv.body.from, to);
+    assert.ok(mv.body.bytes > 1 << 20 && mv.body.bytes < 1 << 30, `${mv.body.bytes} bytes sent: the written parts only`);
+    const again = await json<{ state: string }>(`${c.url}/sandboxes/${id}/resume`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    assert.equal(again.status, 201, JSON.stringify(again.body));
+    assert.equal(again.node, other);
+    assert.equal((await moved.commands.run(`kill -0 ${pid} && cat /tmp/moved.txt`)).stdout, 'before the move');
+    owner[id] = other;
+    assert.equal((await fetch(`${c.url}/sandboxes/${filler.body.sandboxID}`, { method: 'DELETE' })).status, 204);
+    lap('explicit move and resume');
   });
 
   test('PostgreSQL restarted mid-run: local operations go on, nothing is lost', async () => {
@@ -179,8 +241,8 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
       return ps.find((p) => p.sandboxId === idB)?.state === 'destroyed' ? ps : null;
     }, 30_000);
     const by = Object.fromEntries(placements.map((p: Placement) => [p.sandboxId, p]));
-    assert.equal(by[idA]?.state, 'running');
-    assert.equal(by[onNode('node-c')]?.state, 'running');
+    for (const id of Object.keys(owner)) if (id !== idB) assert.equal(by[id]?.state, 'running', `${id} kept its state`);
+    assert.equal(by[idA]?.nodeId, 'node-a');
     const up = await until('all nodes up again', async () => {
       const r = await json<NodeInfo[]>(`${nodes['c']!.url}/nodes`);
       return r.body.every((n) => n.state === 'up') ? r.body : null;
