@@ -331,6 +331,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       } else if (req.method === 'GET' && route === '/sandboxes') {
         void reply.hijack();
         await cluster.list(req.raw, reply.raw, keyId);
+      } else if (req.method === 'GET' && route === '/v2/sandboxes') {
+        void reply.hijack();
+        await cluster.listPaged(req.raw, reply.raw, keyId);
       }
     });
     // Moving a paused sandbox (docs/cluster.md, "Moving a paused sandbox"). The transfer is a stream: never parsed or buffered.

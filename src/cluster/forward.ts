@@ -99,14 +99,14 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
 }
 
 /** GET `path` on a node with `headers`, JSON back (the list fan-out). */
-export function fetchJson(address: string, path: string, headers: IncomingHttpHeaders | Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+export function fetchJson(address: string, path: string, headers: IncomingHttpHeaders | Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown; headers: IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const u = new URL(address);
     const r = httpRequest({ host: u.hostname, port: u.port || 80, method: 'GET', path, headers: { ...headers, connection: 'close' }, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown }); } catch (err) { reject(err instanceof Error ? err : new Error(String(err))); }
+        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown, headers: res.headers }); } catch (err) { reject(err instanceof Error ? err : new Error(String(err))); }
       });
       res.on('error', reject);
     });

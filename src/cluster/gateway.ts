@@ -12,6 +12,7 @@ import type { ClusterNode } from './node.js';
 import { admitClusterHeaders, forwardedHeaders, MOVED_HEADER, NODE_HEADER } from './credential.js';
 import { fetchJson, forwardHttp, forwardUpgrade, unknownBody, unknownListItem } from './forward.js';
 import type { SandboxMover } from './move.js';
+import { decodeCursor, encodeCursor, pageLimit } from '../api/routes/sandboxes.js';
 
 
 export interface Admitted { fromNode: boolean; scopeLocal: boolean; keyId: string | null; by: string | null }
@@ -186,6 +187,61 @@ export class ClusterGateway {
     }
     if (missing.length) res.setHeader('x-hearth-missing-nodes', missing.join(','));
     this.sendJson(res, 200, [...parts.flat(), ...unknown]);
+  }
+
+  /**
+   * GET /v2/sandboxes from a client (E2B's paged list): every up node's page
+   * for the same query (its filters, `limit`, `order` and `nextToken`), merged
+   * in start-time order and cut to `limit`. The cursor is (start time, id), so
+   * each node's page after it holds every item of the merged page that is on
+   * that node: the pages are exact, not approximate. E2B's list has no
+   * `unknown` state: sandboxes of down nodes are left out, and those nodes are
+   * named in X-Hearth-Missing-Nodes (as nodes that do not answer).
+   */
+  async listPaged(req: IncomingMessage, res: ServerResponse, keyId: string | null): Promise<void> {
+    const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
+    let limit: number;
+    try {
+      limit = pageLimit(query.get('limit') ?? undefined);
+      const token = query.get('nextToken');
+      if (token) decodeCursor(token);
+    } catch (err) {
+      this.sendJson(res, 400, { code: 400, error_code: 'invalid_argument', message: err instanceof Error ? err.message : String(err) });
+      return;
+    }
+    const dir = query.get('order') === 'asc' ? 1 : -1;
+    let nodes: Awaited<ReturnType<ClusterNode['nodes']>>;
+    try {
+      nodes = await this.o.node.nodes();
+    } catch (err) {
+      this.sendJson(res, 503, { code: 503, error_code: 'unavailable', message: `the cluster database does not answer: ${err instanceof Error ? err.message : String(err)}` });
+      return;
+    }
+    const headers = this.headers(req, keyId, true);
+    const missing = nodes.filter((n) => n.state !== 'up').map((n) => n.id);
+    let more = false;
+    let refusal: { status: number; body: unknown } | null = null;
+    const parts = await Promise.all(nodes.filter((n) => n.state === 'up').map(async (n) => {
+      try {
+        const r = await fetchJson(n.address, req.url ?? '/v2/sandboxes', headers, 10_000);
+        if (r.status === 400) { refusal = r; return []; }
+        if (r.status !== 200 || !Array.isArray(r.body)) throw new Error(`status ${r.status}`);
+        if (r.headers['x-next-token']) more = true;
+        return r.body as Record<string, unknown>[];
+      } catch {
+        missing.push(n.id);
+        return [];
+      }
+    }));
+    if (refusal) { this.sendJson(res, 400, (refusal as { body: unknown }).body); return; }
+    const key = (x: Record<string, unknown>): [string, string] => [String(x['startedAt']), String(x['sandboxID'])];
+    const cmp = (a: [string, string], b: [string, string]): number => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0);
+    const all = parts.flat().sort((a, b) => dir * cmp(key(a), key(b)));
+    const out = all.slice(0, limit);
+    const last = out.at(-1);
+    if ((more || all.length > limit) && last) res.setHeader('x-next-token', encodeCursor(...key(last)));
+    if (missing.length) res.setHeader('x-hearth-missing-nodes', missing.join(','));
+    this.sendJson(res, 200, out);
   }
 
   private sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -88,6 +88,24 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     assert.ok(r.body.every((s) => s.state === 'running'));
   });
 
+  test('GET /v2/sandboxes (E2B\'s paged list) on any node pages through the whole cluster in start order', async () => {
+    const seen: { sandboxID: string; startedAt: string }[] = [];
+    let token: string | null = null;
+    for (let i = 0; i < 5; i++) {
+      const r = await fetch(`${nodes['b']!.url}/v2/sandboxes?limit=1&order=asc${token ? `&nextToken=${token}` : ''}`);
+      assert.equal(r.status, 200);
+      const page = await r.json() as { sandboxID: string; startedAt: string }[];
+      assert.equal(page.length, 1);
+      seen.push(...page);
+      token = r.headers.get('x-next-token');
+      if (!token) break;
+    }
+    assert.deepEqual(seen.map((s) => s.sandboxID).sort(), Object.keys(owner).sort(), 'every sandbox once, from all three nodes');
+    assert.deepEqual(seen.map((s) => s.startedAt), seen.map((s) => s.startedAt).sort(), 'in start order across nodes');
+    const bad = await fetch(`${nodes['a']!.url}/v2/sandboxes?nextToken=garbage`);
+    assert.equal(bad.status, 400);
+  });
+
   test('exec and files through node B into the sandbox on node C (SDK, unchanged)', async () => {
     const id = onNode('node-c');
     const sbx = await Sandbox.connect(id, { url: nodes['b']!.url });
