@@ -12,7 +12,7 @@ import { copyFile, link, mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PACKAGE_ROOT } from '../../src/paths.js';
-import { testImage } from './daemon.js';
+import { alive, testImage } from './daemon.js';
 
 export const DAEMON_MAIN = join(PACKAGE_ROOT, 'dist', 'daemon', 'main.js');
 
@@ -108,4 +108,10 @@ export async function seedImage(dataDir: string): Promise<void> {
   for (const f of await readdir(image.dir)) {
     await link(join(image.dir, f), join(dst, f)).catch(() => copyFile(join(image.dir, f), join(dst, f)));
   }
+}
+
+/** Alive and not a zombie (an exited QEMU adopted from a killed daemon is reaped by init, later). */
+export function running(pid: number): boolean {
+  if (!alive(pid)) return false;
+  try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
 }

@@ -10,13 +10,15 @@
  * Capacity is set per node with `memoryOvercommit` (admitted guest memory =
  * host RAM × it): node A admits 7 sandboxes of 384 MiB, node C 3, node B none,
  * so ten creates through A must end 7 / 0 / 3 whatever order ties break in.
- * Ten VMs are booted (one at a time, so each placement sees the last), then all
- * but three are destroyed before the kill.
+ * The creates go one at a time (each placement then sees the last in its node's
+ * heartbeat) and use warm templates, as hearthd does by default: each node boots
+ * once for its snapshot and restores the rest in seconds. All but three of the
+ * ten are destroyed before the kill.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -24,8 +26,8 @@ import { Sandbox } from '../../src/sdk/index.js';
 import type { HearthConfig } from '../../src/daemon/config.js';
 import type { NodeInfo } from '../../src/cluster/types.js';
 import { chooseNetwork } from '../../src/network/netns/index.js';
-import { alive, qemuPidsUnder } from '../helpers/daemon.js';
-import { DAEMON_MAIN, seedImage, sigkill, sigterm, spawnHearthd, tail, type ChildDaemon } from '../helpers/child-daemon.js';
+import { qemuPidsUnder } from '../helpers/daemon.js';
+import { DAEMON_MAIN, running, seedImage, sigkill, sigterm, spawnHearthd, tail, type ChildDaemon } from '../helpers/child-daemon.js';
 import { until } from '../helpers/cluster.js';
 import { freePort, postgresAvailable, startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { freeTestRange, randomTag, sweep, tagged } from '../helpers/netns.js';
@@ -55,12 +57,6 @@ async function json<T>(url: string, init?: RequestInit): Promise<{ status: numbe
   const r = await fetch(url, { signal: AbortSignal.timeout(180_000), ...init });
   const text = await r.text();
   return { status: r.status, node: r.headers.get('x-hearth-node'), body: (text ? JSON.parse(text) : null) as T };
-}
-
-/** Alive and not a zombie. */
-function running(pid: number): boolean {
-  if (!alive(pid)) return false;
-  try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
 }
 
 describe('cluster mode: three hearthd processes on one PostgreSQL', { skip: !postgresAvailable() && 'PostgreSQL 15 (Debian) is not installed' }, () => {
@@ -108,7 +104,7 @@ describe('cluster mode: three hearthd processes on one PostgreSQL', { skip: !pos
         host: '127.0.0.1', port,
         cacheDir: process.env['HEARTH_IMAGE_CACHE'] ?? '/var/cache/hearth',
         databaseUrl: pg.url, nodeId: `node-${id}`, clusterToken: TOKEN, clusterHeartbeatMs: 500, clusterNodeExpiryMs: 4000,
-        warmTemplates: false, warmOnStart: false, defaultMemoryMib: MIB, bootTimeoutMs: 120_000,
+        warmTemplates: true, warmOnStart: false, defaultMemoryMib: MIB, bootTimeoutMs: 120_000,
         memoryOvercommit: admittedMib(id) / HOST_MIB,
         // Host-headroom admission off, as for every test daemon: tests assert behaviour, not the CI machine's load.
         admissionMaxLoadPerCpu: 0, admissionMinFreeMemoryMib: 0, admissionMinFreeDiskMib: 0,
@@ -119,7 +115,7 @@ describe('cluster mode: three hearthd processes on one PostgreSQL', { skip: !pos
       nodes[id] = { id, nodeId: `node-${id}`, dataDir, logPath: `${dataDir}.log`, port, url: `http://127.0.0.1:${port}`, networkTag: net.networkTag ?? null, daemon: null };
     }
     await Promise.all(Object.values(nodes).map(start));
-    lap('3 hearthd processes up');
+    lap(`3 hearthd processes up (data dirs ${root}/{a,b,c}, netns tags ${Object.values(nodes).map((n) => n.networkTag ?? 'none').join(', ')})`);
   });
 
   after(async () => {

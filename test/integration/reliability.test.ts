@@ -11,17 +11,16 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, readFileSync, readdirSync, statSync, type WriteStream } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { copyFile, link, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Sandbox, CommandExitError } from '../../src/sdk/index.js';
-import { alive, qemuPidsUnder, startTestDaemon, testImage, type TestDaemon } from '../helpers/daemon.js';
-import { PACKAGE_ROOT } from '../../src/paths.js';
+import { qemuPidsUnder, startTestDaemon, testImage, type TestDaemon } from '../helpers/daemon.js';
+import { DAEMON_MAIN, running, seedImage, sigkill, sigterm, spawnHearthd, type ChildDaemon } from '../helpers/child-daemon.js';
+import { freePort } from '../helpers/postgres.js';
 import { chooseNetwork } from '../../src/network/netns/index.js';
 import { freeTestRange, randomTag, sweep } from '../helpers/netns.js';
 
@@ -32,27 +31,7 @@ const netEnv: Record<string, string> = (await chooseNetwork()).kind === 'netns'
   ? { HEARTH_NETWORK: 'netns', HEARTH_NETWORK_TAG: netTag, HEARTH_NETWORK_RANGE: await freeTestRange(), HEARTH_NETWORK_POOL_SIZE: '2' }
   : { HEARTH_NETWORK: 'user' };
 
-const DAEMON_MAIN = join(PACKAGE_ROOT, 'dist', 'daemon', 'main.js');
-
 // ───────────────────────────── helpers ─────────────────────────────
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Alive and not a zombie (an exited QEMU adopted from a killed daemon is reaped by init, later). */
-function running(pid: number): boolean {
-  if (!alive(pid)) return false;
-  try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
-}
 
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -72,19 +51,13 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | u
   }
 }
 
-/** A hearthd child process (the real entry point, as `hearth up` starts it). */
-interface ChildDaemon { proc: ChildProcess; url: string; pid: number; exited: Promise<void> }
+const started: ChildDaemon[] = [];
 
-const started: ChildProcess[] = [];
-const logs: WriteStream[] = [];
-
+/** A hearthd child process (the real entry point, as `hearth up` starts it) on a free port. */
 async function spawnDaemon(dataDir: string, logPath: string): Promise<ChildDaemon> {
-  const port = await freePort();
-  const log = createWriteStream(logPath, { flags: 'a' });
-  logs.push(log);
-  const proc = spawn(process.execPath, [DAEMON_MAIN, '--host', '127.0.0.1', '--port', String(port), '--data-dir', dataDir], {
+  const d = await spawnHearthd({
+    dataDir, port: await freePort(), logPath,
     env: {
-      ...process.env,
       ...netEnv,
       HEARTH_CACHE_DIR: process.env['HEARTH_IMAGE_CACHE'] ?? '/var/cache/hearth',
       HEARTH_BOOT_TIMEOUT_MS: '120000',
@@ -92,47 +65,9 @@ async function spawnDaemon(dataDir: string, logPath: string): Promise<ChildDaemo
       // Host-headroom admission off: tests assert behaviour, not the CI machine's load.
       HEARTH_ADMISSION_MAX_LOAD_PER_CPU: '0', HEARTH_ADMISSION_MIN_FREE_MEMORY_MIB: '0', HEARTH_ADMISSION_MIN_FREE_DISK_MIB: '0',
     },
-    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  started.push(proc);
-  proc.stdout!.pipe(log, { end: false });
-  proc.stderr!.pipe(log, { end: false });
-  // Once hearthd is gone, drop our ends of its pipes: a QEMU it started may still hold the other ends.
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => { proc.stdout?.destroy(); proc.stderr?.destroy(); resolve(); }));
-  const url = `http://127.0.0.1:${port}`;
-  await waitFor('hearthd to answer', async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`hearthd exited (${proc.exitCode ?? proc.signalCode}); log ${logPath}:\n${tail(logPath)}`);
-    const r = await fetch(`${url}/sandboxes`, { signal: AbortSignal.timeout(2000) });
-    return r.ok ? true : undefined;
-  }, 240_000, 300).catch((e: unknown) => { proc.kill('SIGKILL'); throw e; });
-  return { proc, url, pid: proc.pid!, exited };
-}
-
-function tail(path: string, lines = 40): string {
-  try { return readFileSync(path, 'utf8').split('\n').slice(-lines).join('\n'); } catch { return ''; }
-}
-
-async function sigkill(d: ChildDaemon): Promise<void> {
-  process.kill(d.pid, 'SIGKILL');
-  await d.exited;
-}
-
-async function sigterm(d: ChildDaemon): Promise<void> {
-  if (d.proc.exitCode !== null || d.proc.signalCode !== null) return;
-  d.proc.kill('SIGTERM');
-  const timer = setTimeout(() => d.proc.kill('SIGKILL'), 30_000);
-  await d.exited;
-  clearTimeout(timer);
-}
-
-/** Put the test image into `<dataDir>/images/<hash16>` so the child daemon reuses it. */
-async function seedImage(dataDir: string): Promise<void> {
-  const image = await testImage();
-  const dst = join(dataDir, 'images', basename(image.dir));
-  await mkdir(dst, { recursive: true });
-  for (const f of await readdir(image.dir)) {
-    await link(join(image.dir, f), join(dst, f)).catch(() => copyFile(join(image.dir, f), join(dst, f)));
-  }
+  started.push(d);
+  return d;
 }
 
 async function api<T>(url: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
@@ -195,8 +130,7 @@ describe('hearthd SIGKILL: running VMs survive and are adopted', () => {
     for (const pid of [...seenQemu, ...qemuPidsUnder(dataDir || '/nonexistent')]) {
       if (running(pid)) { process.stderr.write(`reliability cleanup: killing leftover QEMU ${pid}\n`); try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
     }
-    for (const p of started) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-    for (const l of logs) l.end();
+    for (const d of started) await sigkill(d).catch(() => undefined);
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
     if (logPath) await rm(logPath, { force: true });
     if (netEnv['HEARTH_NETWORK_TAG']) await sweep(netTag);
