@@ -171,6 +171,8 @@ describe('cluster mode: three hearthd processes on one PostgreSQL', { skip: !pos
       assert.equal(n.address, url(id));
       assert.ok(Math.abs(n.memoryTotalMib - admittedMib(id)) <= 1, `${n.id} admits ${n.memoryTotalMib} MiB, configured ${admittedMib(id)}`);
       assert.equal(n.memoryUsedMib, 0);
+      // Placement counts min(admitted − used, MemAvailable): below this the host, not the configuration, would decide.
+      assert.ok(n.memoryAvailableMib >= admittedMib('a'), `the host has ${n.memoryAvailableMib} MiB available, less than node A admits (${admittedMib('a')})`);
     }
   });
 
