@@ -31,6 +31,7 @@ import { IMPORT_PATH, MOVE_CONTENT_TYPE } from '../cluster/move.js';
 
 /** Routes that resume a paused sandbox: in cluster mode a full owner moves it first (docs/cluster.md). */
 const RESUME_ROUTES = new Set(['/sandboxes/:sandboxID/resume', '/sandboxes/:sandboxID/connect', '/v2/sandboxes/:sandboxID/connect']);
+import type { RegistryResult } from '../cluster/registry-api.js';
 import {
   applyConnectionLimits, checkTarget, clientErrorAnswer, csrfRefusal, DEFAULT_EDGE_LIMITS, hostAllowList, hostnameOf, rawJsonError, type EdgeLimits,
 } from './edge.js';
@@ -309,6 +310,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   // Cluster mode: a client's create is placed on a node, a client's list gathered from every node (docs/cluster.md).
   const cluster = deps.cluster;
+  const registryNodes = new WeakMap<IncomingMessage, string[]>();
   if (cluster) {
     app.addHook('preHandler', async (req, reply) => {
       const info = cluster.info(req.raw);
@@ -334,7 +336,36 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       } else if (req.method === 'GET' && route === '/v2/sandboxes') {
         void reply.hijack();
         await cluster.listPaged(req.raw, reply.raw, keyId);
+      } else if (route === '/templates' || route === '/snapshots' || route === '/templates/:templateID' || route === '/snapshots/:snapshotID') {
+        // Templates and snapshots over the cluster (docs/cluster.md, "Templates and snapshots").
+        const reg = cluster.registry;
+        const params = req.params as { templateID?: string; snapshotID?: string };
+        let r: RegistryResult | null = null;
+        if (req.method === 'GET' && route === '/templates') r = { local: false, answer: await reg.listTemplates(req.raw, keyId) };
+        else if (req.method === 'GET' && route === '/snapshots') r = { local: false, answer: await reg.listSnapshots(req.raw, keyId, req.query as Record<string, string>) };
+        else if (req.method === 'GET' && params.templateID !== undefined) r = await reg.getTemplate(req.raw, keyId, params.templateID);
+        else if (req.method === 'GET' && params.snapshotID !== undefined) r = await reg.getSnapshot(req.raw, keyId, params.snapshotID);
+        else if (req.method === 'DELETE' && params.templateID !== undefined) r = await reg.deleteTemplate(req.raw, keyId, params.templateID);
+        else if (req.method === 'DELETE' && params.snapshotID !== undefined) r = await reg.deleteSnapshot(req.raw, keyId, params.snapshotID);
+        if (r?.local) { if (r.nodes) registryNodes.set(req.raw, r.nodes); return; }
+        if (r) {
+          const a = r.answer;
+          void reply.status(a.status).headers(a.headers ?? {});
+          // JSON text: the route's response schema would drop `nodes` and `partial`.
+          if (a.status === 204) return reply.send();
+          return reply.type('application/json; charset=utf-8').send(JSON.stringify(a.body));
+        }
       }
+    });
+    // A template or snapshot this node answers for itself: the nodes that hold it are added to its 200.
+    app.addHook('onSend', async (req, reply, payload) => {
+      const nodes = registryNodes.get(req.raw);
+      if (!nodes || reply.statusCode !== 200 || typeof payload !== 'string') return payload;
+      try {
+        const body = JSON.parse(payload) as unknown;
+        if (body && typeof body === 'object' && !Array.isArray(body)) return JSON.stringify({ ...body, nodes });
+      } catch { /* not JSON: as is */ }
+      return payload;
     });
     // Moving a paused sandbox (docs/cluster.md, "Moving a paused sandbox"). The transfer is a stream: never parsed or buffered.
     app.addContentTypeParser(MOVE_CONTENT_TYPE, (_req, payload, done) => { done(null, payload); });

@@ -99,14 +99,26 @@ export function forwardUpgrade(req: IncomingMessage, socket: Duplex, head: Buffe
 }
 
 /** GET `path` on a node with `headers`, JSON back (the list fan-out). */
-export function fetchJson(address: string, path: string, headers: IncomingHttpHeaders | Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown; headers: IncomingHttpHeaders }> {
+export function fetchJson(address: string, path: string, headers: IncomingHttpHeaders | Record<string, string | string[]>, timeoutMs: number): Promise<{ status: number; body: unknown; headers: IncomingHttpHeaders }> {
+  return requestJson(address, 'GET', path, headers, timeoutMs);
+}
+
+/**
+ * One bodiless request to a node (GET, DELETE), its JSON answer back (null when
+ * it has no body, as a 204), with its headers. The client's content headers are
+ * not sent: there is no body.
+ */
+export function requestJson(address: string, method: string, path: string, headers: IncomingHttpHeaders | Record<string, string | string[]>, timeoutMs: number): Promise<{ status: number; body: unknown; headers: IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const u = new URL(address);
-    const r = httpRequest({ host: u.hostname, port: u.port || 80, method: 'GET', path, headers: { ...headers, connection: 'close' }, timeout: timeoutMs }, (res) => {
+    const out: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'content-type' && k !== 'content-length') out[k] = v;
+    const r = httpRequest({ host: u.hostname, port: u.port || 80, method, path, headers: { ...out, connection: 'close' }, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown, headers: res.headers }); } catch (err) { reject(err instanceof Error ? err : new Error(String(err))); }
+        const text = Buffer.concat(chunks).toString('utf8');
+        try { resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) as unknown : null, headers: res.headers }); } catch (err) { reject(err instanceof Error ? err : new Error(String(err))); }
       });
       res.on('error', reject);
     });

@@ -13,7 +13,8 @@ import { admitClusterHeaders, forwardedHeaders, MOVED_HEADER, NODE_HEADER } from
 import { fetchJson, forwardHttp, forwardUpgrade, unknownBody, unknownListItem } from './forward.js';
 import type { SandboxMover } from './move.js';
 import { decodeCursor, encodeCursor, pageLimit } from '../api/routes/sandboxes.js';
-
+import { sourceOfCreate, withLocal, type CreateSource } from './registry.js';
+import { RegistryApi } from './registry-api.js';
 
 export interface Admitted { fromNode: boolean; scopeLocal: boolean; keyId: string | null; by: string | null }
 
@@ -36,8 +37,12 @@ const NOT_ADMITTED: Admitted = { fromNode: false, scopeLocal: false, keyId: null
 
 export class ClusterGateway {
   private readonly admitted = new WeakMap<IncomingMessage, Admitted>();
+  /** Templates and snapshots over the cluster (GET lists, single GETs, DELETEs). */
+  readonly registry: RegistryApi;
 
-  constructor(private readonly o: ClusterGatewayOptions) {}
+  constructor(private readonly o: ClusterGatewayOptions) {
+    this.registry = new RegistryApi({ node: o.node, store: o.store, headers: (req, keyId) => this.headers(req, keyId, true) });
+  }
 
   get nodeId(): string { return this.o.node.nodeId; }
   get node(): ClusterNode { return this.o.node; }
@@ -96,16 +101,41 @@ export class ClusterGateway {
 
   /**
    * POST /sandboxes (and /v2/sandboxes) from a client: placed by free capacity
-   * and warm-template locality, and carried out by the chosen node. 'local' when
-   * this node wins, when none has room (its own admission answers 503), or when
-   * PostgreSQL does not answer (creates then stay on the node asked).
+   * and warm-template locality among the nodes that hold its template or
+   * snapshot (the registry; the default image's template is everywhere), and
+   * carried out by the chosen node. 404 when no node holds it, or only down
+   * ones; 503 when its holders (this node not among them) have no room.
+   * 'local' when this node wins, when none has room and this node may take it
+   * (its own admission answers 503), or when PostgreSQL does not answer
+   * (creates then stay on the node asked).
    */
   async placeCreate(req: IncomingMessage, res: ServerResponse, body: { templateID?: string; memoryMB?: number }, keyId: string | null, hijack: () => void): Promise<'local' | 'handled'> {
-    const templateId = body.templateID ?? 'base';
-    const memoryMib = body.memoryMB ?? this.o.store.getTemplate(templateId)?.memoryMib ?? this.o.defaultMemoryMib;
+    const name = body.templateID ?? 'base';
+    let src: CreateSource;
     let chosen: Awaited<ReturnType<ClusterNode['place']>>;
     try {
-      chosen = await this.o.node.place({ templateId, memoryMib, minFreeDiskMib: this.o.minFreeDiskMib });
+      src = sourceOfCreate(name, withLocal(await this.o.node.registryNamed(name), this.o.node.localRegistry(), this.nodeId));
+      if (src.kind === 'missing') {
+        hijack();
+        this.sendJson(res, 404, { code: 404, error_code: 'not_found', message: `template or snapshot ${name} does not exist on any node of the cluster` });
+        return 'handled';
+      }
+      const memoryMib = body.memoryMB ?? src.memoryMib;
+      const only = src.kind === 'nodes' ? src.nodes : null;
+      chosen = await this.o.node.place({ templateId: src.kind === 'nodes' ? src.id : src.templateId, memoryMib, minFreeDiskMib: this.o.minFreeDiskMib, nodes: only });
+      if (!chosen && only && !only.includes(this.nodeId)) {
+        const up = new Set((await this.o.node.nodes()).filter((n) => n.state === 'up').map((n) => n.id));
+        const live = only.filter((id) => up.has(id));
+        const what = src.kind === 'nodes' ? `${src.what} ${name}` : name;
+        const on = (ids: string[]): string => `node${ids.length > 1 ? 's' : ''} ${ids.join(', ')}`;
+        hijack();
+        if (live.length === 0) {
+          this.sendJson(res, 404, { code: 404, error_code: 'not_found', message: `${what} exists only on ${on(only)}, which ${only.length > 1 ? 'are' : 'is'} down; no up node has it` });
+        } else {
+          this.sendJson(res, 503, { code: 503, error_code: 'capacity', message: `${what} exists only on ${on(live)}, and none of them has room for ${memoryMib} MiB now` });
+        }
+        return 'handled';
+      }
     } catch (err) {
       this.o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cluster: placement failed (PostgreSQL); creating on this node');
       return 'local';

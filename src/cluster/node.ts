@@ -14,6 +14,7 @@ import type { HostHeadroom } from '../core/headroom.js';
 import { ClusterStore } from './pg-store.js';
 import type { NodeInfo, NodeReport, Placement, PlacementUpdate } from './types.js';
 import type { PlacementRequest } from './placement.js';
+import { localRegistry, registryFingerprint, type NodeRegistry } from './registry.js';
 
 /** States whose guest memory is in use (paused sandboxes hold disk, not RAM). */
 const MEMORY_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming'];
@@ -59,6 +60,8 @@ export class ClusterNode {
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | null = null;
   private needResync = true;
+  /** The fingerprint of the templates and snapshots last published (null: publish them all on the next tick). */
+  private registryPublished: string | null = null;
   private reachable = false;
   private lastHeartbeatAt: string | null = null;
   private lastError: string | null = null;
@@ -100,6 +103,7 @@ export class ClusterNode {
     this.reachable = false;
     this.lastError = msg;
     this.needResync = true;
+    this.registryPublished = null;
   }
 
   /** The node's own report: capacity from its SQLite and the host. */
@@ -121,7 +125,7 @@ export class ClusterNode {
     if (this.closed) return;
     const { wasUp } = await this.db.heartbeat(this.report());
     this.lastHeartbeatAt = new Date().toISOString();
-    if (!wasUp) this.needResync = true;
+    if (!wasUp) { this.needResync = true; this.registryPublished = null; }
     if (!this.reachable) {
       this.o.log.info({ node: this.o.nodeId, resync: this.needResync }, 'cluster: PostgreSQL reachable; node registered');
       // PostgreSQL may have been away for everyone: their old heartbeats say nothing about them yet.
@@ -130,6 +134,7 @@ export class ClusterNode {
     this.reachable = true;
     this.lastError = null;
     await this.flush();
+    await this.publishRegistry();
     if (Date.now() < this.expireAfter) return;
     const down = await this.db.expireNodes(this.o.expiryMs);
     for (const id of down) this.o.log.warn({ node: id, expiryMs: this.o.expiryMs }, `cluster: node ${id} missed its heartbeats; marked down, its sandboxes are unknown until it returns`);
@@ -173,6 +178,28 @@ export class ClusterNode {
     this.flushing = run();
     return this.flushing;
   }
+
+  /**
+   * Publishes this node's templates and named snapshots when they differ from
+   * what was last published (a diff of its SQLite on each heartbeat: the
+   * template builder, the store and the manager need no hook), or all of them
+   * after a resync; the node's rows its SQLite no longer has are deleted.
+   */
+  async publishRegistry(): Promise<void> {
+    const r = localRegistry(this.o.store, this.o.nodeId);
+    const fp = registryFingerprint(r);
+    if (fp === this.registryPublished) return;
+    await this.db.syncRegistry(this.o.nodeId, r);
+    if (this.registryPublished === null) this.o.log.info({ node: this.o.nodeId, templates: r.templates.length, snapshots: r.snapshots.length }, 'cluster: published this node\'s templates and snapshots');
+    this.registryPublished = fp;
+  }
+
+  /** This node's own templates and named snapshots, from its SQLite. */
+  localRegistry(): NodeRegistry { return localRegistry(this.o.store, this.o.nodeId); }
+  /** Every node's templates and named snapshots, as published. */
+  registry(): Promise<NodeRegistry> { return this.db.registry(); }
+  /** The published records a create's name can resolve to. */
+  registryNamed(name: string): Promise<NodeRegistry> { return this.db.registryNamed(name); }
 
   /** Waits until queued changes are published (tests, shutdown); rejects if PostgreSQL fails. */
   async settle(): Promise<void> {

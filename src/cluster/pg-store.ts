@@ -8,6 +8,8 @@ import pg from 'pg';
 import type { SandboxState } from '../core/types.js';
 import { chooseNode, type PlacementRequest } from './placement.js';
 import type { NodeInfo, NodeReport, Placement, PlacementState, PlacementUpdate } from './types.js';
+import type { NodeRegistry, RegistrySnapshot, RegistryTemplate } from './registry.js';
+import type { TemplateSource } from '../core/types.js';
 
 /** Ordered migrations; `hearth_cluster_schema` records how many ran. Each runs once, under an advisory lock. */
 export const MIGRATIONS: readonly string[] = [
@@ -41,6 +43,34 @@ export const MIGRATIONS: readonly string[] = [
      updated_at timestamptz NOT NULL DEFAULT now()
    );
    CREATE INDEX placements_node ON placements (node_id);`,
+  // The template and snapshot registry (src/cluster/registry.ts): a mirror of each node's own records.
+  `CREATE TABLE registry_templates (
+     node_id text NOT NULL REFERENCES nodes (id),
+     template_id text NOT NULL,
+     aliases text[] NOT NULL DEFAULT '{}',
+     image_hash text NOT NULL,
+     source text NOT NULL,
+     vcpus integer NOT NULL,
+     memory_mib integer NOT NULL,
+     created_at timestamptz NOT NULL,
+     updated_at timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (node_id, template_id)
+   );
+   CREATE INDEX registry_templates_id ON registry_templates (template_id);
+   CREATE TABLE registry_snapshots (
+     node_id text NOT NULL REFERENCES nodes (id),
+     snapshot_id text NOT NULL,
+     name text,
+     sandbox_id text,
+     template_id text NOT NULL,
+     vcpus integer NOT NULL,
+     memory_mib integer NOT NULL,
+     created_at timestamptz NOT NULL,
+     updated_at timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (node_id, snapshot_id)
+   );
+   CREATE INDEX registry_snapshots_id ON registry_snapshots (snapshot_id);
+   CREATE INDEX registry_snapshots_name ON registry_snapshots (name);`,
 ];
 
 /** Arbitrary, fixed: serialises migrations between nodes starting together. */
@@ -55,6 +85,22 @@ interface NodeRow {
 interface PlacementRow {
   sandbox_id: string; node_id: string; state: PlacementState; last_known_state: SandboxState; template_id: string; memory_mib: number; vcpus: number;
   metadata: Record<string, string>; created_at: Date; updated_at: Date;
+}
+
+interface TemplateRow {
+  node_id: string; template_id: string; aliases: string[]; image_hash: string; source: TemplateSource; vcpus: number; memory_mib: number; created_at: Date;
+}
+
+interface SnapshotRow {
+  node_id: string; snapshot_id: string; name: string | null; sandbox_id: string | null; template_id: string; vcpus: number; memory_mib: number; created_at: Date;
+}
+
+function templateOf(r: TemplateRow): RegistryTemplate {
+  return { nodeId: r.node_id, templateId: r.template_id, aliases: r.aliases, imageHash: r.image_hash, source: r.source, vcpus: r.vcpus, memoryMib: r.memory_mib, createdAt: r.created_at.toISOString() };
+}
+
+function snapshotOf(r: SnapshotRow): RegistrySnapshot {
+  return { nodeId: r.node_id, snapshotId: r.snapshot_id, name: r.name, sandboxId: r.sandbox_id, templateId: r.template_id, vcpus: r.vcpus, memoryMib: r.memory_mib, createdAt: r.created_at.toISOString() };
 }
 
 function nodeOf(r: NodeRow): NodeInfo {
@@ -247,6 +293,53 @@ export class ClusterStore {
       await c.query('UPDATE nodes SET memory_used_mib = memory_used_mib + $2, memory_available_mib = GREATEST(memory_available_mib - $2, 0), sandboxes = sandboxes + 1 WHERE id = $1', [chosen.id, req.memoryMib]);
       return chosen;
     });
+  }
+
+  /**
+   * Replaces a node's registry rows with what its SQLite has now (upserts, and
+   * deletes its rows for records it no longer has): published when the node's
+   * records change and on every resync, like its placements.
+   */
+  async syncRegistry(nodeId: string, r: NodeRegistry): Promise<void> {
+    await this.tx(async (c) => {
+      await c.query('SELECT id FROM nodes WHERE id = $1 FOR UPDATE', [nodeId]);
+      for (const t of r.templates) {
+        await c.query(`
+          INSERT INTO registry_templates (node_id, template_id, aliases, image_hash, source, vcpus, memory_mib, created_at, updated_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+          ON CONFLICT (node_id, template_id) DO UPDATE SET aliases = EXCLUDED.aliases, image_hash = EXCLUDED.image_hash, source = EXCLUDED.source,
+            vcpus = EXCLUDED.vcpus, memory_mib = EXCLUDED.memory_mib, created_at = EXCLUDED.created_at, updated_at = now()`,
+        [nodeId, t.templateId, t.aliases, t.imageHash, t.source, t.vcpus, t.memoryMib, t.createdAt]);
+      }
+      await c.query('DELETE FROM registry_templates WHERE node_id = $1 AND NOT (template_id = ANY($2))', [nodeId, r.templates.map((t) => t.templateId)]);
+      for (const s of r.snapshots) {
+        await c.query(`
+          INSERT INTO registry_snapshots (node_id, snapshot_id, name, sandbox_id, template_id, vcpus, memory_mib, created_at, updated_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+          ON CONFLICT (node_id, snapshot_id) DO UPDATE SET name = EXCLUDED.name, sandbox_id = EXCLUDED.sandbox_id, template_id = EXCLUDED.template_id,
+            vcpus = EXCLUDED.vcpus, memory_mib = EXCLUDED.memory_mib, created_at = EXCLUDED.created_at, updated_at = now()`,
+        [nodeId, s.snapshotId, s.name, s.sandboxId, s.templateId, s.vcpus, s.memoryMib, s.createdAt]);
+      }
+      await c.query('DELETE FROM registry_snapshots WHERE node_id = $1 AND NOT (snapshot_id = ANY($2))', [nodeId, r.snapshots.map((s) => s.snapshotId)]);
+    });
+  }
+
+  /** Every node's registry rows (down nodes' included: callers decide what a down node's record means). */
+  async registry(): Promise<NodeRegistry> {
+    const [t, s] = await Promise.all([
+      this.pool.query<TemplateRow>('SELECT * FROM registry_templates ORDER BY template_id, node_id'),
+      this.pool.query<SnapshotRow>('SELECT * FROM registry_snapshots ORDER BY created_at DESC, snapshot_id, node_id'),
+    ]);
+    return { templates: t.rows.map(templateOf), snapshots: s.rows.map(snapshotOf) };
+  }
+
+  /** The registry rows a create's name can resolve to (templates by id or alias, snapshots by id or name). */
+  async registryNamed(name: string): Promise<NodeRegistry> {
+    const [t, s] = await Promise.all([
+      this.pool.query<TemplateRow>('SELECT * FROM registry_templates WHERE template_id = $1 OR $1 = ANY(aliases) ORDER BY template_id, node_id', [name]),
+      this.pool.query<SnapshotRow>('SELECT * FROM registry_snapshots WHERE snapshot_id = $1 OR name = $1 ORDER BY created_at DESC, snapshot_id, node_id', [name]),
+    ]);
+    return { templates: t.rows.map(templateOf), snapshots: s.rows.map(snapshotOf) };
   }
 
   async close(): Promise<void> {

@@ -12,6 +12,11 @@ export interface PlacementRequest {
   memoryMib: number;
   /** Nodes with less free disk than this are not candidates (MiB; 0: any). */
   minFreeDiskMib: number;
+  /**
+   * Only these nodes may take the create (the nodes holding its custom template
+   * or named snapshot: src/cluster/registry.ts); absent or null: any node.
+   */
+  nodes?: readonly string[] | null;
 }
 
 /** Free guest memory a node can still give: its admission budget left, bounded by what the host really has. */
@@ -20,13 +25,15 @@ export function freeMemoryMib(n: Pick<NodeInfo, 'memoryTotalMib' | 'memoryUsedMi
 }
 
 /**
- * The node for a create, or null when no up node has room: the most free real
+ * The node for a create, or null when no up node has room (among `req.nodes`,
+ * when the create's template or snapshot is only on some): the most free real
  * memory (within PLACEMENT_TIE_MIB counts as equal); on a tie the node that
  * already has the template's warm snapshot, then the lowest load per CPU, then
  * the fewest sandboxes, then the node id (so every node decides the same).
  */
 export function chooseNode(nodes: readonly NodeInfo[], req: PlacementRequest): NodeInfo | null {
-  const candidates = nodes.filter((n) => n.state === 'up' && freeMemoryMib(n) >= req.memoryMib && n.diskFreeMib >= req.minFreeDiskMib);
+  const candidates = nodes.filter((n) => n.state === 'up' && freeMemoryMib(n) >= req.memoryMib && n.diskFreeMib >= req.minFreeDiskMib
+    && (!req.nodes || req.nodes.includes(n.id)));
   if (candidates.length === 0) return null;
   const bucket = (n: NodeInfo): number => Math.floor(freeMemoryMib(n) / PLACEMENT_TIE_MIB);
   const warm = (n: NodeInfo): number => (n.warmTemplates.includes(req.templateId) ? 1 : 0);
