@@ -13,7 +13,6 @@ import { admitClusterHeaders, forwardedHeaders, MOVED_HEADER, NODE_HEADER } from
 import { fetchJson, forwardHttp, forwardUpgrade, unknownBody, unknownListItem } from './forward.js';
 import type { SandboxMover } from './move.js';
 import { decodeCursor, encodeCursor, pageLimit } from '../api/routes/sandboxes.js';
-import { sourceOfCreate, withLocal, type CreateSource } from './registry.js';
 import { RegistryApi } from './registry-api.js';
 
 export interface Admitted { fromNode: boolean; scopeLocal: boolean; keyId: string | null; by: string | null }
@@ -23,8 +22,6 @@ export interface ClusterGatewayOptions {
   token: string;
   store: Store;
   log: FastifyBaseLogger;
-  /** Memory of a create that names none and whose template this node does not know (MiB). */
-  defaultMemoryMib: number;
   /** Nodes with less free disk are not chosen for creates (MiB). */
   minFreeDiskMib: number;
   /** Moves paused sandboxes to other nodes (a resume on a full node). */
@@ -110,41 +107,16 @@ export class ClusterGateway {
    * (creates then stay on the node asked).
    */
   async placeCreate(req: IncomingMessage, res: ServerResponse, body: { templateID?: string; memoryMB?: number }, keyId: string | null, hijack: () => void): Promise<'local' | 'handled'> {
-    const name = body.templateID ?? 'base';
-    let src: CreateSource;
-    let chosen: Awaited<ReturnType<ClusterNode['place']>>;
-    try {
-      src = sourceOfCreate(name, withLocal(await this.o.node.registryNamed(name), this.o.node.localRegistry(), this.nodeId));
-      if (src.kind === 'missing') {
-        hijack();
-        this.sendJson(res, 404, { code: 404, error_code: 'not_found', message: `template or snapshot ${name} does not exist on any node of the cluster` });
-        return 'handled';
-      }
-      const memoryMib = body.memoryMB ?? src.memoryMib;
-      const only = src.kind === 'nodes' ? src.nodes : null;
-      chosen = await this.o.node.place({ templateId: src.kind === 'nodes' ? src.id : src.templateId, memoryMib, minFreeDiskMib: this.o.minFreeDiskMib, nodes: only });
-      if (!chosen && only && !only.includes(this.nodeId)) {
-        const up = new Set((await this.o.node.nodes()).filter((n) => n.state === 'up').map((n) => n.id));
-        const live = only.filter((id) => up.has(id));
-        const what = src.kind === 'nodes' ? `${src.what} ${name}` : name;
-        const on = (ids: string[]): string => `node${ids.length > 1 ? 's' : ''} ${ids.join(', ')}`;
-        hijack();
-        if (live.length === 0) {
-          this.sendJson(res, 404, { code: 404, error_code: 'not_found', message: `${what} exists only on ${on(only)}, which ${only.length > 1 ? 'are' : 'is'} down; no up node has it` });
-        } else {
-          this.sendJson(res, 503, { code: 503, error_code: 'capacity', message: `${what} exists only on ${on(live)}, and none of them has room for ${memoryMib} MiB now` });
-        }
-        return 'handled';
-      }
-    } catch (err) {
-      this.o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cluster: placement failed (PostgreSQL); creating on this node');
-      return 'local';
-    }
-    if (!chosen || chosen.id === this.nodeId) return 'local';
+    const d = await this.o.node.decideCreate(body.templateID ?? 'base', body.memoryMB, this.o.minFreeDiskMib);
+    if (d.kind === 'local') return 'local';
     hijack();
+    if (d.kind === 'refuse') {
+      this.sendJson(res, d.status, { code: d.status, error_code: d.errorCode, message: d.message });
+      return 'handled';
+    }
     const headers = this.headers(req, keyId, true);
     headers['content-type'] = 'application/json';
-    forwardHttp(req, res, chosen.address, req.url ?? '/sandboxes', headers, Buffer.from(JSON.stringify(body), 'utf8'));
+    forwardHttp(req, res, d.node.address, req.url ?? '/sandboxes', headers, Buffer.from(JSON.stringify(body), 'utf8'));
     return 'handled';
   }
 

@@ -14,7 +14,7 @@ import type { HostHeadroom } from '../core/headroom.js';
 import { ClusterStore } from './pg-store.js';
 import type { NodeInfo, NodeReport, Placement, PlacementUpdate } from './types.js';
 import type { PlacementRequest } from './placement.js';
-import { localRegistry, registryFingerprint, type NodeRegistry } from './registry.js';
+import { localRegistry, registryFingerprint, sourceOfCreate, withLocal, type NodeRegistry } from './registry.js';
 
 /** States whose guest memory is in use (paused sandboxes hold disk, not RAM). */
 const MEMORY_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming'];
@@ -49,6 +49,17 @@ export interface ClusterStatus {
   /** State changes waiting to be published. */
   pending: number;
 }
+
+/**
+ * Where a client's create goes (docs/cluster.md, "Placement"): this node, another
+ * node, or nowhere (an answer for the client). `local` also when PostgreSQL does
+ * not answer (creates then stay on the node asked), and when no node has room
+ * but this node may take the create (its own admission answers 503).
+ */
+export type CreateDecision =
+  | { kind: 'local'; reason: 'chosen' | 'no-room' | 'database' }
+  | { kind: 'forward'; node: NodeInfo }
+  | { kind: 'refuse'; status: 404 | 503; errorCode: 'not_found' | 'capacity'; message: string };
 
 export function placementUpdateOf(r: SandboxRecord): PlacementUpdate {
   return { sandboxId: r.id, state: r.state, templateId: r.templateId, memoryMib: r.memoryMib, vcpus: r.vcpus, metadata: { ...r.metadata }, createdAt: r.createdAt };
@@ -217,6 +228,33 @@ export class ClusterNode {
   place(req: PlacementRequest): Promise<NodeInfo | null> { return this.db.place(req); }
   /** Makes this node the owner of a sandbox moved here from `from` (the move's commit point). */
   claim(rec: SandboxRecord, from: string): Promise<boolean> { return this.db.claim(placementUpdateOf(rec), from, this.o.nodeId); }
+
+  /**
+   * Places a create named `name` (a template by id or alias, or a named
+   * snapshot): among the nodes holding it (the registry, with this node's own
+   * records from its SQLite), by capacity (placement.ts); the default image's
+   * template anywhere. The chosen node's memory is reserved until its next heartbeat.
+   */
+  async decideCreate(name: string, memoryMB: number | undefined, minFreeDiskMib: number): Promise<CreateDecision> {
+    try {
+      const src = sourceOfCreate(name, withLocal(await this.registryNamed(name), this.localRegistry(), this.o.nodeId));
+      if (src.kind === 'missing') return { kind: 'refuse', status: 404, errorCode: 'not_found', message: `template or snapshot ${name} does not exist on any node of the cluster` };
+      const memoryMib = memoryMB ?? src.memoryMib;
+      const only = src.kind === 'nodes' ? src.nodes : null;
+      const chosen = await this.place({ templateId: src.kind === 'nodes' ? src.id : src.templateId, memoryMib, minFreeDiskMib, nodes: only });
+      if (chosen) return chosen.id === this.o.nodeId ? { kind: 'local', reason: 'chosen' } : { kind: 'forward', node: chosen };
+      if (!only || only.includes(this.o.nodeId)) return { kind: 'local', reason: 'no-room' };
+      const up = new Set((await this.nodes()).filter((n) => n.state === 'up').map((n) => n.id));
+      const live = only.filter((id) => up.has(id));
+      const what = src.kind === 'nodes' ? `${src.what} ${name}` : name;
+      const on = (ids: string[]): string => `node${ids.length > 1 ? 's' : ''} ${ids.join(', ')}`;
+      if (live.length === 0) return { kind: 'refuse', status: 404, errorCode: 'not_found', message: `${what} exists only on ${on(only)}, which ${only.length > 1 ? 'are' : 'is'} down; no up node has it` };
+      return { kind: 'refuse', status: 503, errorCode: 'capacity', message: `${what} exists only on ${on(live)}, and none of them has room for ${memoryMib} MiB now` };
+    } catch (err) {
+      this.o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cluster: placement failed (PostgreSQL); creating on this node');
+      return { kind: 'local', reason: 'database' };
+    }
+  }
 
   get nodeId(): string { return this.o.nodeId; }
   get address(): string { return this.o.address; }

@@ -202,7 +202,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       });
     }
     const gateway = cluster && cfg.clusterToken ? new ClusterGateway({
-      node: cluster, token: cfg.clusterToken, store, log, defaultMemoryMib: cfg.defaultMemoryMib, minFreeDiskMib: cfg.admissionMinFreeDiskMib,
+      node: cluster, token: cfg.clusterToken, store, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib,
       mover: new SandboxMover({ manager, node: cluster, token: cfg.clusterToken, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib }),
       admissionRefusal: (memoryMib) => manager.admissionRefusal(memoryMib),
     }) : undefined;
