@@ -38,7 +38,7 @@ export class ClusterGateway {
   readonly registry: RegistryApi;
 
   constructor(private readonly o: ClusterGatewayOptions) {
-    this.registry = new RegistryApi({ node: o.node, store: o.store, headers: (req, keyId) => this.headers(req, keyId, true) });
+    this.registry = new RegistryApi({ node: o.node, headers: (req, keyId) => this.headers(req, keyId, true) });
   }
 
   get nodeId(): string { return this.o.node.nodeId; }

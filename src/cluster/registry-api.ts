@@ -7,7 +7,6 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { encodeCursor, page, pageLimit } from '../api/routes/sandboxes.js';
-import type { Store } from '../store/store.js';
 import type { ClusterNode } from './node.js';
 import { requestJson } from './forward.js';
 import { snapshotHolders, templatesNamed, withLocal, type NodeRegistry, type RegistrySnapshot, type RegistryTemplate } from './registry.js';
@@ -26,7 +25,6 @@ type Item = Record<string, unknown>;
 
 export interface RegistryApiOptions {
   node: ClusterNode;
-  store: Store;
   /** The headers of a node-to-node request for `req` (scope local). */
   headers(req: IncomingMessage, keyId: string | null): Record<string, string | string[]>;
 }
