@@ -15,21 +15,35 @@ export function hashKey(key: string): string {
   return createHash('sha256').update(key, 'utf8').digest('hex');
 }
 
-export function createApiKey(store: Store, name: string): { id: string; key: string } {
+/** A fresh key, its id and its hash (what is stored). */
+export function newApiKey(): { id: string; key: string; hash: string } {
   const key = `e2b_${randomBytes(20).toString('hex')}`;
-  const id = `k${randomId(11)}`;
-  store.insertApiKey({ id, name, hash: hashKey(key) });
+  return { id: `k${randomId(11)}`, key, hash: hashKey(key) };
+}
+
+export function createApiKey(store: Store, name: string): { id: string; key: string } {
+  const { id, key, hash } = newApiKey();
+  store.insertApiKey({ id, name, hash });
   return { id, key };
+}
+
+/**
+ * The id of the entry whose hash equals `digest` (32 bytes), or null. Every entry is
+ * compared, each in constant time, so the time taken says nothing about which matched.
+ */
+export function matchDigest(digest: Buffer, entries: Iterable<{ id: string; hash: Buffer }>): string | null {
+  let match: string | null = null;
+  for (const k of entries) {
+    if (k.hash.length === digest.length && timingSafeEqual(digest, k.hash) && match === null) match = k.id;
+  }
+  return match;
 }
 
 /** The id of the key that matches, or null. Every stored hash is compared, in constant time each. */
 export function verifyApiKey(store: Store, presented: string | undefined): string | null {
   if (!presented) return null;
   const digest = Buffer.from(hashKey(presented), 'hex');
-  let match: string | null = null;
-  for (const k of store.listApiKeys()) {
-    if (timingSafeEqual(digest, Buffer.from(k.hash, 'hex')) && match === null) match = k.id;
-  }
+  const match = matchDigest(digest, store.listApiKeys().map((k) => ({ id: k.id, hash: Buffer.from(k.hash, 'hex') })));
   if (match) store.touchApiKey(match);
   return match;
 }

@@ -19,7 +19,8 @@ import { apiKeyRoutes } from './keys.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { serveDashboardFallback, webRoutes } from './routes/web.js'; // dashboard (docs/dashboard.md)
 import { ErrorSchema, SandboxIdParams } from './schemas.js';
-import { isLoopback, isPublicPath, sandboxOfSignedFilesUrl, sandboxTokenPresented, verifyApiKey } from './auth.js';
+import { isLoopback, isPublicPath, sandboxOfSignedFilesUrl, sandboxTokenPresented } from './auth.js';
+import { SqliteKeyStore, type ApiKeyStore } from './key-store.js';
 import { AGENT_PORT } from '../agent/protocol.js';
 import { MetricsSampler } from './metrics.js';
 import { Observability } from '../observability/hub.js';
@@ -57,6 +58,8 @@ export interface ApiDeps {
   version: string;
   /** Require X-API-Key on API routes (always on a non-loopback listener). */
   requireApiKey: boolean;
+  /** Where API keys are checked, listed and made: the cluster's (src/cluster/keys.ts) in cluster mode; default: this node's SQLite. */
+  keys?: ApiKeyStore;
   /** Host form of the port proxy, `<port>-<id>.<proxyDomain>`; null/absent: path form only. */
   proxyDomain?: string | null;
   /** The address hearthd listens on (default loopback): decides the default Host allow-list. */
@@ -85,6 +88,7 @@ export interface ApiDeps {
 const BODY_LIMIT = 1 << 20;
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const keys = deps.keys ?? new SqliteKeyStore(deps.store);
   const limits: EdgeLimits = { ...DEFAULT_EDGE_LIMITS, ...(deps.limits ?? {}) };
   const listenHost = deps.listenHost ?? '127.0.0.1';
   // `api.<proxyDomain>` is where E2B's SDKs look for the API when only E2B_DOMAIN is set.
@@ -190,11 +194,10 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     done();
   });
 
-  /** envd traffic in a key-required deployment: the API key, or the sandbox's own token (header or signed /files URL). */
-  const envdAuthorised = (req: IncomingMessage, target: ProxyTarget): boolean => {
+  /** envd traffic in a key-required deployment: the API key (`keyId`: verified), or the sandbox's own token (header or signed /files URL). */
+  const envdAuthorised = (req: IncomingMessage, target: ProxyTarget, keyId: string | null): boolean => {
     if (deps.cluster?.info(req).keyId) return true; // forwarded by a node that verified an API key
-    const key = req.headers['x-api-key'];
-    if (verifyApiKey(deps.store, typeof key === 'string' ? key : undefined)) return true;
+    if (keyId) return true;
     return sandboxTokenPresented(deps.manager, req, target);
   };
 
@@ -210,27 +213,35 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     let port = ports.target(req.raw);
     const refused = port?.form === 'host' || fromNode ? null : hostRefusal(req.headers);
     if (refused) { track.cls = 'refused'; void reply.status(403).send(errorBody(403, refused, 'forbidden')); return; }
+    // The client's API key, checked once for the whole decision. In cluster mode the store may have to
+    // ask PostgreSQL about a key its copy does not have (rate-limited: src/cluster/keys.ts).
+    const apiKey = req.headers['x-api-key'];
+    if (fromNode || typeof apiKey !== 'string' || !apiKey) { decide(null); return; }
+    keys.verify(apiKey).then(decide, (err: unknown) => {
+      req.log.error({ err: err instanceof Error ? err.message : String(err) }, 'API key check failed');
+      decide(null);
+    });
+    function decide(keyId: string | null): void {
     // A sandbox this node does not own goes to the node that does (docs/cluster.md, "Forwarding"). API
     // requests are authenticated here first; envd and port traffic by the owner (token checks need the sandbox).
     if (deps.cluster && !fromNode) {
       const target = port?.sandboxId ?? proxyTargetOf(req.url, req.headers)?.sandboxId ?? sandboxOfApiPath(req.url);
       if (target && !deps.cluster.owns(target)) {
-        const apiKey = req.headers['x-api-key'];
-        const keyId = typeof apiKey === 'string' && apiKey ? verifyApiKey(deps.store, apiKey) : null;
         const isApi = !port && !proxyTargetOf(req.url, req.headers);
         // The owner skips its CSRF check for a node's request: this node makes it, as for a local API request.
         const forged = isApi ? csrfRefusal(req.raw, (originHost) => originHost === (req.headers.host ?? '').toLowerCase()) : null;
         if (forged) { track.cls = 'refused'; void reply.status(403).send(errorBody(403, forged, 'forbidden')); return; }
         if (!(isApi && deps.requireApiKey && !keyId)) {
           void deps.cluster.route(req.raw, reply.raw, target, keyId, () => { track.cls = 'forwarded'; void reply.hijack(); }).then((r) => {
-            if (r === 'local') local();
+            if (r === 'local') local(keyId);
           });
           return;
         }
       }
     }
-    local();
-    function local(): void {
+    local(keyId);
+    }
+    function local(keyId: string | null): void {
     // Host form for the agent's port, `49983-<id>.<domain>` (E2B's SDKs without E2B_SANDBOX_URL): envd traffic.
     let envd: ProxyTarget | null = null;
     if (port?.form === 'host' && port.port === AGENT_PORT) {
@@ -270,7 +281,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (envd) {
       track.cls = 'envd';
       track.route = 'envd';
-      if (deps.requireApiKey && !envdAuthorised(req.raw, envd)) {
+      if (deps.requireApiKey && !envdAuthorised(req.raw, envd, keyId)) {
         void reply.status(401).send(errorBody(401, 'missing or invalid credentials: send X-API-Key, or the sandbox\'s X-Access-Token (or a signed /files URL)', 'unauthenticated'));
         return;
       }
@@ -284,9 +295,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     }
     const path = req.url.split('?')[0] ?? '/';
     if (isPublicPath(path) || isDashboardPath(path)) { track.cls = isPublicPath(path) ? 'public' : 'dashboard'; done(); return; }
-    const key = req.headers['x-api-key'];
     // The key's id (never the key) names who caused what: access log, events.
-    track.keyId = fromNode ? node?.keyId ?? null : typeof key === 'string' && key ? verifyApiKey(deps.store, key) : null;
+    track.keyId = fromNode ? node?.keyId ?? null : keyId;
     requestActors.set(req.raw, { keyId: track.keyId, method: req.method, route: track.route });
     // A request another node forwards was authenticated there (its cluster token is verified above).
     if (deps.requireApiKey && !fromNode) {
@@ -412,7 +422,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onClose', async () => metrics.close());
   const compat = { metrics, ...(deps.sandboxDomain ? { sandboxDomain: deps.sandboxDomain } : {}), ...(deps.defaultTimeoutSec !== undefined ? { defaultTimeoutSec: deps.defaultTimeoutSec } : {}) };
   templateRoutes(app, deps.manager, deps.store, deps.builder ?? null, deps.templateContextMaxBytes);
-  apiKeyRoutes(app, deps.store); // /api-keys: the dashboard's key page
+  apiKeyRoutes(app, keys); // /api-keys: the dashboard's key page
   sandboxRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   snapshotRoutes(app, deps.manager, deps.store, deps.proxyDomain ?? null, compat);
   observeRoutes(app, deps.manager, obs); // /metrics, /events, /sandboxes/{id}/logs (docs/observability.md)

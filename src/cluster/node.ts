@@ -1,7 +1,8 @@
 /**
  * This hearthd as a cluster node (docs/cluster.md): registers and heartbeats
- * with its capacity, marks expired nodes down, and mirrors every state change
- * of its own sandboxes into PostgreSQL. PostgreSQL being unreachable never
+ * with its capacity, marks expired nodes down, mirrors every state change
+ * of its own sandboxes into PostgreSQL, and refreshes its copy of the
+ * cluster's API keys (src/cluster/keys.ts) on each heartbeat. PostgreSQL being unreachable never
  * blocks or fails a local operation: changes wait in a queue (the latest state
  * per sandbox) and everything is re-published once it answers again.
  */
@@ -12,6 +13,7 @@ import type { SandboxRecord, SandboxState } from '../core/types.js';
 import type { Store } from '../store/store.js';
 import type { HostHeadroom } from '../core/headroom.js';
 import { ClusterStore } from './pg-store.js';
+import { ClusterKeyStore, localKeys, PgKeyTable } from './keys.js';
 import type { NodeInfo, NodeReport, Placement, PlacementUpdate } from './types.js';
 import type { PlacementRequest } from './placement.js';
 import { localRegistry, registryFingerprint, sourceOfCreate, withLocal, type NodeRegistry } from './registry.js';
@@ -37,6 +39,10 @@ export interface ClusterNodeOptions {
    * its copy): found after each re-publish, handed here to be dropped.
    */
   onMovedAway?: (ids: string[]) => Promise<unknown>;
+  /** Where the node keeps its copy of the cluster's key hashes between starts (src/cluster/keys.ts); null: memory only. */
+  keyCacheFile?: string | null;
+  /** At most one read of the key table per this many ms for keys the copy does not have (default 250). */
+  keyMissIntervalMs?: number;
 }
 
 export interface ClusterStatus {
@@ -48,6 +54,8 @@ export interface ClusterStatus {
   lastError: string | null;
   /** State changes waiting to be published. */
   pending: number;
+  /** API keys this node accepts without asking PostgreSQL (its copy of the cluster's keys). */
+  cachedKeys: number;
 }
 
 /**
@@ -65,8 +73,14 @@ export function placementUpdateOf(r: SandboxRecord): PlacementUpdate {
   return { sandboxId: r.id, state: r.state, templateId: r.templateId, memoryMib: r.memoryMib, vcpus: r.vcpus, metadata: { ...r.metadata }, createdAt: r.createdAt };
 }
 
+/** Default of ClusterNodeOptions.keyMissIntervalMs. */
+export const KEY_MISS_INTERVAL_MS = 250;
+
 export class ClusterNode {
   readonly db: ClusterStore;
+  /** The cluster's API keys (PostgreSQL, with this node's copy of their hashes). */
+  readonly keys: ClusterKeyStore;
+  private readonly keyTable: PgKeyTable;
   private readonly pending = new Map<string, PlacementUpdate>();
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | null = null;
@@ -88,6 +102,14 @@ export class ClusterNode {
 
   constructor(private readonly o: ClusterNodeOptions) {
     this.db = new ClusterStore(o.databaseUrl);
+    this.keyTable = new PgKeyTable(this.db.pool, o.nodeId);
+    this.keys = new ClusterKeyStore(this.keyTable, {
+      missIntervalMs: o.keyMissIntervalMs ?? KEY_MISS_INTERVAL_MS,
+      cacheFile: o.keyCacheFile ?? null,
+      // Before PostgreSQL first answers (and with no saved copy), the node's own keys: they are about to be imported.
+      seed: () => localKeys(o.store),
+      onCacheFileError: (err) => o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cluster: cannot save the copy of the API keys; it is kept in memory only'),
+    });
   }
 
   /** Migrate, register and publish; if PostgreSQL does not answer yet, the node starts anyway and keeps trying. */
@@ -141,9 +163,13 @@ export class ClusterNode {
       this.o.log.info({ node: this.o.nodeId, resync: this.needResync }, 'cluster: PostgreSQL reachable; node registered');
       // PostgreSQL may have been away for everyone: their old heartbeats say nothing about them yet.
       this.expireAfter = Date.now() + this.o.expiryMs;
+      // This node's SQLite keys join the cluster's (by id; a key deleted in the cluster stays deleted).
+      const added = await this.keyTable.importKeys(localKeys(this.o.store));
+      if (added > 0) this.o.log.info({ node: this.o.nodeId, keys: added }, `cluster: imported ${added} API keys from this node's database`);
     }
     this.reachable = true;
     this.lastError = null;
+    await this.keys.sync();
     await this.flush();
     await this.publishRegistry();
     if (Date.now() < this.expireAfter) return;
@@ -219,7 +245,10 @@ export class ClusterNode {
   }
 
   status(): ClusterStatus {
-    return { nodeId: this.o.nodeId, address: this.o.address, databaseReachable: this.reachable, lastHeartbeatAt: this.lastHeartbeatAt, lastError: this.lastError, pending: this.pending.size };
+    return {
+      nodeId: this.o.nodeId, address: this.o.address, databaseReachable: this.reachable, lastHeartbeatAt: this.lastHeartbeatAt, lastError: this.lastError,
+      pending: this.pending.size, cachedKeys: this.keys.cachedIds().length,
+    };
   }
 
   nodes(): Promise<NodeInfo[]> { return this.db.nodes(); }
@@ -270,6 +299,7 @@ export class ClusterNode {
     clearTimeout(this.timer);
     unsubscribe(TRANSITION_CHANNEL, this.onTransition);
     await this.flushing?.catch(() => undefined);
+    await this.keys.flushUses().catch(() => undefined);
     await this.db.close().catch(() => undefined);
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The cluster's shared records in PostgreSQL (docs/cluster.md): nodes and
- * placements. Cross-node decisions (marking an expired node down, placing a
+ * placements (API keys: src/cluster/keys.ts, on this store's pool). Cross-node decisions (marking an expired node down, placing a
  * create) run in transactions that lock the rows they decide on
  * (SELECT … FOR UPDATE), never behind in-process locks.
  */
@@ -71,6 +71,17 @@ export const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX registry_snapshots_id ON registry_snapshots (snapshot_id);
    CREATE INDEX registry_snapshots_name ON registry_snapshots (name);`,
+  // API keys for the whole cluster (src/cluster/keys.ts). A deleted key keeps its row (deleted_at set),
+  // so importing a node's SQLite keys again (by id) never brings a revoked key back.
+  `CREATE TABLE api_keys (
+     id text PRIMARY KEY,
+     name text NOT NULL,
+     hash text NOT NULL,
+     created_at timestamptz NOT NULL DEFAULT now(),
+     last_used_at timestamptz,
+     deleted_at timestamptz,
+     created_on text
+   );`,
 ];
 
 /** Arbitrary, fixed: serialises migrations between nodes starting together. */

@@ -1,4 +1,5 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
 import { totalmem } from 'node:os';
@@ -26,6 +27,7 @@ import type { VmmDriver } from '../vmm/types.js';
 import type { Template } from '../core/types.js';
 import { VERSION } from '../version.js';
 import { isLoopback } from '../api/auth.js';
+import { SqliteKeyStore, type ApiKeyStore } from '../api/key-store.js';
 import { dualProtocolServer } from '../api/tls.js';
 import { Observability } from '../observability/hub.js';
 import { ClusterNode } from '../cluster/node.js';
@@ -55,6 +57,9 @@ export interface Daemon {
 }
 
 export const DEFAULT_TEMPLATE = 'base';
+
+/** In the data dir, cluster mode: this node's copy of the cluster's API key hashes (src/cluster/keys.ts). */
+export const CLUSTER_KEYS_FILE = 'cluster-keys.json';
 
 /** How often hearthd purges the ended sandboxes whose retention (endedRetentionHours) passed. */
 export const PURGE_INTERVAL_MS = 10 * 60_000;
@@ -199,20 +204,22 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
         nodeId: clusterNodeId(cfg), address: cfg.nodeAddress ?? '', databaseUrl: cfg.databaseUrl, heartbeatMs: cfg.clusterHeartbeatMs, expiryMs: cfg.clusterNodeExpiryMs,
         store, log, headroom: hostHeadroom(cfg.dataDir, admissionThresholds(cfg)), memoryTotalMib: Math.floor((totalmem() / 1048576) * cfg.memoryOvercommit), version: VERSION,
         onMovedAway: (ids) => manager.dropMovedAway(ids),
+        keyCacheFile: join(cfg.dataDir, CLUSTER_KEYS_FILE),
       });
     }
+    // API keys: the cluster's (PostgreSQL, with this node's copy) in cluster mode, else this host's SQLite.
+    const keys: ApiKeyStore = cluster ? cluster.keys : new SqliteKeyStore(store);
     const gateway = cluster && cfg.clusterToken ? new ClusterGateway({
       node: cluster, token: cfg.clusterToken, store, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib,
       mover: new SandboxMover({ manager, node: cluster, token: cfg.clusterToken, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib }),
       admissionRefusal: (memoryMib) => manager.admissionRefusal(memoryMib),
     }) : undefined;
     const app = await buildApi({
-      manager, store, builder, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), proxyDomain: cfg.proxyDomain,
+      manager, store, builder, log, doctor: () => runDoctor(cfg), version: VERSION, requireApiKey: cfg.requireApiKey || !isLoopback(cfg.host), keys, proxyDomain: cfg.proxyDomain,
       listenHost: cfg.host, allowedHosts: cfg.allowedHosts, sandboxDomain, defaultTimeoutSec: cfg.defaultTimeoutSec, observability,
       limits: { headersTimeoutMs: cfg.headersTimeoutMs, bodyIdleTimeoutMs: cfg.bodyIdleTimeoutMs, keepAliveTimeoutMs: cfg.keepAliveTimeoutMs, maxConnectionsPerAddress: cfg.maxConnectionsPerAddress },
       ...(gateway ? { cluster: gateway } : {}),
     });
-    if (!isLoopback(cfg.host) && store.listApiKeys().length === 0) log.warn('listening on a non-loopback address with no API keys: every API request will get 401 until `hearth keys create`');
     let url = '';
     let dual: ReturnType<typeof dualProtocolServer> | null = null;
     if (opts.listen !== false && tlsFiles) {
@@ -239,6 +246,12 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
       }
       await cluster.start();
       log.info({ node: cluster.nodeId, address: cluster.address }, `cluster: node ${cluster.nodeId} joined`);
+    }
+    // After the node joined: in cluster mode the keys that count are the cluster's (its SQLite keys imported by now).
+    if (!isLoopback(cfg.host)) {
+      const n = await keys.count();
+      if (n === 0) log.warn(`listening on a non-loopback address with no API keys${cluster ? ' in the cluster' : ''}: every API request will get 401 until \`hearth keys create\``);
+      else if (n === null) log.warn('listening on a non-loopback address; the cluster database does not answer, so whether any API key exists is unknown (requests need one)');
     }
     const net = network;
     const obs = observability;

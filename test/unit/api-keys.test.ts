@@ -6,12 +6,13 @@ import { apiKeyRoutes } from '../../src/api/keys.js';
 import { handleError } from '../../src/api/errors.js';
 import { verifyApiKey } from '../../src/api/auth.js';
 import { Store } from '../../src/store/store.js';
+import { SqliteKeyStore } from '../../src/api/key-store.js';
 
 test('API keys over the API: create (once, not cached), list without values, delete revokes', async () => {
   const store = new Store(':memory:');
   const app = Fastify();
   app.setErrorHandler(handleError);
-  apiKeyRoutes(app, store);
+  apiKeyRoutes(app, new SqliteKeyStore(store));
   try {
     const created = await app.inject({ method: 'POST', url: '/api-keys', payload: { name: 'laptop' } });
     assert.equal(created.statusCode, 201);

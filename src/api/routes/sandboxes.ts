@@ -12,7 +12,7 @@ import {
 import type { MetricsSampler } from '../metrics.js';
 import type { EgressPolicy } from '../../network/types.js';
 import type { Store } from '../../store/store.js';
-import { verifyApiKey } from '../auth.js';
+import { currentActor } from '../../observability/actor.js';
 import { errorBody } from '../errors.js';
 
 const STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'paused', 'resuming', 'destroying', 'destroyed', 'failed'];
@@ -134,9 +134,9 @@ export function sandboxRoutes(app: FastifyInstance, manager: SandboxManager, sto
     }
     let idempotency: Pick<CreateSandboxInput, 'idempotencyKey' | 'idempotencyScope' | 'requestHash'> = {};
     if (typeof idem === 'string') {
-      // A key belongs to the API key that sent it; the body it first came with is remembered by its hash.
-      const apiKey = req.headers['x-api-key'];
-      const owner = verifyApiKey(store, typeof apiKey === 'string' ? apiKey : undefined);
+      // A key belongs to the API key that sent it (as the first hook verified it, here or on the node
+      // that forwarded the create); the body it first came with is remembered by its hash.
+      const owner = currentActor()?.keyId ?? null;
       idempotency = { idempotencyKey: idem, idempotencyScope: owner ?? '', requestHash: requestHashOf(b) };
     }
     const egress = egressRequest(b.allow_internet_access, b.network?.allowOut, b.network?.denyOut);
