@@ -170,7 +170,7 @@ test('with the table unreachable: known keys work, unknown keys are refused (not
   assert.equal(await keys.verify(later.key), later.id, 'a failed read does not mark a key bad: it works once the table answers');
   assert.equal(t.touches.length, 0);
   await keys.sync();
-  assert.ok(t.touches.length === 1 && t.touches[0]!.has(a.id) && t.touches[0]!.has(later.id), 'uses collected while down are written when it is back');
+  assert.ok((t.touches.length as number) === 1 && t.touches[0]!.has(a.id) && t.touches[0]!.has(later.id), 'uses collected while down are written when it is back');
 });
 
 test('keys that arrive late (a node\'s import) clear what was remembered as bad', async () => {
