@@ -64,7 +64,7 @@ export const HELP: Record<string, Entry> = {
     options: [['--data-dir DIR', 'the data directory'], ['--size-gib N', 'size of the sparse image (default 64; it uses only what is written)'], JSON_OPT],
     examples: ['hearth storage init', 'hearth storage init --size-gib 200'],
   },
-  keys: { usage: 'hearth keys <command>', summary: 'API keys (required when hearthd listens beyond loopback); run on the host as the daemon\'s user', group: true },
+  keys: { usage: 'hearth keys <command>', summary: 'API keys (required when hearthd listens beyond loopback); run on the host as the daemon\'s user. With databaseUrl in its configuration: the cluster\'s keys, in PostgreSQL', group: true },
   'keys create': {
     usage: 'hearth keys create [--name NAME] [--data-dir DIR] [--json]',
     summary: 'create an API key and print it (shown only once; only its hash is stored)',
@@ -79,7 +79,7 @@ export const HELP: Record<string, Entry> = {
   },
   'keys rm': {
     usage: 'hearth keys rm <key-id> [--data-dir DIR] [--json]',
-    summary: 'delete an API key (clients using it get 401 at once)',
+    summary: 'delete an API key (clients using it get 401 at once; in cluster mode on every node within a heartbeat)',
     options: [['--data-dir DIR', 'hearthd\'s data directory'], JSON_OPT],
     examples: ['hearth keys rm k1a2b3c4d5e6'],
   },
