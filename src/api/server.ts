@@ -220,7 +220,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     keys.verify(apiKey).then(decide, (err: unknown) => {
       req.log.error({ err: err instanceof Error ? err.message : String(err) }, 'API key check failed');
       decide(null);
-    });
+    }).catch((err: unknown) => { if (!reply.sent) done(err instanceof Error ? err : new Error(String(err))); });
     function decide(keyId: string | null): void {
     // A sandbox this node does not own goes to the node that does (docs/cluster.md, "Forwarding"). API
     // requests are authenticated here first; envd and port traffic by the owner (token checks need the sandbox).
