@@ -152,9 +152,9 @@ describe('cluster mode: API keys for the whole cluster', { skip: !postgresAvaila
     try {
       await until('both nodes see PostgreSQL down', async () => !nodes['a']!.cluster!.status().databaseReachable && !nodes['b']!.cluster!.status().databaseReachable, 15_000);
       for (const base of [A(), B()]) {
-        assert.equal((await call(base, '/templates', boot.key)).status, 200, `${base}: known key`);
-        assert.equal((await call(base, '/templates', lateKey)).status, 200, `${base}: known key (made just before)`);
-        assert.equal((await call(base, '/templates', newApiKey().key)).status, 401, `${base}: unknown key`);
+        assert.equal((await call(base, '/cluster', boot.key)).status, 200, `${base}: known key`);
+        assert.equal((await call(base, '/cluster', lateKey)).status, 200, `${base}: known key (made just before)`);
+        assert.equal((await call(base, '/cluster', newApiKey().key)).status, 401, `${base}: unknown key`);
       }
       assert.equal((await call(A(), '/api-keys', boot.key, { method: 'POST', body: JSON.stringify({ name: 'x' }) })).status, 503);
       assert.equal((await call(A(), '/api-keys', boot.key)).status, 503);
