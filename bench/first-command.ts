@@ -9,6 +9,12 @@
  *   node --import tsx bench/first-command.ts [--rounds N] [--concurrent N] [--density N] [--only warm|cold|all]
  *     → bench/results/first-command.json
  *
+ * Beside wall times it records CPU time (bench/cpu.ts): of the sandbox's QEMU process (per
+ * thread: the vCPU thread vs the main loop and I/O threads) and of hearthd (this process,
+ * which also runs the SDK client) over create → first command and over the second command,
+ * and the whole machine's busy time over the same intervals (the other load's share). From
+ * them, `bound`: what no scheduling can beat on this machine (docs/performance.md).
+ *
  * Runs as root (netns slots, loop mounts). Each daemon gets its own netns tag and range
  * so it coexists with other test runs; nothing else differs from `hearth up`.
  */
@@ -16,9 +22,11 @@ import { parseArgs } from 'node:util';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { Sandbox } from '../src/sdk/index.js';
+import { cpus, loadavg } from 'node:os';
+import { CapacityError, Sandbox } from '../src/sdk/index.js';
 import { log, stats, timed, writeResults, type Stats } from './lib.js';
 import { stopEnv, userDaemon, type Env } from './user-daemon.js';
+import { machineBusyMs, procCpu, qemuRoles, selfCpuMs, threadsCpu, totalMs } from './cpu.js';
 
 const { values } = parseArgs({
   options: {
@@ -32,19 +40,98 @@ const rounds = Number(values.rounds);
 const concurrent = Number(values.concurrent);
 const densityCount = Number(values.density);
 
-interface Sample { createMs: number; firstMs: number; secondMs: number; totalMs: number; steps: Record<string, number> }
+/** CPU time (ms) over create → first command and over the second command. */
+interface CpuSample {
+  qemu: number; qemuUser: number; qemuSys: number; vcpu: number; threads: Roles;
+  hearthd: number; hearthdChildren: number; machineBusy: number;
+  qemu2: number; vcpu2: number; threads2: Roles; hearthd2: number; machineBusy2: number;
+}
+interface Sample { createMs: number; firstMs: number; secondMs: number; totalMs: number; steps: Record<string, number>; cpu: CpuSample | undefined }
+
+/** QEMU CPU by thread role (bench/cpu.ts qemuRoles), ms. */
+interface Roles { main: number; vcpu: number; other: number; exited: number }
+const rolesDelta = (a: Roles, b: Roles): Roles => ({ main: b.main - a.main, vcpu: b.vcpu - a.vcpu, other: b.other - a.other, exited: b.exited - a.exited });
+const vmmPid = (e: Env, id: string): number | undefined => e.d.manager.get(id).vmm?.pid;
+const r1 = (x: number): number => Math.round(x * 10) / 10;
+
+/** After a kill: until the VM's process is reaped, so its CPU does not land in the next sample's children time. */
+async function reaped(pid: number | undefined): Promise<void> {
+  for (let i = 0; pid !== undefined && i < 100 && procCpu(pid) !== undefined; i++) await new Promise((r) => setTimeout(r, 50));
+}
+
+/**
+ * Until admission lets a create in: on this shared machine the load average often crosses the
+ * default CPU floor (8 per CPU) while others' suites run. The configuration stays the default;
+ * a refused attempt is not a sample.
+ */
+async function admitted(e: Env): Promise<void> {
+  for (let i = 0; ; i++) {
+    const [l1] = loadavg();
+    if (l1! < 0.95 * e.cfg.admissionMaxLoadPerCpu * cpus().length || i >= 120) return;
+    if (i % 6 === 0) log(`  waiting for admission: load ${l1!.toFixed(1)}`);
+    await new Promise((r) => setTimeout(r, 5000));
+  }
+}
 
 async function oneCreate(e: Env, opts: { keep?: boolean } = {}): Promise<[Sample, Sandbox]> {
+  await admitted(e);
+  const m0 = machineBusyMs();
+  const h0 = selfCpuMs();
   const [s, createMs] = await timed(() => Sandbox.create({ url: e.d.url }));
   const [, firstMs] = await timed(() => s.commands.run('true'));
+  // The QEMU process started inside create (no pre-started VMs), so its whole CPU time is this interval's.
+  const pid = vmmPid(e, s.id);
+  const q1 = pid === undefined ? undefined : procCpu(pid);
+  const t1 = pid === undefined ? undefined : qemuRoles(pid, threadsCpu(pid));
+  const h1 = selfCpuMs();
+  const m1 = machineBusyMs();
   const [, secondMs] = await timed(() => s.commands.run('true'));
+  const q2 = pid === undefined ? undefined : procCpu(pid);
+  const t2 = pid === undefined ? undefined : qemuRoles(pid, threadsCpu(pid), t1?.vcpuTid);
+  const h2 = selfCpuMs();
+  const m2 = machineBusyMs();
   const steps = Object.fromEntries(s.info.timings!.steps.map((x) => [x.step, x.ms]));
-  if (!opts.keep) await s.kill();
-  return [{ createMs, firstMs, secondMs, totalMs: createMs + firstMs, steps }, s];
+  if (!opts.keep) { await s.kill(); await reaped(pid); }
+  const cpu: CpuSample | undefined = q1 && q2 && t1 && t2 ? {
+    qemu: totalMs(q1), qemuUser: q1.userMs, qemuSys: q1.sysMs, vcpu: t1.vcpu, threads: t1,
+    hearthd: h1.ms - h0.ms, hearthdChildren: h1.childrenMs - h0.childrenMs, machineBusy: m1 - m0,
+    qemu2: totalMs(q2) - totalMs(q1), vcpu2: t2.vcpu - t1.vcpu, threads2: rolesDelta(t1, t2), hearthd2: h2.ms - h1.ms, machineBusy2: m2 - m1,
+  } : undefined;
+  return [{ createMs, firstMs, secondMs, totalMs: createMs + firstMs, steps, cpu }, s];
+}
+
+/** p50 per thread role over samples. */
+function threadsP50(list: Roles[]): Record<keyof Roles, number> {
+  const p = (k: keyof Roles): number => stats(list.map((t) => t[k])).p50;
+  return { main: p('main'), vcpu: p('vcpu'), other: p('other'), exited: p('exited') };
+}
+
+function summariseCpu(samples: Sample[]): Record<string, unknown> | undefined {
+  const c = samples.flatMap((s) => (s.cpu ? [{ ...s.cpu, wall: s.totalMs, wall2: s.secondMs }] : []));
+  if (c.length === 0) return undefined;
+  const st = (f: (x: (typeof c)[number]) => number): Stats => stats(c.map(f));
+  return {
+    n: c.length,
+    qemuMsCreateToFirst: st((x) => x.qemu),
+    qemuUserMsCreateToFirst: st((x) => x.qemuUser),
+    qemuSysMsCreateToFirst: st((x) => x.qemuSys),
+    vcpuThreadMsCreateToFirst: st((x) => x.vcpu),
+    qemuThreadsMsCreateToFirstP50: threadsP50(c.map((x) => x.threads)),
+    hearthdMsCreateToFirst: st((x) => x.hearthd),
+    hearthdChildrenMsCreateToFirst: st((x) => x.hearthdChildren),
+    machineBusyMsCreateToFirst: st((x) => x.machineBusy),
+    vcpuOverWallCreateToFirst: st((x) => x.vcpu / x.wall),
+    secondCommandQemuMs: st((x) => x.qemu2),
+    secondCommandVcpuThreadMs: st((x) => x.vcpu2),
+    secondCommandQemuThreadsMsP50: threadsP50(c.map((x) => x.threads2)),
+    secondCommandHearthdMs: st((x) => x.hearthd2),
+    secondCommandMachineBusyMs: st((x) => x.machineBusy2),
+    vcpuOverWallSecond: st((x) => x.vcpu2 / x.wall2),
+  };
 }
 
 function summarise(samples: Sample[]): Record<string, unknown> {
-  const st = (k: keyof Omit<Sample, 'steps'>): Stats => stats(samples.map((s) => s[k]));
+  const st = (k: keyof Omit<Sample, 'steps' | 'cpu'>): Stats => stats(samples.map((s) => s[k]));
   const stepNames = [...new Set(samples.flatMap((s) => Object.keys(s.steps)))];
   return {
     createToFirstCommandMs: st('totalMs'),
@@ -53,16 +140,27 @@ function summarise(samples: Sample[]): Record<string, unknown> {
     secondCommandMs: st('secondMs'),
     firstOverSecond: Math.round((stats(samples.map((s) => s.firstMs)).p50 / stats(samples.map((s) => s.secondMs)).p50) * 100) / 100,
     stepsP50: Object.fromEntries(stepNames.map((n) => [n, stats(samples.map((s) => s.steps[n] ?? 0)).p50])),
-    samples: samples.map((s) => ({ create: Math.round(s.createMs), first: Math.round(s.firstMs), second: Math.round(s.secondMs), steps: s.steps })),
+    cpu: summariseCpu(samples),
+    samples: samples.map((s) => ({
+      create: Math.round(s.createMs), first: Math.round(s.firstMs), second: Math.round(s.secondMs), steps: s.steps,
+      ...(s.cpu ? { cpu: { qemu: r1(s.cpu.qemu), vcpu: r1(s.cpu.vcpu), hearthd: r1(s.cpu.hearthd), qemu2: r1(s.cpu.qemu2), vcpu2: r1(s.cpu.vcpu2), hearthd2: r1(s.cpu.hearthd2) } } : {}),
+    })),
   };
 }
 
 async function sequential(e: Env, label: string, n: number): Promise<Record<string, unknown>> {
   const samples: Sample[] = [];
   for (let i = 0; i < n; i++) {
-    const [x] = await oneCreate(e);
+    let x: Sample | undefined;
+    for (let attempt = 0; !x; attempt++) {
+      try { [x] = await oneCreate(e); } catch (err) {
+        // Refused by admission between the wait and the create (the load moved): wait again.
+        if (!(err instanceof CapacityError) || attempt >= 20) throw err;
+      }
+    }
     samples.push(x);
-    log(`  ${label} #${i + 1}: create ${Math.round(x.createMs)} ms, first ${Math.round(x.firstMs)} ms, second ${Math.round(x.secondMs)} ms  ${JSON.stringify(x.steps)}`);
+    const cpu = x.cpu ? `  cpu: qemu ${Math.round(x.cpu.qemu)} (vcpu ${Math.round(x.cpu.vcpu)}) hearthd ${Math.round(x.cpu.hearthd)}; second qemu ${Math.round(x.cpu.qemu2)} hearthd ${Math.round(x.cpu.hearthd2)}` : '';
+    log(`  ${label} #${i + 1}: create ${Math.round(x.createMs)} ms, first ${Math.round(x.firstMs)} ms, second ${Math.round(x.secondMs)} ms  ${JSON.stringify(x.steps)}${cpu}`);
   }
   return summarise(samples);
 }
@@ -152,26 +250,92 @@ async function density(e: Env, n: number): Promise<Record<string, unknown>> {
 }
 
 async function concurrentCreates(e: Env, n: number, single: number): Promise<Record<string, unknown>> {
+  const m0 = machineBusyMs();
+  const h0 = selfCpuMs();
   const [res, wallMs] = await timed(() => Promise.allSettled(Array.from({ length: n }, () => timed(async () => {
     const s = await Sandbox.create({ url: e.d.url });
     await s.commands.run('true');
-    return s;
+    // This VM's CPU up to its first command, contention included (its process started inside create).
+    const pid = vmmPid(e, s.id);
+    const t = pid === undefined ? undefined : threadsCpu(pid);
+    return { s, pid, qemu: t ? t.total : NaN, vcpu: pid !== undefined && t ? qemuRoles(pid, t).vcpu : NaN };
   }))));
-  const ok = res.filter((r): r is PromiseFulfilledResult<[Sandbox, number]> => r.status === 'fulfilled');
+  const h1 = selfCpuMs();
+  const m1 = machineBusyMs();
+  const ok = res.filter((r): r is PromiseFulfilledResult<[{ s: Sandbox; pid: number | undefined; qemu: number; vcpu: number }, number]> => r.status === 'fulfilled');
   const failed = res.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => String(r.reason).slice(0, 200));
-  await Promise.all(ok.map((r) => r.value[0].kill().catch(() => undefined)));
+  const vms = ok.map((r) => r.value[0]);
+  // VMs that answered early idle (timer ticks under TCG) while the others start: their CPU until now.
+  const qemuAtEnd = vms.reduce((t, v) => t + (v.pid === undefined ? 0 : totalMs(procCpu(v.pid))), 0);
+  await Promise.all(vms.map((v) => v.s.kill().catch(() => undefined)));
+  await Promise.all(vms.map((v) => reaped(v.pid)));
+  const qemuToFirst = vms.reduce((t, v) => t + v.qemu, 0);
+  const hearthd = h1.ms - h0.ms;
+  const hearthdChildren = h1.childrenMs - h0.childrenMs;
+  const ours = qemuAtEnd + hearthd + hearthdChildren;
+  const cores = cpus().length;
   return {
     count: n, succeeded: ok.length, failed, wallMs: Math.round(wallMs),
     eachMs: stats(ok.map((r) => r.value[1])),
     singleCreateToFirstCommandMs: Math.round(single),
     wallOverSingle: Math.round((wallMs / single) * 10) / 10,
+    cpu: {
+      qemuMsPerCreateToFirst: stats(vms.map((v) => v.qemu)),
+      vcpuThreadMsPerCreateToFirst: stats(vms.map((v) => v.vcpu)),
+      qemuMsSumToFirst: Math.round(qemuToFirst),
+      qemuMsSumIdleAfterFirst: Math.round(qemuAtEnd - qemuToFirst),
+      hearthdMs: Math.round(hearthd),
+      hearthdChildrenMs: Math.round(hearthdChildren),
+      machineBusyMs: Math.round(m1 - m0),
+      otherLoadMs: Math.round(m1 - m0 - ours),
+      machineBusyShare: Math.round(((m1 - m0) / (wallMs * cores)) * 100) / 100,
+      // No schedule finishes sooner than all the CPU this run's own processes used, spread over every core.
+      floorMs: Math.round(ours / cores),
+      floorOverSingle: r1(ours / cores / single),
+    },
   };
 }
 
-const results: Record<string, unknown> = { rounds, config: 'scripts/start.sh defaults (src/daemon/config.ts), XFS reflink data dir' };
+/**
+ * What no scheduling beats on this machine, from the sequential run's CPU p50s: N creates
+ * need N × (QEMU + hearthd CPU per create) of CPU, so their wall is at least that ÷ cores;
+ * a single create → first command is at least its vCPU thread's CPU (TCG runs a vCPU on
+ * one thread, and the guest's work up to the first command runs on it).
+ */
+function bound(warm: Record<string, unknown>, n: number): Record<string, unknown> | undefined {
+  const cpu = warm['cpu'] as Record<string, Stats> | undefined;
+  if (!cpu) return undefined;
+  const cores = cpus().length;
+  const single = (warm['createToFirstCommandMs'] as Stats).p50;
+  const perCreate = cpu['qemuMsCreateToFirst']!.p50 + cpu['hearthdMsCreateToFirst']!.p50 + cpu['hearthdChildrenMsCreateToFirst']!.p50;
+  const concurrentFloor = (n * perCreate) / cores;
+  return {
+    cores,
+    singleWallMs: single,
+    cpuPerCreateToFirstMs: r1(perCreate),
+    cpuPerCreateOverSingleWall: Math.round((perCreate / single) * 100) / 100,
+    concurrentCount: n,
+    concurrentFloorMs: Math.round(concurrentFloor),
+    concurrentFloorOverSingle: r1(concurrentFloor / single),
+    concurrentGoalOverSingle: 4,
+    singleFloorMs: cpu['vcpuThreadMsCreateToFirst']!.p50,
+    singleGoalMs: 600,
+    secondCommandFloorMs: cpu['secondCommandVcpuThreadMs']!.p50,
+  };
+}
+
+const load = (): number[] => loadavg().map((x) => Math.round(x * 100) / 100);
+
+const results: Record<string, unknown> = {
+  rounds, config: 'scripts/start.sh defaults (src/daemon/config.ts), XFS reflink data dir',
+  // 1, 5 and 15 minute load averages when each part started and when the run ended (the machine is shared).
+  loadAverage: { start: load() } as Record<string, number[]>,
+};
+const loadAt = (part: string): void => { (results['loadAverage'] as Record<string, number[]>)[part] = load(); };
 if (values.only === 'all' || values.only === 'cold') {
   log('cold boot (warmTemplates: false), same configuration otherwise');
   const e = await userDaemon({ warmTemplates: false, warmOnStart: false });
+  loadAt('coldBoot');
   try { results['coldBoot'] = await sequential(e, 'cold', Math.max(2, Math.floor(rounds / 3))); } finally { await stopEnv(e); }
 }
 if (values.only === 'all' || values.only === 'warm') {
@@ -179,22 +343,32 @@ if (values.only === 'all' || values.only === 'warm') {
   const e = await userDaemon();
   try {
     await e.d.manager.settled();
-    await oneCreate(e); // waits for the warm build if it still runs: not measured
+    for (let attempt = 0; ; attempt++) { // waits for the warm build if it still runs: not measured
+      try { await oneCreate(e); break; } catch (err) { if (!(err instanceof CapacityError) || attempt >= 20) throw err; }
+    }
+    loadAt('warmRestore');
     const warm = await sequential(e, 'warm', rounds);
     results['warmRestore'] = warm;
     const single = (warm['createToFirstCommandMs'] as Stats).p50;
     if (concurrent > 0) {
       log(`${concurrent} concurrent creates → first command`);
+      await admitted(e);
+      loadAt('concurrent');
       results['concurrent'] = await concurrentCreates(e, concurrent, single);
       log(`  ${JSON.stringify(results['concurrent'])}`);
     }
+    results['bound'] = bound(warm, concurrent > 0 ? concurrent : 20);
+    log(`  bound: ${JSON.stringify(results['bound'])}`);
     if (densityCount > 0) {
       log(`density: ${densityCount} idle sandboxes`);
+      await admitted(e);
+      loadAt('density');
       // Admission may refuse on a loaded host (503 with the reason): recorded, not fatal.
       results['density'] = await density(e, densityCount).catch((err: unknown) => ({ refused: String(err).slice(0, 300) }));
       log(`  ${JSON.stringify(results['density'])}`);
     }
   } finally { await stopEnv(e); }
 }
+loadAt('end');
 const path = writeResults(values.only === 'all' ? 'first-command' : `first-command-${values.only}`, results);
 log(`wrote ${path}`);
