@@ -63,7 +63,7 @@ test('a flipped byte in transit fails the checksum', async () => {
   await withDirs(async (src, dst) => {
     await writeFile(join(src, 'memory'), Buffer.alloc(3 * CHUNK, 7));
     const stream = await collect(encodeTransfer({}, src, ['memory']));
-    stream[stream.length - 100] ^= 0xff; // inside the last data frame
+    stream.writeUInt8(stream.readUInt8(stream.length - 100) ^ 0xff, stream.length - 100); // inside the last data frame
     const reader = new TransferReader(chunked(stream));
     await reader.manifest();
     await assert.rejects(reader.files(dst, new Map([['memory', 3 * CHUNK]])), (e: Error) => e instanceof TransferError && /checksum/.test(e.message));
