@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
@@ -383,6 +383,33 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       if (!cluster.info(req.raw).fromNode) return reply.status(403).send(errorBody(403, 'only cluster nodes may send sandboxes here', 'forbidden'));
       if (req.headers['content-type'] !== MOVE_CONTENT_TYPE) return reply.status(415).send(errorBody(415, `send ${MOVE_CONTENT_TYPE}`, 'invalid_argument'));
       return cluster.mover.receive(req.raw);
+    });
+    // Pulling a template (docs/cluster.md, "Pulling a template"): what a holder serves to other nodes, and the pull itself.
+    const fromNode = (req: FastifyRequest): boolean => cluster.info(req.raw).fromNode;
+    const NOT_A_NODE = errorBody(403, 'only cluster nodes may read this', 'forbidden');
+    const TemplateParams = Type.Object({ templateID: Type.String({ minLength: 1, maxLength: 128 }) });
+    app.get('/cluster/templates/:templateID/export', { schema: { hide: true, params: TemplateParams } }, async (req, reply) => {
+      if (!fromNode(req)) return reply.status(403).send(NOT_A_NODE);
+      return reply.type(MOVE_CONTENT_TYPE).send(await cluster.puller.exportTemplate((req.params as { templateID: string }).templateID));
+    });
+    app.get('/cluster/templates/:templateID/warm', { schema: { hide: true, params: TemplateParams } }, async (req, reply) => {
+      if (!fromNode(req)) return reply.status(403).send(NOT_A_NODE);
+      return cluster.puller.warmList((req.params as { templateID: string }).templateID, AbortSignal.timeout(30_000));
+    });
+    app.get('/cluster/templates/:templateID/warm/:snapshotID/export', { schema: { hide: true } }, async (req, reply) => {
+      if (!fromNode(req)) return reply.status(403).send(NOT_A_NODE);
+      const p = req.params as { templateID: string; snapshotID: string };
+      return reply.type(MOVE_CONTENT_TYPE).send(await cluster.puller.exportWarm(p.templateID, p.snapshotID, AbortSignal.timeout(30_000)));
+    });
+    app.post('/templates/:templateID/pull', {
+      schema: {
+        summary: 'Copy a custom template (its disk and warm snapshots) to this node from `from` or a node that holds it (cluster mode)',
+        tags: ['templates'], params: TemplateParams,
+        body: Type.Optional(Type.Object({ from: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })) }, { additionalProperties: false })),
+      },
+    }, async (req) => {
+      const { templateID } = req.params as { templateID: string };
+      return cluster.puller.pull(templateID, { from: (req.body as { from?: string } | undefined)?.from, signal: AbortSignal.timeout(600_000) });
     });
     app.post('/sandboxes/:sandboxID/move', {
       schema: {

@@ -104,15 +104,16 @@ export function fetchJson(address: string, path: string, headers: IncomingHttpHe
 }
 
 /**
- * One bodiless request to a node (GET, DELETE), its JSON answer back (null when
- * it has no body, as a 204), with its headers. The client's content headers are
- * not sent: there is no body.
+ * One request to a node, its JSON answer back (null when it has no body, as a
+ * 204), with its headers. The client's content headers are not sent; a `json`
+ * body goes with its own.
  */
-export function requestJson(address: string, method: string, path: string, headers: IncomingHttpHeaders | Record<string, string | string[]>, timeoutMs: number): Promise<{ status: number; body: unknown; headers: IncomingHttpHeaders }> {
+export function requestJson(address: string, method: string, path: string, headers: IncomingHttpHeaders | Record<string, string | string[]>, timeoutMs: number, json?: string): Promise<{ status: number; body: unknown; headers: IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const u = new URL(address);
     const out: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'content-type' && k !== 'content-length') out[k] = v;
+    if (json !== undefined) { out['content-type'] = 'application/json'; out['content-length'] = String(Buffer.byteLength(json)); }
     const r = httpRequest({ host: u.hostname, port: u.port || 80, method, path, headers: { ...out, connection: 'close' }, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
@@ -124,7 +125,7 @@ export function requestJson(address: string, method: string, path: string, heade
     });
     r.on('timeout', () => r.destroy(new Error(`node ${address} did not answer within ${timeoutMs} ms`)));
     r.on('error', reject);
-    r.end();
+    r.end(json);
   });
 }
 

@@ -8,10 +8,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Store } from '../store/store.js';
-import type { ClusterNode } from './node.js';
+import type { ClusterNode, PullFirst } from './node.js';
 import { admitClusterHeaders, forwardedHeaders, MOVED_HEADER, NODE_HEADER } from './credential.js';
-import { fetchJson, forwardHttp, forwardUpgrade, unknownBody, unknownListItem } from './forward.js';
+import { fetchJson, forwardHttp, forwardUpgrade, requestJson, unknownBody, unknownListItem } from './forward.js';
 import type { SandboxMover } from './move.js';
+import type { TemplatePuller } from './pull.js';
+import type { NodeInfo } from './types.js';
 import { decodeCursor, encodeCursor, pageLimit } from '../api/routes/sandboxes.js';
 import { RegistryApi } from './registry-api.js';
 
@@ -26,6 +28,8 @@ export interface ClusterGatewayOptions {
   minFreeDiskMib: number;
   /** Moves paused sandboxes to other nodes (a resume on a full node). */
   mover: SandboxMover;
+  /** Copies custom templates from the nodes that hold them (a create no holder has room for). */
+  puller: TemplatePuller;
   /** Why this host cannot start a sandbox of this much memory now, or null (the manager's admission). */
   admissionRefusal: (memoryMib: number) => string | null;
 }
@@ -108,7 +112,21 @@ export class ClusterGateway {
    */
   async placeCreate(req: IncomingMessage, res: ServerResponse, body: { templateID?: string; memoryMB?: number }, keyId: string | null, hijack: () => void): Promise<'local' | 'handled'> {
     const d = await this.o.node.decideCreate(body.templateID ?? 'base', body.memoryMB, this.o.minFreeDiskMib);
-    if (d.kind === 'local') return 'local';
+    // No node that holds the template has room: the chosen node pulls it first (docs/cluster.md, "Pulling a template").
+    const pullFailed = (pull: PullFirst, err: unknown): 'handled' => {
+      hijack();
+      this.sendJson(res, 503, { code: 503, error_code: 'capacity', message: `no node holding template ${pull.templateId} has room, and copying it to one that has failed: ${err instanceof Error ? err.message : String(err)}` });
+      return 'handled';
+    };
+    if (d.kind === 'local') {
+      if (d.pull) {
+        try { await this.o.puller.pull(d.pull.templateId, { from: d.pull.from }); } catch (err) { return pullFailed(d.pull, err); }
+      }
+      return 'local';
+    }
+    if (d.kind === 'forward' && d.pull) {
+      try { await this.remotePull(req, d.node, d.pull, keyId); } catch (err) { return pullFailed(d.pull, err); }
+    }
     hijack();
     if (d.kind === 'refuse') {
       this.sendJson(res, d.status, { code: d.status, error_code: d.errorCode, message: d.message });
@@ -121,6 +139,14 @@ export class ClusterGateway {
   }
 
   get mover(): SandboxMover { return this.o.mover; }
+  get puller(): TemplatePuller { return this.o.puller; }
+
+  /** Asks `node` to pull a template (POST /templates/{id}/pull as a node) and waits for it. */
+  private async remotePull(req: IncomingMessage, node: NodeInfo, pull: PullFirst, keyId: string | null): Promise<void> {
+    const headers: Record<string, string | string[]> = { ...this.headers(req, keyId, true), 'content-type': 'application/json' };
+    const r = await requestJson(node.address, 'POST', `/templates/${encodeURIComponent(pull.templateId)}/pull`, headers, 600_000, JSON.stringify({ from: pull.from }));
+    if (r.status !== 200) throw new Error(`node ${node.id} answered ${r.status}: ${(r.body as { message?: string } | null)?.message ?? ''}`);
+  }
 
   /**
    * A resume (or connect) of a paused sandbox of this node when this host has

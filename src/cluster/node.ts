@@ -64,9 +64,12 @@ export interface ClusterStatus {
  * not answer (creates then stay on the node asked), and when no node has room
  * but this node may take the create (its own admission answers 503).
  */
+/** A template the chosen node must pull first (no node that holds it has room): from which node. */
+export interface PullFirst { templateId: string; from: string }
+
 export type CreateDecision =
-  | { kind: 'local'; reason: 'chosen' | 'no-room' | 'database' }
-  | { kind: 'forward'; node: NodeInfo }
+  | { kind: 'local'; reason: 'chosen' | 'no-room' | 'database'; pull?: PullFirst }
+  | { kind: 'forward'; node: NodeInfo; pull?: PullFirst }
   | { kind: 'refuse'; status: 404 | 503; errorCode: 'not_found' | 'capacity'; message: string };
 
 export function placementUpdateOf(r: SandboxRecord): PlacementUpdate {
@@ -278,6 +281,12 @@ export class ClusterNode {
       const what = src.kind === 'nodes' ? `${src.what} ${name}` : name;
       const on = (ids: string[]): string => `node${ids.length > 1 ? 's' : ''} ${ids.join(', ')}`;
       if (live.length === 0) return { kind: 'refuse', status: 404, errorCode: 'not_found', message: `${what} exists only on ${on(only)}, which ${only.length > 1 ? 'are' : 'is'} down; no up node has it` };
+      if (src.kind === 'nodes' && src.what === 'template') {
+        // No holder has room: a node that has it pulls the template (docs/cluster.md, "Pulling a template").
+        const elsewhere = await this.place({ templateId: src.id, memoryMib, minFreeDiskMib, nodes: null });
+        const pull = { templateId: src.id, from: live[0]! };
+        if (elsewhere) return elsewhere.id === this.o.nodeId ? { kind: 'local', reason: 'chosen', pull } : { kind: 'forward', node: elsewhere, pull };
+      }
       return { kind: 'refuse', status: 503, errorCode: 'capacity', message: `${what} exists only on ${on(live)}, and none of them has room for ${memoryMib} MiB now` };
     } catch (err) {
       this.o.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cluster: placement failed (PostgreSQL); creating on this node');

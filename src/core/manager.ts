@@ -1,4 +1,4 @@
-import { mkdir, readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -26,7 +26,7 @@ import { isStagingName, isWarmDirName, pausedAt, type DataLayout } from './layou
 import { compatDifferences } from './compat.js';
 import { launch, type LaunchSource } from './flows/launch.js';
 import { beyondPaused, captureKeptMemory, commitResume, pauseSandbox, pausedDisk, resumeSandbox } from './flows/pause.js';
-import { captureSnapshot, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
+import { captureSnapshot, newSnapshotId, removeSnapshotFiles, snapshotComplete } from './flows/capture.js';
 import { adoptPaused, describePaused, forgetRows, importRefusal, type PausedExport } from './flows/move.js';
 
 export type { AgentControlApi, ManagerConfig, ManagerDeps, FileCloner } from './flows/context.js';
@@ -120,6 +120,12 @@ interface KeyClaim { scope: string; key: string; sandboxId: string; done(): void
 const BEFORE_STOP = new Set(['start', 'snapshot', 'flush', 'sync']);
 
 /** States in which a sandbox holds (or may hold) host resources and is not paused. */
+/** What a warm snapshot was made under, beyond its template's image: another node reuses it only under the same. */
+export interface WarmSetup { kernelArgs: string; network: string; vmm: string; compat: string }
+
+/** A warm snapshot as another node copies it: its record (no local path), its set-up, its files. */
+export interface WarmExport { snapshot: SnapshotRecord; setup: WarmSetup; files: { name: string; size: number }[] }
+
 const ACTIVE_STATES: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming', 'destroying'];
 
 /**
@@ -1124,6 +1130,70 @@ export class SandboxManager {
         throw err;
       }
     });
+  }
+
+  /**
+   * A template's warm snapshots for another node to copy (cluster mode,
+   * src/cluster/pull.ts), with the set-up they were made under: a node reuses
+   * one only under the same VMM set-up, network backend and kernel arguments.
+   */
+  async warmExports(templateId: string, signal: AbortSignal): Promise<WarmExport[]> {
+    const template = this.template(templateId);
+    await this.vmmCompat(signal);
+    const warmKey = this.warmKey(template);
+    const out: WarmExport[] = [];
+    for (const snap of this.store.listTemplateSnapshots(template.id)) {
+      if (snap.imageHash !== warmKey || !(await snapshotComplete(snap))) continue;
+      const files: WarmExport['files'] = [];
+      for (const e of await readdir(snap.dir, { withFileTypes: true })) {
+        if (e.isFile()) files.push({ name: e.name, size: (await stat(join(snap.dir, e.name))).size });
+      }
+      out.push({ snapshot: { ...snap, dir: '' }, setup: this.warmSetup(template), files });
+    }
+    return out;
+  }
+
+  /** The directory of one of a template's warm snapshots (an export reads it). */
+  warmDir(templateId: string, snapshotId: string): string {
+    const snap = this.store.getSnapshot(snapshotId);
+    if (snap?.kind !== 'template' || snap.templateId !== templateId) throw new NotFoundError(`no warm snapshot ${snapshotId} of template ${templateId}`);
+    return snap.dir;
+  }
+
+  /**
+   * Stores a warm snapshot copied from another node: refused (409) unless it
+   * was made under this host's set-up; skipped when this node already has one
+   * of that shape. `receive` writes its files into a staging directory, renamed
+   * into place before the record is written, so a half-received copy is never used.
+   */
+  async importWarm(exp: WarmExport, receive: (dir: string) => Promise<void>, signal: AbortSignal): Promise<SnapshotRecord | null> {
+    const template = this.template(exp.snapshot.templateId);
+    await this.vmmCompat(signal);
+    const mine = this.warmSetup(template);
+    const diffs = (Object.keys(mine) as (keyof WarmSetup)[]).filter((k) => mine[k] !== exp.setup[k]);
+    if (diffs.length) throw new ConflictError(`the warm snapshot of ${template.id} was made under another set-up (${diffs.join(', ')}); this node builds its own`);
+    const warmKey = this.warmKey(template);
+    const { vcpus, memoryMib } = exp.snapshot;
+    if (this.store.findTemplateSnapshot(template.id, warmKey, vcpus, memoryMib)) return null;
+    const paths = this.layout.warmSnapshot(template.id, warmKey, vcpus, memoryMib, randomId(8));
+    await mkdir(paths.staging, { recursive: true });
+    try {
+      await receive(paths.staging);
+      await rename(paths.staging, paths.dir);
+    } catch (err) {
+      await removeTree(paths.staging).catch(() => undefined);
+      throw err;
+    }
+    // Under this node's warm key: its kernel path differs, the kernel (the same image) does not.
+    const snap: SnapshotRecord = { ...exp.snapshot, id: newSnapshotId(), sandboxId: null, imageHash: warmKey, dir: paths.dir, createdAt: new Date().toISOString(), compat: this.compatKey };
+    this.store.insertSnapshot(snap);
+    this.log.info({ template: template.id, vcpus, memoryMib }, `template ${template.id}: warm snapshot copied from another node`);
+    return snap;
+  }
+
+  /** What a warm snapshot depends on beyond the template's image (the warm key's parts, the kernel's path aside). */
+  private warmSetup(template: Template): WarmSetup {
+    return { kernelArgs: template.kernelArgs, network: this.deps.network.kind, vmm: this.deps.vmm.kind, compat: this.compatKey ?? '' };
   }
 
   // ---------------------------------------------------------------- destroy

@@ -33,6 +33,7 @@ import { Observability } from '../observability/hub.js';
 import { ClusterNode } from '../cluster/node.js';
 import { ClusterGateway } from '../cluster/gateway.js';
 import { SandboxMover } from '../cluster/move.js';
+import { TemplatePuller } from '../cluster/pull.js';
 import { clusterNodeId } from './config.js';
 
 /** The parts of a built guest image a template needs (src/images produces it). */
@@ -212,6 +213,7 @@ export async function startDaemon(cfg: HearthConfig, log: PinoLogger, opts: { im
     const gateway = cluster && cfg.clusterToken ? new ClusterGateway({
       node: cluster, token: cfg.clusterToken, store, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib,
       mover: new SandboxMover({ manager, node: cluster, token: cfg.clusterToken, log, minFreeDiskMib: cfg.admissionMinFreeDiskMib }),
+      puller: new TemplatePuller({ manager, store, layers: builder.layers, node: cluster, token: cfg.clusterToken, log }),
       admissionRefusal: (memoryMib) => manager.admissionRefusal(memoryMib),
     }) : undefined;
     const app = await buildApi({

@@ -33,6 +33,9 @@ export class LayerStore {
 
   diskPath(key: string): string { return join(this.at(key), DISK); }
 
+  /** The directory of a layer (its disk and layer.json). */
+  dirOf(key: string): string { return this.at(key); }
+
   async has(key: string): Promise<boolean> {
     try {
       const meta = JSON.parse(await readFile(join(this.at(key), META), 'utf8')) as LayerMeta;

@@ -295,6 +295,51 @@ describe('cluster mode: three hearthd processes on one PostgreSQL', { skip: !pos
     lap('node C adopted its sandboxes');
   });
 
+  test('a template made on node A is pulled by node C with its warm snapshot; a create there restores from it', async () => {
+    const src = on('node-a')[0]!;
+    const marker = randomBytes(16).toString('hex');
+    const sbx = await Sandbox.connect(src, { url: url('a') });
+    await sbx.files.write('/home/user/pulled.txt', marker);
+    const started = await json<{ templateID: string; buildID: string }>(`${url('a')}/templates`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'pulled-tpl', fromSandbox: src }),
+    });
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    const built = await until('the template built on A (disk and warm snapshot)', async () => {
+      const b = await json<{ status: string; error: string | null }>(`${url('a')}/templates/pulled-tpl/builds/${started.body.buildID}`);
+      if (b.body.status === 'failed') throw new Error(`build failed: ${b.body.error}`);
+      return b.body.status === 'ready' ? b.body : null;
+    }, 300_000);
+    assert.equal(built.status, 'ready');
+    await until('A published it', async () => (await json<{ nodes: string[] }>(`${url('c')}/templates/pulled-tpl`)).body.nodes?.includes('node-a'), 20_000);
+    lap('template built on A');
+
+    const pulled = await json<{ from: string; pulled: string[]; warmSnapshots: number; bytes: number }>(`${url('c')}/templates/pulled-tpl/pull`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}',
+    });
+    assert.equal(pulled.status, 200, JSON.stringify(pulled.body));
+    assert.equal(pulled.body.from, 'node-a');
+    assert.deepEqual(pulled.body.pulled, ['pulled-tpl']);
+    assert.ok(pulled.body.warmSnapshots >= 1, 'its warm snapshot came too');
+    assert.ok(pulled.body.bytes > 1 << 20, `${pulled.body.bytes} bytes`);
+    lap('template pulled by C');
+
+    // A create pinned to C (sent as a node): restored from the copied warm snapshot, the template's disk inside.
+    const made = await json<{ sandboxID: string; timings: { op: string } | null }>(`${url('c')}/sandboxes`, {
+      method: 'POST', headers: { 'content-type': 'application/json', ...NODE_AUTH }, body: JSON.stringify({ templateID: 'pulled-tpl', timeout: 600 }),
+    });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    assert.equal(made.node, 'node-c');
+    owner[made.body.sandboxID] = 'node-c';
+    assert.equal(made.body.timings?.op, 'create (restore)', 'no cold boot: the warm snapshot was copied');
+    const there = await Sandbox.connect(made.body.sandboxID, { url: url('b') });
+    assert.equal((await there.commands.run('cat /home/user/pulled.txt')).stdout, marker);
+    await until('both holders listed', async () => {
+      const t = await json<{ nodes: string[] }>(`${url('b')}/templates/pulled-tpl`);
+      return JSON.stringify(t.body.nodes) === JSON.stringify(['node-a', 'node-c']);
+    }, 20_000);
+    lap('sandbox from the pulled template on C');
+  });
+
   test('destroys through node A end every VM of every node', async () => {
     await Promise.all(Object.keys(owner).map(async (s) => {
       const r = await fetch(`${url('a')}/sandboxes/${s}`, { method: 'DELETE', signal: AbortSignal.timeout(120_000) });

@@ -158,6 +158,18 @@ describe('cluster mode: templates and snapshots across three nodes', { skip: !po
     assert.match(r.body.message, /no-such-template does not exist on any node of the cluster/);
   });
 
+  test('placement: when no holder of a template has room, another node is chosen and told to pull it from a holder first', async () => {
+    // B holds reg-tpl; its row says it is full until its next heartbeat (400 ms) writes its real numbers.
+    let d: CreateDecision | null = null;
+    for (let i = 0; i < 20 && !(d && d.kind !== 'refuse' && d.pull); i++) {
+      await n('a').cluster!.db.pool.query(`UPDATE nodes SET memory_used_mib = memory_total_mib WHERE id = 'node-b'`);
+      d = await decide('a', 'reg-tpl', 384);
+    }
+    assert.ok(d && d.kind !== 'refuse' && d.pull, `a pull decision: ${JSON.stringify(d)}`);
+    assert.deepEqual(d.pull, { templateId: 'reg-tpl', from: 'node-b' });
+    assert.notEqual(target(d), 'node-b');
+  });
+
   test('a holder that is down: creates for its template are 404 (no up node has it), its records are listed from the registry, a delete is refused', async () => {
     const b = n('b');
     await b.manager.settled();
