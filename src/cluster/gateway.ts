@@ -179,32 +179,48 @@ export class ClusterGateway {
   }
 
   /**
+   * The same GET (this request's URL) asked of every up node as a node, with
+   * scope local. Null when PostgreSQL cannot say which nodes exist (a 503 was
+   * sent). A node that does not answer in 10 s, or not with a JSON array
+   * (a 400 aside: the query's fault, given back as it is), is `missing`.
+   */
+  private async askEveryNode(req: IncomingMessage, res: ServerResponse, keyId: string | null): Promise<{ nodes: NodeInfo[]; answers: { node: NodeInfo; status: number; items: Record<string, unknown>[]; headers: Record<string, unknown> }[]; missing: string[] } | null> {
+    let nodes: NodeInfo[];
+    try {
+      nodes = await this.o.node.nodes();
+    } catch (err) {
+      this.sendJson(res, 503, { code: 503, error_code: 'unavailable', message: `the cluster database does not answer: ${err instanceof Error ? err.message : String(err)}` });
+      return null;
+    }
+    const headers = this.headers(req, keyId, true);
+    const missing: string[] = [];
+    const answers = (await Promise.all(nodes.filter((n) => n.state === 'up').map(async (n) => {
+      try {
+        const r = await fetchJson(n.address, req.url ?? '/', headers, 10_000);
+        if (r.status === 400) return { node: n, status: 400, items: [r.body as Record<string, unknown>], headers: r.headers };
+        if (r.status !== 200 || !Array.isArray(r.body)) throw new Error(`status ${r.status}`);
+        return { node: n, status: 200, items: r.body as Record<string, unknown>[], headers: r.headers };
+      } catch {
+        missing.push(n.id);
+        return null;
+      }
+    }))).filter((a) => a !== null);
+    return { nodes, answers, missing };
+  }
+
+  /**
    * GET /sandboxes from a client: every up node's own list (asked with scope
    * local), each item with its `node`, plus the placements on down nodes as
    * state `unknown`. A node that does not answer is left out and named in the
    * X-Hearth-Missing-Nodes header.
    */
   async list(req: IncomingMessage, res: ServerResponse, keyId: string | null): Promise<void> {
-    let nodes: Awaited<ReturnType<ClusterNode['nodes']>>;
-    try {
-      nodes = await this.o.node.nodes();
-    } catch (err) {
-      this.sendJson(res, 503, { code: 503, error_code: 'unavailable', message: `the cluster database does not answer: ${err instanceof Error ? err.message : String(err)}` });
-      return;
-    }
-    const headers = this.headers(req, keyId, true);
-    const missing: string[] = [];
-    const parts = await Promise.all(nodes.filter((n) => n.state === 'up').map(async (n) => {
-      try {
-        const r = await fetchJson(n.address, req.url ?? '/sandboxes', headers, 10_000);
-        if (r.status !== 200 || !Array.isArray(r.body)) throw new Error(`status ${r.status}`);
-        return (r.body as Record<string, unknown>[]).map((x) => ({ ...x, node: n.id }));
-      } catch {
-        missing.push(n.id);
-        return [];
-      }
-    }));
-    const down = new Set(nodes.filter((n) => n.state !== 'up').map((n) => n.id));
+    const asked = await this.askEveryNode(req, res, keyId);
+    if (!asked) return;
+    const refusal = asked.answers.find((a) => a.status === 400);
+    if (refusal) { this.sendJson(res, 400, refusal.items[0]); return; }
+    const parts = asked.answers.map((a) => a.items.map((x) => ({ ...x, node: a.node.id })));
+    const down = new Set(asked.nodes.filter((n) => n.state !== 'up').map((n) => n.id));
     const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
     const states = query.get('state')?.split(',');
     let unknown: Record<string, unknown>[] = [];
@@ -213,7 +229,7 @@ export class ClusterGateway {
         .filter((p) => down.has(p.nodeId) && p.state === 'unknown')
         .map(unknownListItem);
     }
-    if (missing.length) res.setHeader('x-hearth-missing-nodes', missing.join(','));
+    if (asked.missing.length) res.setHeader('x-hearth-missing-nodes', asked.missing.join(','));
     this.sendJson(res, 200, [...parts.flat(), ...unknown]);
   }
 
@@ -238,30 +254,14 @@ export class ClusterGateway {
       return;
     }
     const dir = query.get('order') === 'asc' ? 1 : -1;
-    let nodes: Awaited<ReturnType<ClusterNode['nodes']>>;
-    try {
-      nodes = await this.o.node.nodes();
-    } catch (err) {
-      this.sendJson(res, 503, { code: 503, error_code: 'unavailable', message: `the cluster database does not answer: ${err instanceof Error ? err.message : String(err)}` });
-      return;
-    }
-    const headers = this.headers(req, keyId, true);
-    const missing = nodes.filter((n) => n.state !== 'up').map((n) => n.id);
-    let more = false;
-    let refusal: { status: number; body: unknown } | null = null;
-    const parts = await Promise.all(nodes.filter((n) => n.state === 'up').map(async (n) => {
-      try {
-        const r = await fetchJson(n.address, req.url ?? '/v2/sandboxes', headers, 10_000);
-        if (r.status === 400) { refusal = r; return []; }
-        if (r.status !== 200 || !Array.isArray(r.body)) throw new Error(`status ${r.status}`);
-        if (r.headers['x-next-token']) more = true;
-        return r.body as Record<string, unknown>[];
-      } catch {
-        missing.push(n.id);
-        return [];
-      }
-    }));
-    if (refusal) { this.sendJson(res, 400, (refusal as { body: unknown }).body); return; }
+    const asked = await this.askEveryNode(req, res, keyId);
+    if (!asked) return;
+    const refusal = asked.answers.find((a) => a.status === 400);
+    if (refusal) { this.sendJson(res, 400, refusal.items[0]); return; }
+    const more = asked.answers.some((a) => a.headers['x-next-token']);
+    const parts = asked.answers.map((a) => a.items);
+    // E2B's list has no `unknown`: down nodes are named as missing.
+    const missing = [...asked.nodes.filter((n) => n.state !== 'up').map((n) => n.id), ...asked.missing];
     const key = (x: Record<string, unknown>): [string, string] => [String(x['startedAt']), String(x['sandboxID'])];
     const cmp = (a: [string, string], b: [string, string]): number => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0);
     const all = parts.flat().sort((a, b) => dir * cmp(key(a), key(b)));
