@@ -9,9 +9,11 @@
  *     A) vs placed and forwarded (client on B), interleaved;
  *   - `commands.run('true')` on one existing sandbox, direct vs through B,
  *     N interleaved;
- *   - an 8 MiB file write + read, direct vs through B, interleaved.
+ *   - an 8 MiB file write + read, direct vs through B, interleaved;
+ *   - a paused sandbox resumed on its node vs moved to the other node
+ *     (POST /sandboxes/{id}/move) and resumed there, interleaved.
  *
- *   npm run --silent build && node --import tsx bench/cluster.ts [--rounds N] [--execs N] [--files N]
+ *   npm run --silent build && node --import tsx bench/cluster.ts [--rounds N] [--execs N] [--files N] [--moves N]
  *     → bench/results/cluster.json   (root, QEMU, PostgreSQL 15 from Debian's packages;
  *        HEARTH_IMAGE_DIR / HEARTH_IMAGE_CACHE / HEARTH_TEST_TMP as for the integration tests)
  */
@@ -24,7 +26,8 @@ import type { TestDaemon } from '../test/helpers/daemon.js';
 import type { NodeInfo } from '../src/cluster/types.js';
 import { log, stats, timed, writeResults, type Stats } from './lib.js';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, execs: { type: 'string', default: '20' }, files: { type: 'string', default: '5' } } });
+const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, execs: { type: 'string', default: '20' }, files: { type: 'string', default: '5' }, moves: { type: 'string', default: '3' } } });
+const moves = Number(values.moves);
 const rounds = Number(values.rounds);
 const execs = Number(values.execs);
 const fileRounds = Number(values.files);
@@ -42,7 +45,7 @@ const overhead = (direct: Stats, forwarded: Stats): { p50Ms: number; meanMs: num
 const pg = await startPostgres();
 const nodes: TestDaemon[] = [];
 const results: Record<string, unknown> = {
-  rounds, execs, fileRounds,
+  rounds, execs, fileRounds, moves,
   config: 'two nodes in one process on one host (loopback between them), QEMU TCG guests, 384 MiB, cold boot (no warm snapshot), heartbeat 400 ms',
 };
 try {
@@ -124,6 +127,38 @@ try {
     overhead: { write: overhead(fdS['writeMs'] as Stats, ffS['writeMs'] as Stats), read: overhead(fdS['readMs'] as Stats, ffS['readMs'] as Stats) },
   };
   log(`  write p50 ${(fdS['writeMs'] as Stats).p50} vs ${(ffS['writeMs'] as Stats).p50} ms, read p50 ${(fdS['readMs'] as Stats).p50} vs ${(ffS['readMs'] as Stats).p50} ms`);
+
+  log(`a paused sandbox: resume on its node vs move to the other node + resume there, ${moves} each interleaved`);
+  const post = async (via: TestDaemon, path: string, body: unknown = {}): Promise<Record<string, unknown>> => {
+    const r = await fetch(`${via.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const text = await r.text();
+    if (!r.ok) throw new Error(`POST ${path}: ${r.status} ${text}`);
+    return (text ? JSON.parse(text) : {}) as Record<string, unknown>;
+  };
+  const id = direct.id;
+  const m = { resumeHere: [] as number[], move: [] as number[], resumeThere: [] as number[], bytes: [] as number[] };
+  let where = a;
+  for (let i = 0; i < moves; i++) {
+    await post(where, `/sandboxes/${id}/pause`);
+    m.resumeHere.push((await timed(() => post(where, `/sandboxes/${id}/resume`)))[1]);
+    const other = where === a ? b : a;
+    await post(where, `/sandboxes/${id}/pause`);
+    const [moved, moveMs] = await timed(() => post(where, `/sandboxes/${id}/move`, { node: other.cfg.nodeId }));
+    m.move.push(moveMs);
+    m.bytes.push(Number(moved['bytes']));
+    m.resumeThere.push((await timed(() => post(other, `/sandboxes/${id}/resume`)))[1]);
+    if ((await direct.commands.run('true')).exitCode !== 0) throw new Error('the moved sandbox does not run commands');
+    where = other;
+    log(`  #${i + 1}: resume here ${Math.round(m.resumeHere.at(-1)!)} ms; move ${Math.round(moveMs)} ms (${Math.round(m.bytes.at(-1)! / 2 ** 20)} MiB sent) + resume there ${Math.round(m.resumeThere.at(-1)!)} ms`);
+  }
+  const rh = stats(m.resumeHere);
+  const mv = stats(m.move);
+  const rt = stats(m.resumeThere);
+  results['pausedMove'] = {
+    resumeOnItsNodeMs: rh, moveMs: mv, resumeAfterMoveMs: rt, sentMiB: stats(m.bytes.map((x) => x / 2 ** 20)),
+    moveThroughputMiBps: Math.round(((stats(m.bytes).p50 / 2 ** 20) / (mv.p50 / 1000)) * 10) / 10,
+    moveAndResumeVsResumeP50Ratio: Math.round(((mv.p50 + rt.p50) / rh.p50) * 100) / 100,
+  };
   await direct.kill();
 } finally {
   for (const d of nodes.reverse()) await d.stop().catch((err: unknown) => log(`stop ${d.cfg.nodeId}: ${String(err)}`));
