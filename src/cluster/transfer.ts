@@ -76,11 +76,14 @@ async function* frames(manifest: unknown, dir: string, files: readonly string[])
       f.writeBigUInt64BE(BigInt(size), 3 + nameBuf.length);
       yield f;
       const hash = sizeHash(size);
+      // Holes are read into one scratch buffer; only data gets a buffer of its own (it is queued for sending).
+      const scratch = Buffer.allocUnsafe(CHUNK);
       for (let offset = 0; offset < size; offset += CHUNK) {
-        const buf = Buffer.allocUnsafe(Math.min(CHUNK, size - offset));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
-        if (bytesRead !== buf.length) throw new TransferError(`${name} shrank while it was sent`);
-        if (buf.equals(zero.subarray(0, buf.length))) continue;
+        const len = Math.min(CHUNK, size - offset);
+        const { bytesRead } = await fh.read(scratch, 0, len, offset);
+        if (bytesRead !== len) throw new TransferError(`${name} shrank while it was sent`);
+        if (scratch.subarray(0, len).equals(zero.subarray(0, len))) continue;
+        const buf = Buffer.from(scratch.subarray(0, len));
         const head = dataHeader(offset, buf.length);
         hash.update(head).update(buf);
         yield Buffer.concat([Buffer.from('D', 'latin1'), head]);
