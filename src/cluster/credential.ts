@@ -49,6 +49,16 @@ export function admitClusterHeaders(headers: IncomingHttpHeaders, expected: stri
   return { fromNode: true, scopeLocal: headers[CLUSTER_SCOPE_HEADER] === 'local', keyId: one(headers[FORWARDED_KEY_HEADER]), by: one(headers[FORWARDED_BY_HEADER]) };
 }
 
+/** The credential a node presents to another node (every node-to-node request carries it). */
+export function nodeCredential(token: string, self: string): Record<string, string> {
+  return { [CLUSTER_TOKEN_HEADER]: token, [FORWARDED_BY_HEADER]: self };
+}
+
+/** The message of another node's error answer (its JSON `message`, else the text as it came). */
+export function answerMessage(text: string): string {
+  try { return (JSON.parse(text) as { message?: string }).message ?? text; } catch { return text; }
+}
+
 /** Headers a forwarding node sends: the client's, minus the client's API key and any cluster header, plus its own credential. */
 export function forwardedHeaders(headers: IncomingHttpHeaders, token: string, self: string, keyId: string | null, scopeLocal: boolean): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
@@ -56,8 +66,7 @@ export function forwardedHeaders(headers: IncomingHttpHeaders, token: string, se
     if (v === undefined || k === 'x-api-key' || CLUSTER_REQUEST_HEADERS.includes(k)) continue;
     out[k] = v;
   }
-  out[CLUSTER_TOKEN_HEADER] = token;
-  out[FORWARDED_BY_HEADER] = self;
+  Object.assign(out, nodeCredential(token, self));
   if (keyId) out[FORWARDED_KEY_HEADER] = keyId;
   if (scopeLocal) out[CLUSTER_SCOPE_HEADER] = 'local';
   return out;

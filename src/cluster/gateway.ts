@@ -171,7 +171,8 @@ export class ClusterGateway {
     if (!target) return 'local'; // cannot happen short of PostgreSQL vanishing: the local 404 says it is not here
     this.o.log.info({ sandbox: id, node: target.id, reason: full }, 'cluster: resuming a paused sandbox on another node (this one is full)');
     hijack();
-    const headers = this.headers(req, this.info(req).fromNode ? this.info(req).keyId : keyId, true);
+    // keyId is the request's actor: for a forwarded request, the key id the forwarding node verified.
+    const headers = this.headers(req, keyId, true);
     headers[MOVED_HEADER] = '1';
     headers['content-type'] = 'application/json';
     forwardHttp(req, res, target.address, req.url ?? `/sandboxes/${id}/resume`, headers, Buffer.from(JSON.stringify(body ?? {}), 'utf8'));

@@ -18,7 +18,7 @@ import type { SandboxRecord } from '../core/types.js';
 import type { FastifyBaseLogger } from 'fastify';
 import type { ClusterNode } from './node.js';
 import { chooseNode } from './placement.js';
-import { CLUSTER_TOKEN_HEADER, FORWARDED_BY_HEADER } from './credential.js';
+import { answerMessage, nodeCredential } from './credential.js';
 import { encodeTransfer, TransferError, TransferReader, validName } from './transfer.js';
 import type { NodeInfo } from './types.js';
 
@@ -105,15 +105,13 @@ export class SandboxMover {
     return new Promise<number>((resolve, reject) => {
       const req = httpRequest({
         host: u.hostname, port: u.port || 80, method: 'POST', path: IMPORT_PATH, signal,
-        headers: { 'content-type': MOVE_CONTENT_TYPE, [CLUSTER_TOKEN_HEADER]: this.o.token, [FORWARDED_BY_HEADER]: this.o.node.nodeId },
+        headers: { 'content-type': MOVE_CONTENT_TYPE, ...nodeCredential(this.o.token, this.o.node.nodeId) },
       }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', reject);
         res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let message = text;
-          try { message = (JSON.parse(text) as { message?: string }).message ?? text; } catch { /* not JSON */ }
+          const message = answerMessage(Buffer.concat(chunks).toString('utf8'));
           if (res.statusCode === 200) resolve(bytes);
           // 4xx/503: the node looked and said no (its image, backend or room): try another. Other answers: unknown outcome.
           else if (res.statusCode !== undefined && (res.statusCode < 500 || res.statusCode === 503)) reject(new MoveRefused(message));

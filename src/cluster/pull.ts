@@ -17,7 +17,7 @@ import type { Template } from '../core/types.js';
 import type { Store } from '../store/store.js';
 import type { LayerStore } from '../templates/layers.js';
 import { describeTemplate, importTemplate, type TemplateExport } from '../templates/share.js';
-import { CLUSTER_TOKEN_HEADER, FORWARDED_BY_HEADER } from './credential.js';
+import { answerMessage, nodeCredential } from './credential.js';
 import type { ClusterNode } from './node.js';
 import { encodeTransfer, TransferReader } from './transfer.js';
 import type { NodeInfo } from './types.js';
@@ -156,13 +156,11 @@ export class TemplatePuller {
     return new Promise((resolve, reject) => {
       const req = httpRequest({
         host: u.hostname, port: u.port || 80, method: 'GET', path, signal,
-        headers: { [CLUSTER_TOKEN_HEADER]: this.o.token, [FORWARDED_BY_HEADER]: this.o.node.nodeId },
+        headers: nodeCredential(this.o.token, this.o.node.nodeId),
       }, (res) => {
         if (res.statusCode === 200) { resolve(res); return; }
         void readAll(res).then((text) => {
-          let message = text;
-          try { message = (JSON.parse(text) as { message?: string }).message ?? text; } catch { /* not JSON */ }
-          const why = `node ${node.id} answered ${res.statusCode ?? '?'} for ${path}: ${message}`;
+          const why = `node ${node.id} answered ${res.statusCode ?? '?'} for ${path}: ${answerMessage(text)}`;
           reject(res.statusCode === 404 ? new NotFoundError(why) : res.statusCode === 409 ? new ConflictError(why) : new HostFailureError(why));
         }, reject);
       });

@@ -19,7 +19,7 @@ import type { Vmm, VmmKind } from '../vmm/types.js';
 import type { Slot } from '../network/types.js';
 import type { BaseImage, DetachedDisk, RootDisk } from '../storage/types.js';
 import type { EgressPolicy } from '../network/types.js';
-import { exists, removeTree } from '../util/fs.js';
+import { exists, regularFiles, removeTree } from '../util/fs.js';
 import { abortError, abortable } from '../util/abort.js';
 import { layoutOf, type LiveSandbox, type ManagerDeps } from './flows/context.js';
 import { isStagingName, isWarmDirName, pausedAt, type DataLayout } from './layout.js';
@@ -1144,10 +1144,7 @@ export class SandboxManager {
     const out: WarmExport[] = [];
     for (const snap of this.store.listTemplateSnapshots(template.id)) {
       if (snap.imageHash !== warmKey || !(await snapshotComplete(snap))) continue;
-      const files: WarmExport['files'] = [];
-      for (const e of await readdir(snap.dir, { withFileTypes: true })) {
-        if (e.isFile()) files.push({ name: e.name, size: (await stat(join(snap.dir, e.name))).size });
-      }
+      const { files } = await regularFiles(snap.dir);
       out.push({ snapshot: { ...snap, dir: '' }, setup: this.warmSetup(template), files });
     }
     return out;

@@ -1,4 +1,4 @@
-import { open, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -39,6 +39,17 @@ export async function exists(path: string): Promise<boolean> {
 
 export async function removeTree(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true });
+}
+
+/** A directory's regular files with their sizes, and the names of whatever else it holds (directories, links…). */
+export async function regularFiles(dir: string): Promise<{ files: { name: string; size: number }[]; others: string[] }> {
+  const files: { name: string; size: number }[] = [];
+  const others: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    if (e.isFile()) files.push({ name: e.name, size: (await stat(join(dir, e.name))).size });
+    else others.push(e.name);
+  }
+  return { files, others };
 }
 
 export { writeFile };

@@ -6,14 +6,14 @@
  * decides who owns the sandbox; these functions keep the ledger and the paused
  * capture's metadata true on each side.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Holdings } from '../holdings.js';
 import { ConflictError, HostFailureError } from '../errors.js';
 import type { SandboxRecord, Template } from '../types.js';
 import type { DetachedDisk, RootfsBackendKind } from '../../storage/types.js';
 import type { Store } from '../../store/store.js';
-import { writeFileAtomic } from '../../util/fs.js';
+import { regularFiles, writeFileAtomic } from '../../util/fs.js';
 import { pausedAt } from '../layout.js';
 import type { PausedMeta } from './pause.js';
 
@@ -45,12 +45,9 @@ export async function describePaused(ledger: Holdings, rec: SandboxRecord, templ
     throw new ConflictError(`sandbox ${rec.id} cannot move: its dm disk reads ${disk.base.id}'s image, which other nodes do not have (only disks over the template's own image move)`);
   }
   const dir = capture.holding.dir;
-  const files: PausedExport['files'] = [];
-  for (const e of await readdir(dir, { withFileTypes: true })) {
-    // A capture is a flat directory of regular files; anything else is not ours to send.
-    if (!e.isFile()) throw new HostFailureError(`paused capture of ${rec.id} holds ${e.name}, which is not a regular file`);
-    files.push({ name: e.name, size: (await stat(join(dir, e.name))).size });
-  }
+  const { files, others } = await regularFiles(dir);
+  // A capture is a flat directory of regular files; anything else is not ours to send.
+  if (others.length) throw new HostFailureError(`paused capture of ${rec.id} holds ${others[0]}, which is not a regular file`);
   if (!files.some((f) => f.name === basename(pausedAt(dir).meta))) throw new ConflictError(`sandbox ${rec.id}'s paused capture has no meta.json`);
   return {
     exp: { record: rec, template: { id: template.id, imageHash: template.imageHash }, backend: disk.backend, memory: capture.holding.memory !== false, files },
