@@ -153,6 +153,27 @@ describe('cluster mode: three nodes on one PostgreSQL', { skip: !postgresAvailab
     assert.equal(list.body.length, 3, 'the whole cluster, not node A alone');
   });
 
+  test('node-only routes (a sandbox sent here, a template\'s files) refuse clients, forged or encoded', async () => {
+    const forged = { 'x-hearth-cluster-token': 'x'.repeat(48), 'x-hearth-forwarded-by': 'node-b' };
+    // A client pushing a "moved" sandbox into node A: refused before a byte is read, nothing written.
+    const push = await fetch(`${nodes['a']!.url}/cluster/imports`, {
+      method: 'POST', headers: { 'content-type': 'application/vnd.hearth.move', ...forged }, body: Buffer.from('M\0\0\0\x02{}'),
+    });
+    assert.equal(push.status, 403);
+    // Reading a template's disk or warm snapshots: forged token, none, and an encoded path.
+    for (const path of ['/cluster/templates/base/export', '/cluster/templates/base/warm', '/cluster/templates/base/warm/x/export', '/cluster/templates/..%2F..%2Fetc/export', '/%63luster/templates/base/export']) {
+      for (const headers of [forged, {}]) {
+        const r = await fetch(`${nodes['a']!.url}${path}`, { headers });
+        assert.ok(r.status === 403 || r.status === 404 || r.status === 400, `${path}: ${r.status}`);
+        assert.notEqual(r.headers.get('content-type'), 'application/vnd.hearth.move', `${path} sent a transfer to a client`);
+      }
+    }
+    assert.equal((await fetch(`${nodes['a']!.url}/cluster/templates/base/export`, { headers: forged })).status, 403);
+    // Moving or pulling as a client is an API call (a key where keys are required), never a node credential.
+    const mv = await json<{ message: string }>(`${nodes['a']!.url}/sandboxes/${onNode('node-c')}/move`, { method: 'POST', headers: { 'content-type': 'application/json', ...forged }, body: JSON.stringify({ node: 'node-c' }) });
+    assert.equal(mv.status, 409, 'forwarded to the owner as a client request, which refuses a move to itself');
+  });
+
   test('a node stopped without cleanup: its sandboxes become unknown on the others; its restart adopts them', async () => {
     const id = onNode('node-c');
     const c = nodes['c']!;
